@@ -1,0 +1,42 @@
+"""Exceptions raised by diffsim. Each message says what to change."""
+
+
+class DiffsimError(Exception):
+    """Base class of every diffsim error."""
+
+
+class InvalidMaterial(DiffsimError, ValueError):
+    """A material parameter is out of its physical range."""
+
+
+class InvalidMesh(DiffsimError, ValueError):
+    """A mesh is unusable (not watertight, degenerate, wrong units, ...)."""
+
+
+class InvalidScene(DiffsimError, ValueError):
+    """A scene is inconsistent (particles outside the domain, bad options, ...)."""
+
+
+class UnstableTimeStep(DiffsimError, ValueError):
+    """The time step exceeds the solver's stability limit."""
+
+    def __init__(self, message, dt=None, limit=None):
+        super().__init__(message)
+        self.dt = dt
+        self.limit = limit
+
+
+class SimulationDiverged(DiffsimError, RuntimeError):
+    """The state became NaN/inf or the energy exploded during a run."""
+
+    def __init__(self, step, field, cause, body=None):
+        where = f" in body {body!r}" if body is not None else ""
+        super().__init__(f"simulation diverged at step {step}{where}: {field}: {cause}")
+        self.step = step
+        self.field = field
+        self.cause = cause
+        self.body = body
+
+
+class RuntimeNotInitialized(DiffsimError, RuntimeError):
+    """diffsim.init() was called with settings that conflict with an earlier call."""

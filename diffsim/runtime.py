@@ -1,0 +1,121 @@
+"""The Taichi runtime: the one place in diffsim that calls ``ti.init``.
+
+``diffsim.init`` may be called once per process with explicit settings; later calls with the
+same settings are no-ops, and calls with different settings raise (Taichi cannot be safely
+re-initialised while fields are alive). Solvers call :func:`ensure_init` which initialises
+with the defaults (CPU, f32) when the user did not.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RuntimeNotInitialized
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    arch: str = "cpu"          # "cpu" or "gpu"
+    precision: str = "f32"     # "f32" or "f64"
+    threads: int | None = None  # CPU threads (None: all cores)
+    seed: int = 0
+    deterministic: bool = False  # one CPU thread and fixed seeds: bitwise-reproducible runs
+    debug: bool = False        # Taichi debug mode (bounds checks, autodiff validation)
+
+
+_config: RuntimeConfig | None = None
+
+
+def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, seed: int = 0,
+         deterministic: bool = False, debug: bool = False) -> RuntimeConfig:
+    """Initialise the Taichi runtime (once per process).
+
+    Args:
+        arch: ``"cpu"`` (default) or ``"gpu"`` (CUDA/Vulkan/Metal, whatever Taichi finds).
+        precision: ``"f32"`` (default, fast) or ``"f64"`` (gradient checks).
+        threads: number of CPU threads; None uses every core. Ignored on GPU.
+        seed: seed for numpy, Python, torch and Taichi random numbers.
+        deterministic: run on one CPU thread so that atomic additions happen in a fixed
+            order and every run is bitwise identical.
+        debug: Taichi debug mode (array bounds checks; slow).
+
+    Returns the active :class:`RuntimeConfig`. Calling again with the same settings is a
+    no-op; different settings raise :class:`RuntimeNotInitialized`.
+    """
+    global _config
+    if arch not in ("cpu", "gpu"):
+        raise ValueError(f"arch must be 'cpu' or 'gpu', got {arch!r}")
+    if precision not in ("f32", "f64"):
+        raise ValueError(f"precision must be 'f32' or 'f64', got {precision!r}")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if deterministic:
+        threads = 1
+    cfg = RuntimeConfig(arch, precision, threads, int(seed), bool(deterministic), bool(debug))
+    if _config is not None:
+        if cfg != _config:
+            raise RuntimeNotInitialized(
+                f"diffsim.init was already called with {_config}; it cannot be re-initialised "
+                f"with {cfg} in the same process (start a new process instead)")
+        return _config
+    os.environ.setdefault("TI_LOG_LEVEL", "warn")
+    import taichi as ti
+
+    kwargs = dict(default_fp=ti.f64 if precision == "f64" else ti.f32, default_ip=ti.i32,
+                  random_seed=int(seed), debug=debug, offline_cache=True,
+                  log_level=ti.WARN)
+    if arch == "cpu":
+        kwargs["arch"] = ti.cpu
+        if threads is not None:
+            kwargs["cpu_max_num_threads"] = int(threads)
+    else:
+        kwargs["arch"] = ti.gpu
+        kwargs["device_memory_fraction"] = 0.5
+    ti.init(**kwargs)
+    if arch == "gpu" and ti.lang.impl.current_cfg().arch == ti.cpu:
+        raise RuntimeError("arch='gpu' was requested but Taichi found no usable GPU backend")
+    _seed_everything(int(seed))
+    _config = cfg
+    return cfg
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def ensure_init() -> RuntimeConfig:
+    """Initialise with defaults unless the user already called :func:`init`."""
+    if _config is None:
+        return init()
+    return _config
+
+
+def config() -> RuntimeConfig:
+    """The active configuration (initialising with defaults if needed)."""
+    return ensure_init()
+
+
+def real_dtype():
+    """Taichi float type of the active precision."""
+    import taichi as ti
+    return ti.f64 if ensure_init().precision == "f64" else ti.f32
+
+
+def torch_dtype():
+    """torch float dtype matching the active precision."""
+    import torch
+    return torch.float64 if ensure_init().precision == "f64" else torch.float32
+
+
+def np_dtype():
+    """numpy float dtype matching the active precision."""
+    return np.float64 if ensure_init().precision == "f64" else np.float32

@@ -1,0 +1,31 @@
+"""diffsim: a differentiable physics simulator (MPM, FEM, DEM) with learned components.
+
+Layout: the `diffsim` package lives in `diffsim/`; its subpackages `diffsim.kernels`
+(Taichi kernels) and `diffsim.learned` (torch modules) live in the top-level folders
+`kernels/` and `learned/` and are mapped in with `package_dir`.
+"""
+from setuptools import setup
+
+setup(
+    name="diffsim",
+    version="0.1.0",
+    description="Differentiable MPM/FEM/DEM simulation with pluggable PyTorch materials",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["diffsim", "diffsim.kernels", "diffsim.learned"],
+    package_dir={"diffsim": "diffsim", "diffsim.kernels": "kernels", "diffsim.learned": "learned"},
+    install_requires=[
+        "taichi==1.7.4",
+        "torch==2.13.0",
+        "numpy",
+        "trimesh",
+        "meshio",
+        "scipy",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "video": ["imageio"],
+    },
+    entry_points={"console_scripts": ["diffsim=diffsim.cli:main"]},
+)

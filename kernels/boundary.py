@@ -1,0 +1,36 @@
+"""Velocity boundary conditions on grid nodes (``@ti.func``), shared by every grid solver.
+
+Contact kinds:
+
+* ``STICKY``: the node takes the wall's velocity.
+* ``SLIP``: the approaching normal component is removed; tangential motion is free.
+* ``SEPARATE``: like ``SLIP``, and the tangential relative speed is reduced by Coulomb
+  friction ``mu |v_n|`` (it stops when friction wins). Separation is free.
+"""
+import taichi as ti
+
+STICKY = 0
+SLIP = 1
+SEPARATE = 2
+
+
+@ti.func
+def contact_velocity(v, v_wall, n, kind, mu):
+    """New velocity of a node in contact with a wall of outward normal ``n``."""
+    out = v
+    if kind == STICKY:
+        out = v_wall
+    else:
+        rel = v - v_wall
+        vn = rel.dot(n)
+        if vn < 0.0:
+            vt = rel - vn * n
+            if kind == SEPARATE:
+                vt_sq = vt.dot(vt)
+                scale = 0.0
+                if vt_sq > 0.0:
+                    vt_len = ti.sqrt(vt_sq)
+                    scale = ti.max(0.0, 1.0 + mu * vn / vt_len)
+                vt = vt * scale
+            out = v_wall + vt
+    return out

@@ -1,0 +1,384 @@
+"""Constitutive models of the MPM solver and their hand-written adjoints (``@ti.func``).
+
+Each particle carries a material code (below) and a parameter 4-vector ``prm`` whose
+meaning depends on the code (SI units):
+
+==================  ============================================================
+code                prm
+==================  ============================================================
+FIXED_COROTATED     (mu, lam, -, -)           Lame parameters, Pa
+NEO_HOOKEAN         (mu, lam, -, -)
+VON_MISES           (mu, lam, yield_stress, -)  Hencky strain, Kirchhoff yield, Pa
+DRUCKER_PRAGER      (mu, lam, alpha, s)       alpha = sqrt(2/3) 2 sin(phi)/(3 - sin(phi)),
+                                              s = cohesive volumetric strain (0: dry sand)
+FLUID               (K, eta, -, -)            bulk modulus Pa, dynamic viscosity Pa s
+VISCOPLASTIC        (K, eta, yield_stress, m) regularised Bingham (Papanastasiou), m in s
+EXTERNAL            (-)                       stress supplied from outside (a torch module)
+==================  ============================================================
+
+A material stage maps the previous deformation gradient ``F`` and the APIC affine matrix
+``C`` to the trial gradient ``F_tr = (I + dt C) F``, projects it (plasticity) to the new
+elastic ``F_e`` and returns the Kirchhoff stress ``tau(F_e)``. :func:`material_vjp` is its
+exact adjoint (checked against finite differences in the tests).
+"""
+import taichi as ti
+
+from .mathops import cofactor, polar_rotation, polar_rotation_vjp, spectral_vjp, svd3
+
+FIXED_COROTATED = 0
+NEO_HOOKEAN = 1
+VON_MISES = 2
+DRUCKER_PRAGER = 3
+FLUID = 4
+VISCOPLASTIC = 5
+EXTERNAL = 6
+
+SIGMA_MIN = 1e-4  # singular values are clamped here before taking logarithms
+
+
+def material_mask(codes) -> int:
+    """Bit mask of the material codes present in a domain. Kernels take it as a
+    compile-time constant so that only the models in use are compiled."""
+    m = 0
+    for c in codes:
+        m |= 1 << int(c)
+    return m
+
+
+def _has(mats, *codes):
+    return any(mats & (1 << c) for c in codes)
+
+
+# --------------------------------------------------------------------------- elastic
+
+
+@ti.func
+def _fixed_corotated(F, mu, lam):
+    R = polar_rotation(F)
+    J = F.determinant()
+    tau = 2.0 * mu * (F - R) @ F.transpose() + ti.Matrix.identity(float, 3) * lam * (J - 1.0) * J
+    return tau, R
+
+
+@ti.func
+def _neo_hookean(F, mu, lam):
+    J = ti.max(F.determinant(), SIGMA_MIN ** 3)
+    return mu * (F @ F.transpose() - ti.Matrix.identity(float, 3)) + ti.Matrix.identity(float, 3) * lam * ti.log(J)
+
+
+# --------------------------------------------------------------------------- plasticity
+
+
+@ti.func
+def _return_map(mtype, eps, prm, mats: ti.template()):
+    """Return mapping in log-strain space: trial ``eps`` -> elastic ``eps_e``.
+
+    Returns ``eps_e``, the Jacobian ``d eps_e / d eps`` (3x3) and ``d eps_e / d prm``
+    (3x4, one column per parameter).
+    """
+    mu = prm[0]
+    lam = prm[1]
+    I3 = ti.Matrix.identity(float, 3)
+    ones = ti.Vector([1.0, 1.0, 1.0])
+    P1 = ones.outer_product(ones) / 3.0
+    tr = eps.sum()
+    dev = eps - tr / 3.0 * ones
+    nrm = dev.norm()
+    eps_e = eps
+    J = I3
+    D = ti.Matrix.zero(float, 3, 4)
+    if ti.static(_has(mats, VON_MISES)):
+        if mtype == VON_MISES:
+            ty = prm[2]
+            k = ty / (2.0 * mu)
+            if nrm > k and nrm > 0.0:
+                n = dev / nrm
+                eps_e = tr / 3.0 * ones + k * n
+                J = P1 + (k / nrm) * (I3 - P1 - n.outer_product(n))
+                for r in ti.static(range(3)):
+                    D[r, 0] = -k / mu * n[r]          # d/d mu
+                    D[r, 2] = n[r] / (2.0 * mu)       # d/d yield_stress
+    if ti.static(_has(mats, DRUCKER_PRAGER)):
+        if mtype == DRUCKER_PRAGER:
+            alpha = prm[2]
+            s = prm[3]
+            kappa = 1.0 + 1.5 * lam / mu
+            if tr - s > 0.0:  # tension beyond cohesion: project to the cone's tip
+                eps_e = s / 3.0 * ones
+                J = ti.Matrix.zero(float, 3, 3)
+                for r in ti.static(range(3)):
+                    D[r, 3] = 1.0 / 3.0
+            else:
+                dgamma = nrm + kappa * (tr - s) * alpha
+                if dgamma > 0.0 and nrm > 0.0:
+                    n = dev / nrm
+                    eps_e = eps - dgamma * n
+                    J = I3 - n.outer_product(n) - kappa * alpha * n.outer_product(ones) \
+                        - (dgamma / nrm) * (I3 - P1 - n.outer_product(n))
+                    dk_dmu = -1.5 * lam / (mu * mu)
+                    dk_dlam = 1.5 / mu
+                    for r in ti.static(range(3)):
+                        D[r, 0] = -(tr - s) * alpha * dk_dmu * n[r]
+                        D[r, 1] = -(tr - s) * alpha * dk_dlam * n[r]
+                        D[r, 2] = -kappa * (tr - s) * n[r]
+                        D[r, 3] = kappa * alpha * n[r]
+    return eps_e, J, D
+
+
+@ti.func
+def _hencky_plastic(mtype, F, prm, mats: ti.template()):
+    """Plastic projection + Hencky (StVK on log strain) Kirchhoff stress."""
+    U, s, V = svd3(F)
+    sc = ti.max(s, SIGMA_MIN)
+    eps = ti.log(sc)
+    eps_e, Jm, D = _return_map(mtype, eps, prm, mats)
+    sig_e = ti.exp(eps_e)
+    t = 2.0 * prm[0] * eps_e + prm[1] * eps_e.sum()
+    Fe = U @ ti.Matrix([[sig_e[0], 0.0, 0.0], [0.0, sig_e[1], 0.0], [0.0, 0.0, sig_e[2]]]) @ V.transpose()
+    tau = U @ ti.Matrix([[t[0], 0.0, 0.0], [0.0, t[1], 0.0], [0.0, 0.0, t[2]]]) @ U.transpose()
+    return Fe, tau
+
+
+# --------------------------------------------------------------------------- fluids
+
+
+@ti.func
+def _viscoplastic_phi(rate, ty, m):
+    """Regularised yield viscosity ``ty (1 - exp(-m rate)) / rate`` and its derivative."""
+    x = m * rate
+    phi = ty * m
+    dphi = -0.5 * ty * m * m
+    if x > 1e-4:
+        e = ti.exp(-x)
+        phi = ty * (1.0 - e) / rate
+        dphi = ty * (m * e * rate - (1.0 - e)) / (rate * rate)
+    else:
+        phi = ty * m * (1.0 - 0.5 * x + x * x / 6.0)
+        dphi = ty * m * m * (-0.5 + x / 3.0)
+    return phi, dphi
+
+
+@ti.func
+def _fluid(mtype, F, C, prm, mats: ti.template()):
+    """Weakly compressible fluid: p = K (1 - J); Newtonian or regularised Bingham."""
+    J = F.determinant()
+    K = prm[0]
+    eta = prm[1]
+    D = 0.5 * (C + C.transpose())
+    if ti.static(_has(mats, VISCOPLASTIC)):
+        if mtype == VISCOPLASTIC:
+            rate = ti.sqrt(2.0 * (D * D).sum())
+            phi, _ = _viscoplastic_phi(rate, prm[2], prm[3])
+            eta = eta + phi
+    tau = ti.Matrix.identity(float, 3) * K * (J - 1.0) * J + 2.0 * eta * J * D
+    cbrt = ti.abs(J) ** (1.0 / 3.0)
+    if J < 0.0:
+        cbrt = -cbrt
+    Fe = ti.Matrix.identity(float, 3) * cbrt
+    return Fe, tau
+
+
+# --------------------------------------------------------------------------- stage
+
+
+@ti.func
+def trial_deformation(F, C, dt):
+    """``F_tr = (I + dt C) F``."""
+    return (ti.Matrix.identity(float, 3) + dt * C) @ F
+
+
+@ti.func
+def material_response(mtype, F_tr, C, prm, mats: ti.template()):
+    """New elastic deformation gradient and Kirchhoff stress (Pa) from the trial ``F_tr``.
+
+    ``mats``: compile-time mask of the material codes that can occur (see material_mask).
+    """
+    Fe = F_tr
+    tau = ti.Matrix.zero(float, 3, 3)
+    if ti.static(_has(mats, FIXED_COROTATED)):
+        if mtype == FIXED_COROTATED:
+            tau, _ = _fixed_corotated(F_tr, prm[0], prm[1])
+    if ti.static(_has(mats, NEO_HOOKEAN)):
+        if mtype == NEO_HOOKEAN:
+            tau = _neo_hookean(F_tr, prm[0], prm[1])
+    if ti.static(_has(mats, VON_MISES, DRUCKER_PRAGER)):
+        if mtype == VON_MISES or mtype == DRUCKER_PRAGER:
+            Fe, tau = _hencky_plastic(mtype, F_tr, prm, mats)
+    if ti.static(_has(mats, FLUID, VISCOPLASTIC)):
+        if mtype == FLUID or mtype == VISCOPLASTIC:
+            Fe, tau = _fluid(mtype, F_tr, C, prm, mats)
+    return Fe, tau
+
+
+@ti.func
+def material_vjp(mtype, F_old, C, prm, dt, Fe_bar, tau_bar, mats: ti.template()):
+    """Adjoint of (``F_e``, ``tau``) = material stage(``F_old``, ``C``, ``prm``).
+
+    Returns ``(F_old_bar, C_bar, prm_bar)``.
+    """
+    I3 = ti.Matrix.identity(float, 3)
+    A = I3 + dt * C
+    F = A @ F_old
+    F_bar = ti.Matrix.zero(float, 3, 3)
+    C_bar = ti.Matrix.zero(float, 3, 3)
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    handled = False
+    if ti.static(_has(mats, FIXED_COROTATED)):
+        if mtype == FIXED_COROTATED:
+            handled = True
+            mu = prm[0]
+            lam = prm[1]
+            R = polar_rotation(F)
+            J = F.determinant()
+            cof = cofactor(F)
+            trb = tau_bar.trace()
+            F_bar = 2.0 * mu * ((tau_bar + tau_bar.transpose()) @ F - tau_bar.transpose() @ R)
+            F_bar += polar_rotation_vjp(R, F, -2.0 * mu * tau_bar @ F)
+            F_bar += lam * (2.0 * J - 1.0) * trb * cof
+            prm_bar[0] = 2.0 * (tau_bar * ((F - R) @ F.transpose())).sum()
+            prm_bar[1] = trb * (J - 1.0) * J
+            F_bar += Fe_bar
+    if ti.static(_has(mats, NEO_HOOKEAN)):
+        if mtype == NEO_HOOKEAN:
+            handled = True
+            mu = prm[0]
+            lam = prm[1]
+            J = F.determinant()
+            trb = tau_bar.trace()
+            F_bar = mu * (tau_bar + tau_bar.transpose()) @ F
+            if J > SIGMA_MIN ** 3:
+                F_bar += lam * trb * cofactor(F) / J
+            prm_bar[0] = (tau_bar * (F @ F.transpose() - I3)).sum()
+            prm_bar[1] = trb * ti.log(ti.max(J, SIGMA_MIN ** 3))
+            F_bar += Fe_bar
+    if ti.static(_has(mats, VON_MISES, DRUCKER_PRAGER)):
+        if mtype == VON_MISES or mtype == DRUCKER_PRAGER:
+            handled = True
+            F_bar, prm_bar = _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats)
+    if ti.static(_has(mats, FLUID, VISCOPLASTIC)):
+        if mtype == FLUID or mtype == VISCOPLASTIC:
+            handled = True
+            F_bar, C_bar, prm_bar = _fluid_vjp(mtype, F, C, prm, Fe_bar, tau_bar, mats)
+    if not handled:  # EXTERNAL: F_e = F_tr, stress from outside
+        F_bar = Fe_bar
+    F_old_bar = A.transpose() @ F_bar
+    C_bar += dt * F_bar @ F_old.transpose()
+    return F_old_bar, C_bar, prm_bar
+
+
+@ti.func
+def _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
+    mu = prm[0]
+    lam = prm[1]
+    U, s, V = svd3(F)
+    mask = ti.Vector([1.0, 1.0, 1.0])
+    for i in ti.static(range(3)):
+        if s[i] < SIGMA_MIN:
+            mask[i] = 0.0
+    sc = ti.max(s, SIGMA_MIN)
+    eps = ti.log(sc)
+    eps_e, Jm, D = _return_map(mtype, eps, prm, mats)
+    sig_e = ti.exp(eps_e)
+    ones = ti.Vector([1.0, 1.0, 1.0])
+    stiff = 2.0 * mu * ti.Matrix.identity(float, 3) + lam * ones.outer_product(ones)
+    dlog = ti.Matrix([[mask[0] / sc[0], 0.0, 0.0], [0.0, mask[1] / sc[1], 0.0], [0.0, 0.0, mask[2] / sc[2]]])
+    t = stiff @ eps_e
+    # F_e = U diag(g1) V^T
+    g1 = sig_e
+    J1 = ti.Matrix([[sig_e[0], 0.0, 0.0], [0.0, sig_e[1], 0.0], [0.0, 0.0, sig_e[2]]]) @ Jm @ dlog
+    # tau = G F^T with G = U diag(g2) V^T, g2 = t / s
+    ss = s
+    for i in ti.static(range(3)):
+        if ti.abs(ss[i]) < SIGMA_MIN:
+            ss[i] = SIGMA_MIN if ss[i] >= 0.0 else -SIGMA_MIN
+    g2 = t / ss
+    Jt = stiff @ Jm @ dlog
+    J2 = ti.Matrix.zero(float, 3, 3)
+    for i, j in ti.static(ti.ndrange(3, 3)):
+        J2[i, j] = Jt[i, j] / ss[i]
+        if ti.static(i == j):
+            J2[i, j] -= t[i] / (ss[i] * ss[i])
+    G = U @ ti.Matrix([[g2[0], 0.0, 0.0], [0.0, g2[1], 0.0], [0.0, 0.0, g2[2]]]) @ V.transpose()
+    F_bar = tau_bar.transpose() @ G
+    Fa, d1 = spectral_vjp(U, s, V, g1, J1, Fe_bar)
+    Fb, d2 = spectral_vjp(U, s, V, g2, J2, tau_bar @ F)
+    F_bar += Fa + Fb
+    # parameters: through the return map (D) and directly through the stiffness
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    w1 = d1 * sig_e
+    w2 = d2 / ss
+    SD = stiff @ D
+    for k in ti.static(range(4)):
+        for i in ti.static(range(3)):
+            prm_bar[k] += w1[i] * D[i, k] + w2[i] * SD[i, k]
+    prm_bar[0] += 2.0 * w2.dot(eps_e)
+    prm_bar[1] += w2.sum() * eps_e.sum()
+    return F_bar, prm_bar
+
+
+@ti.func
+def _fluid_vjp(mtype, F, C, prm, Fe_bar, tau_bar, mats: ti.template()):
+    K = prm[0]
+    eta = prm[1]
+    J = F.determinant()
+    D = 0.5 * (C + C.transpose())
+    sym_tb = 0.5 * (tau_bar + tau_bar.transpose())
+    Dtb = (D * tau_bar).sum()
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    eta_eff = eta
+    D_bar = ti.Matrix.zero(float, 3, 3)
+    if ti.static(_has(mats, VISCOPLASTIC)):
+        if mtype == VISCOPLASTIC:
+            rate = ti.sqrt(2.0 * (D * D).sum())
+            phi, dphi = _viscoplastic_phi(rate, prm[2], prm[3])
+            eta_eff = eta + phi
+            if rate > 0.0:
+                D_bar += 2.0 * J * Dtb * dphi * 2.0 * D / rate
+                x = prm[3] * rate
+                e = ti.exp(-x)
+                dphi_dty = prm[3] * (1.0 - 0.5 * x + x * x / 6.0)
+                if x > 1e-4:
+                    dphi_dty = (1.0 - e) / rate
+                prm_bar[2] = 2.0 * J * Dtb * dphi_dty
+                prm_bar[3] = 2.0 * J * Dtb * prm[2] * e
+            else:
+                prm_bar[3] = 0.0
+                prm_bar[2] = 2.0 * J * Dtb * prm[3]
+    D_bar += 2.0 * eta_eff * J * sym_tb
+    trb = tau_bar.trace()
+    J_bar = trb * K * (2.0 * J - 1.0) + 2.0 * eta_eff * Dtb
+    cbrt = ti.abs(J) ** (1.0 / 3.0)
+    J_bar += Fe_bar.trace() / (3.0 * ti.max(cbrt * cbrt, SIGMA_MIN))
+    prm_bar[0] = trb * (J - 1.0) * J
+    prm_bar[1] = 2.0 * J * Dtb
+    F_bar = J_bar * cofactor(F)
+    C_bar = 0.5 * (D_bar + D_bar.transpose())
+    return F_bar, C_bar, prm_bar
+
+
+@ti.func
+def energy_density(mtype, F, prm, mats: ti.template()):
+    """Elastic energy per unit reference volume (J/m^3) of the stored elastic ``F``."""
+    psi = 0.0
+    mu = prm[0]
+    lam = prm[1]
+    if ti.static(_has(mats, FIXED_COROTATED)):
+        if mtype == FIXED_COROTATED:
+            R = polar_rotation(F)
+            J = F.determinant()
+            psi = mu * (F - R).norm_sqr() + 0.5 * lam * (J - 1.0) ** 2
+    if ti.static(_has(mats, NEO_HOOKEAN)):
+        if mtype == NEO_HOOKEAN:
+            J = ti.max(F.determinant(), SIGMA_MIN ** 3)
+            lj = ti.log(J)
+            psi = 0.5 * mu * ((F * F).sum() - 3.0) - mu * lj + 0.5 * lam * lj * lj
+    if ti.static(_has(mats, VON_MISES, DRUCKER_PRAGER)):
+        if (mtype == VON_MISES or mtype == DRUCKER_PRAGER):
+            U, s, V = svd3(F)
+            eps = ti.log(ti.max(s, SIGMA_MIN))
+            psi = mu * eps.norm_sqr() + 0.5 * lam * eps.sum() ** 2
+    if ti.static(_has(mats, FLUID, VISCOPLASTIC)):
+        if (mtype == FLUID or mtype == VISCOPLASTIC):
+            J = F.determinant()
+            psi = 0.5 * prm[0] * (J - 1.0) ** 2
+    return psi

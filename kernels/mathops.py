@@ -1,0 +1,245 @@
+"""Small 3x3 linear algebra for the solvers, with hand-written derivatives.
+
+Everything here is a ``@ti.func`` working in the runtime's default float type.
+
+* :func:`svd3` -- one-sided (Hestenes) Jacobi SVD, accurate to machine precision in f64
+  (Taichi's built-in ``ti.svd`` stops at ~1e-10, too coarse for f64 gradient checks).
+  ``F = U diag(s) V^T`` with ``U`` and ``V`` proper rotations, ``s`` sorted by decreasing
+  magnitude; ``s[2]`` is negative for inverted ``F`` (``det F < 0``).
+* :func:`polar_rotation` -- rotation ``R`` of ``F = R S`` (scaled Newton iteration, SVD
+  fallback for inverted ``F``).
+* :func:`polar_rotation_vjp` -- adjoint of ``R(F)``: no division by ``s_i - s_j``; only
+  ``(tr S) I - S`` is inverted, which is well conditioned unless two singular values sum
+  to zero.
+* :func:`spectral_vjp` -- adjoint of an isotropic matrix function ``G(F) = U diag(g(s)) V^T``
+  given ``g``'s Jacobian; the divided differences ``(g_i - g_j)/(s_i - s_j)`` fall back to
+  their limit (from the Jacobian) when ``s_i`` and ``s_j`` are close, so equal singular
+  values (a body at rest) are safe.
+"""
+import taichi as ti
+
+
+@ti.func
+def eps_real():
+    """Machine epsilon of the default float type."""
+    e = 1.2e-7
+    if ti.static(ti.lang.impl.get_runtime().default_fp == ti.f64):
+        e = 2.3e-16
+    return e
+
+
+@ti.func
+def cofactor(F):
+    """Cofactor matrix ``det(F) F^-T`` (well defined for singular F)."""
+    c0 = ti.Vector([F[0, 1], F[1, 1], F[2, 1]]).cross(ti.Vector([F[0, 2], F[1, 2], F[2, 2]]))
+    c1 = ti.Vector([F[0, 2], F[1, 2], F[2, 2]]).cross(ti.Vector([F[0, 0], F[1, 0], F[2, 0]]))
+    c2 = ti.Vector([F[0, 0], F[1, 0], F[2, 0]]).cross(ti.Vector([F[0, 1], F[1, 1], F[2, 1]]))
+    return ti.Matrix.cols([c0, c1, c2])
+
+
+@ti.func
+def skew_axial(M):
+    """Axial vector of the skew part of ``M``: ``w`` with ``(M - M^T)/2 = [w]_x``."""
+    return 0.5 * ti.Vector([M[2, 1] - M[1, 2], M[0, 2] - M[2, 0], M[1, 0] - M[0, 1]])
+
+
+@ti.func
+def cross_matrix(w):
+    """``[w]_x``, the skew matrix with ``[w]_x v = w x v``."""
+    return ti.Matrix([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
+
+
+@ti.func
+def _jacobi_rotate(A, V, i: ti.template(), j: ti.template(), tol):
+    """One Hestenes rotation making columns i and j of A orthogonal."""
+    ai = ti.Vector([A[0, i], A[1, i], A[2, i]])
+    aj = ti.Vector([A[0, j], A[1, j], A[2, j]])
+    alpha = ai.dot(ai)
+    beta = aj.dot(aj)
+    gamma = ai.dot(aj)
+    changed = 0
+    if gamma * gamma > tol * tol * alpha * beta and gamma != 0.0:
+        changed = 1
+        zeta = (beta - alpha) / (2.0 * gamma)
+        sgn = 1.0
+        if zeta < 0.0:
+            sgn = -1.0
+        t = sgn / (ti.abs(zeta) + ti.sqrt(1.0 + zeta * zeta))
+        c = 1.0 / ti.sqrt(1.0 + t * t)
+        s = c * t
+        for r in ti.static(range(3)):
+            a_ri = A[r, i]
+            a_rj = A[r, j]
+            A[r, i] = c * a_ri - s * a_rj
+            A[r, j] = s * a_ri + c * a_rj
+            v_ri = V[r, i]
+            v_rj = V[r, j]
+            V[r, i] = c * v_ri - s * v_rj
+            V[r, j] = s * v_ri + c * v_rj
+    return A, V, changed
+
+
+@ti.func
+def _swap_cols(M, i: ti.template(), j: ti.template()):
+    for r in ti.static(range(3)):
+        tmp = M[r, i]
+        M[r, i] = M[r, j]
+        M[r, j] = tmp
+    return M
+
+
+@ti.func
+def svd3(F):
+    """SVD of a 3x3 matrix: returns ``U, s, V`` (``s`` a 3-vector), ``F = U diag(s) V^T``.
+
+    ``U`` and ``V`` are rotations (det +1); ``|s0| >= |s1| >= |s2|``; ``s2 < 0`` iff
+    ``det F < 0``.
+    """
+    A = F
+    V = ti.Matrix.identity(float, 3)
+    tol = 4.0 * eps_real()
+    for _ in range(12):
+        A, V, c0 = _jacobi_rotate(A, V, 0, 1, tol)
+        A, V, c1 = _jacobi_rotate(A, V, 0, 2, tol)
+        A, V, c2 = _jacobi_rotate(A, V, 1, 2, tol)
+        if c0 + c1 + c2 == 0:
+            break
+    n = ti.Vector([0.0, 0.0, 0.0])
+    for k in ti.static(range(3)):
+        n[k] = ti.sqrt(A[0, k] ** 2 + A[1, k] ** 2 + A[2, k] ** 2)
+    # sort columns by decreasing norm
+    if n[0] < n[1]:
+        A = _swap_cols(A, 0, 1)
+        V = _swap_cols(V, 0, 1)
+        n[0], n[1] = n[1], n[0]
+    if n[0] < n[2]:
+        A = _swap_cols(A, 0, 2)
+        V = _swap_cols(V, 0, 2)
+        n[0], n[2] = n[2], n[0]
+    if n[1] < n[2]:
+        A = _swap_cols(A, 1, 2)
+        V = _swap_cols(V, 1, 2)
+        n[1], n[2] = n[2], n[1]
+    if V.determinant() < 0.0:
+        for r in ti.static(range(3)):
+            V[r, 2] = -V[r, 2]
+            A[r, 2] = -A[r, 2]
+    U = ti.Matrix.identity(float, 3)
+    tiny = 1e-30
+    u0 = ti.Vector([A[0, 0], A[1, 0], A[2, 0]])
+    if n[0] > tiny:
+        u0 = u0 / n[0]
+    else:
+        u0 = ti.Vector([1.0, 0.0, 0.0])
+    u1 = ti.Vector([A[0, 1], A[1, 1], A[2, 1]])
+    if n[1] > n[0] * 1e3 * eps_real() and n[1] > tiny:
+        u1 = u1 / n[1]
+        u1 = u1 - u1.dot(u0) * u0
+        u1 = u1.normalized()
+    else:  # any unit vector orthogonal to u0
+        trial = ti.Vector([1.0, 0.0, 0.0])
+        if ti.abs(u0[0]) > 0.9:
+            trial = ti.Vector([0.0, 1.0, 0.0])
+        u1 = (trial - trial.dot(u0) * u0).normalized()
+    u2 = u0.cross(u1)
+    # signed smallest singular value: projection of the third column on u2
+    s2 = A[0, 2] * u2[0] + A[1, 2] * u2[1] + A[2, 2] * u2[2]
+    for r in ti.static(range(3)):
+        U[r, 0] = u0[r]
+        U[r, 1] = u1[r]
+        U[r, 2] = u2[r]
+    return U, ti.Vector([n[0], n[1], s2]), V
+
+
+@ti.func
+def polar_rotation(F):
+    """Rotation ``R`` of the polar decomposition ``F = R S`` (``det R = +1``).
+
+    Scaled Newton iteration ``R <- (z R + R^-T / z) / 2`` for ``det F > 0`` (converges in
+    3-6 iterations for usual deformations); the SVD (``R = U V^T``) for inverted or
+    nearly singular ``F``.
+    """
+    R = F
+    d = F.determinant()
+    if d > 1e3 * eps_real() * (F.norm_sqr() ** 1.5 + 1e-30):
+        tol = 10.0 * eps_real()
+        for _ in range(30):
+            z = ti.abs(R.determinant()) ** (-1.0 / 3.0)
+            Rn = 0.5 * (z * R + R.inverse().transpose() / z)
+            delta = (Rn - R).norm_sqr()
+            R = Rn
+            if delta < tol * tol:
+                break
+        # one unscaled step polishes to machine precision
+        R = 0.5 * (R + R.inverse().transpose())
+    else:
+        U, s, V = svd3(F)
+        R = U @ V.transpose()
+    return R
+
+
+@ti.func
+def polar_rotation_vjp(R, F, R_bar):
+    """Adjoint of ``F`` for ``R = polar_rotation(F)`` given ``R_bar = dL/dR``.
+
+    With ``S = R^T F``, ``dR = R [w]_x`` and ``((tr S) I - S) w = 2 axial(R^T dF)``; its
+    transpose gives ``F_bar = R [y]_x`` with ``((tr S) I - S) y = 2 axial(R^T R_bar)``.
+    """
+    S = R.transpose() @ F
+    S = 0.5 * (S + S.transpose())
+    K = S.trace() * ti.Matrix.identity(float, 3) - S
+    m = 2.0 * skew_axial(R.transpose() @ R_bar)
+    # K's eigenvalues are the pairwise sums s_i + s_j: near zero only for an inverted F
+    # whose rotation is ill-defined; regularise there instead of dividing by ~0.
+    scale = ti.sqrt(K.norm_sqr()) + 1e-30
+    if ti.abs(K.determinant()) < 1e-6 * scale ** 3:
+        K += 1e-2 * scale * ti.Matrix.identity(float, 3)
+    y = K.inverse() @ m
+    return R @ cross_matrix(y)
+
+
+@ti.func
+def divided_difference(gi, gj, si, sj, limit):
+    """``(gi - gj) / (si - sj)``, or ``limit`` when ``si`` and ``sj`` are too close."""
+    d = si - sj
+    r = limit
+    if ti.abs(d) > eps_real() ** 0.5 * (ti.abs(si) + ti.abs(sj) + 1e-30):
+        r = (gi - gj) / d
+    return r
+
+
+@ti.func
+def sum_quotient(gi, gj, si, sj):
+    """``(gi + gj) / (si + sj)`` with the denominator clamped away from zero."""
+    d = si + sj
+    floor = 1e-6
+    if ti.abs(d) < floor:
+        d = floor if d >= 0.0 else -floor
+    return (gi + gj) / d
+
+
+@ti.func
+def spectral_vjp(U, s, V, g, Jg, G_bar):
+    """Adjoint of ``F`` for ``G = U diag(g(s)) V^T`` where ``F = U diag(s) V^T``.
+
+    Args:
+        U, s, V: SVD of F.
+        g: ``g(s)``, a 3-vector; must be an isotropic (permutation-symmetric) function.
+        Jg: 3x3 Jacobian ``dg_i/ds_j``.
+        G_bar: adjoint of G.
+    Returns ``F_bar`` (3x3) and ``gbar_diag`` (3-vector: the adjoint of ``g`` itself,
+    for parameter derivatives ``dg/dtheta``).
+    """
+    M = U.transpose() @ G_bar @ V
+    d = ti.Vector([M[0, 0], M[1, 1], M[2, 2]])
+    P = ti.Matrix.zero(float, 3, 3)
+    sbar = Jg.transpose() @ d
+    for i in ti.static(range(3)):
+        P[i, i] = sbar[i]
+    for i, j in ti.static([(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
+        A = divided_difference(g[j], g[i], s[j], s[i], Jg[i, i] - Jg[i, j])
+        B = sum_quotient(g[j], g[i], s[j], s[i])
+        # dG_ij = (A + B)/2 dP_ij + (A - B)/2 dP_ji  (rotated frame)
+        P[i, j] += 0.5 * (A + B) * M[i, j]
+        P[j, i] += 0.5 * (A - B) * M[i, j]
+    return U @ P @ V.transpose(), d

@@ -1,1 +1,36 @@
-"""diffsim"""
+"""diffsim: a differentiable physics simulator (MLS-MPM today; FEM and DEM next) with
+pluggable PyTorch materials.
+
+Public API (everything a scene script or a user needs)::
+
+    import diffsim as ds
+    ds.init(arch="cpu", precision="f32")
+    sim = ds.MPMSolver(domain_max=(1, 1, 1), grid=64, dt=2e-4)
+    sim.add_body(ds.Box((0.5, 0.5, 0.3), 0.2), ds.FixedCorotated(E=1e5, nu=0.3))
+    final, records, loss = ds.rollout(sim, 100)            # differentiable
+
+Units are SI (m, kg, s, Pa), z is up, angles in radians.
+"""
+from .runtime import init
+from .errors import (DiffsimError, InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged,
+                     UnstableTimeStep)
+from .materials import (DruckerPrager, FixedCorotated, Material, NeoHookean, NeuralMaterial,
+                        NewtonianFluid, ViscoplasticFluid, VonMises, lame)
+from .geometry import Box, Cylinder, MeshShape, Sphere, load_mesh, mesh_sdf_grid
+from .colliders import (BoxCollider, Collider, CylinderCollider, MeshCollider, PlaneCollider,
+                        SphereCollider)
+from .mpm import MPMSolver
+from .autodiff import MPMState, initial_state, parameter_tensor, rollout
+from .scene import Scene, build_scene
+from .runner import run_scene
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init", "DiffsimError", "InvalidMaterial", "InvalidMesh", "InvalidScene", "SimulationDiverged",
+    "UnstableTimeStep", "Material", "FixedCorotated", "NeoHookean", "VonMises", "DruckerPrager",
+    "NewtonianFluid", "ViscoplasticFluid", "NeuralMaterial", "lame", "Box", "Sphere", "Cylinder",
+    "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",
+    "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
+    "initial_state", "parameter_tensor", "Scene", "build_scene", "run_scene",
+]

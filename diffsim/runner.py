@@ -1,0 +1,183 @@
+"""Run a scene to disk: frames, preview, summary and resumable checkpoints.
+
+Output folder layout::
+
+    OUT/frames/particles_000000.ply   particle cloud per frame (body id, velocity, J)
+    OUT/frames/colliders_000000.vtu   collider surfaces per frame (when there are colliders)
+    OUT/preview.png                   four snapshots side by side
+    OUT/animation.gif                 all frames (only when imageio is installed)
+    OUT/summary.json                  run summary with energy and momentum traces
+    OUT/checkpoint.npz                state after the last written frame (for --resume)
+
+Every file is written atomically, so an interrupted run leaves only complete files and
+``--resume`` continues from the last checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import io as dio
+from .errors import InvalidScene, SimulationDiverged
+from .progress import Progress
+
+FORMAT = 1
+
+
+def _trace_row(d: dict) -> dict:
+    return {"time": float(d["time"]), "step": int(d["step"]), "kinetic": float(d["kinetic"]),
+            "potential": float(d["potential"]), "elastic": float(d["elastic"]), "energy": float(d["energy"]),
+            "momentum": [float(m) for m in d["momentum"]], "max_speed": float(d["max_speed"])}
+
+
+def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:
+    frame = scene.frame()
+    x, data = frame["particles"]
+    names = []
+    name = dio.frame_name("particles", index, "ply")
+    dio.write_ply(frames_dir / name, x, data)
+    names.append(name)
+    if frame["meshes"]:
+        verts, faces, owner = [], [], []
+        off = 0
+        for i, (v, f) in enumerate(frame["meshes"].values()):
+            verts.append(v)
+            faces.append(np.asarray(f) + off)
+            owner.append(np.full(len(f), i, np.int32))
+            off += len(v)
+        name = dio.frame_name("colliders", index, "vtu")
+        dio.write_vtu(frames_dir / name, np.concatenate(verts), {"triangle": np.concatenate(faces)},
+                      cell_data={"collider": np.concatenate(owner)})
+        names.append(name)
+    return names
+
+
+def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None, resume: bool = False,
+              progress: bool = True, video: bool = True) -> dict:
+    """Step ``scene`` for ``steps`` substeps, writing a frame every ``every`` substeps.
+
+    Returns the summary dict (also written to ``OUT/summary.json``). Raises
+    :class:`SimulationDiverged` after writing a summary with ``status = "diverged"``;
+    frames written so far are kept.
+    """
+    out = Path(out_dir)
+    frames_dir = out / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    steps = int(steps if steps is not None else scene.steps)
+    every = int(every if every is not None else scene.every)
+    if steps < 1 or every < 1:
+        raise InvalidScene(f"steps and every must be >= 1, got {steps}, {every}")
+    scene.build()
+    ckpt_path = out / "checkpoint.npz"
+    traces: list[dict] = []
+    frames: list[str] = []
+    stepping_time = 0.0
+    resumed_from = None
+    if resume:
+        if not ckpt_path.exists():
+            raise InvalidScene(f"--resume: no checkpoint in {out} (nothing to resume); run without --resume")
+        arrays, meta = dio.load_checkpoint(ckpt_path)
+        run = meta.get("run", {})
+        if run.get("scene") != scene.name or int(run.get("particles", -1)) != scene.particle_count:
+            raise InvalidScene(f"--resume: the checkpoint in {out} belongs to scene {run.get('scene')!r} with "
+                               f"{run.get('particles')} particles, not {scene.name!r} with {scene.particle_count}")
+        if int(run.get("every", every)) != every:
+            raise InvalidScene(f"--resume: the interrupted run wrote a frame every {run.get('every')} steps; "
+                               f"resume with --every {run.get('every')}")
+        scene.restore(arrays, meta)
+        traces = list(run.get("traces", []))
+        frames = list(run.get("frames", []))
+        stepping_time = float(run.get("stepping_time", 0.0))
+        resumed_from = scene.step_count
+        if scene.step_count >= steps:
+            steps = scene.step_count
+    else:
+        for old in list(frames_dir.glob("particles_*.ply")) + list(frames_dir.glob("colliders_*.vtu")):
+            old.unlink()
+        if ckpt_path.exists():
+            ckpt_path.unlink()
+        traces.append(_trace_row(scene.diagnostics()))
+        frames += _write_frame(scene, frames_dir, 0)
+
+    status, error = "completed", None
+    wall0 = time.perf_counter()
+    try:
+        with Progress(total=steps, desc=scene.name, unit="step", disable=not progress) as bar:
+            bar.update(scene.step_count)
+            while scene.step_count < steps:
+                n = min(every - scene.step_count % every, steps - scene.step_count)
+                t0 = time.perf_counter()
+                scene.step(n)
+                stepping_time += time.perf_counter() - t0
+                bar.update(n)
+                if scene.step_count % every == 0 or scene.step_count == steps:
+                    d = scene.diagnostics()
+                    traces.append(_trace_row(d))
+                    frames += _write_frame(scene, frames_dir, scene.step_count // every
+                                           + (1 if scene.step_count % every else 0))
+                    arrays, meta = scene.checkpoint()
+                    meta["run"] = {"format": FORMAT, "scene": scene.name, "particles": scene.particle_count,
+                                   "every": every, "traces": traces, "frames": frames,
+                                   "stepping_time": stepping_time}
+                    dio.save_checkpoint(ckpt_path, arrays, meta)
+                    bar.update(0, E=f"{d['energy']:.4g}J")
+    except SimulationDiverged as exc:
+        status, error = "diverged", str(exc)
+        raise
+    finally:
+        summary = _summary(scene, steps, every, traces, frames, stepping_time, time.perf_counter() - wall0,
+                           status, error, resumed_from)
+        if status == "completed":
+            _previews(scene, out, frames_dir, frames, video)
+            summary["preview"] = "preview.png"
+        dio.atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, error, resumed_from):
+    n = scene.particle_count
+    done = scene.step_count
+    return {
+        "scene": scene.name, "description": scene.description, "options": scene.options,
+        "status": status, "error": error, "steps": done, "steps_requested": steps, "every": every,
+        "dt": scene.dt, "simulated_time": scene.time, "particles": n,
+        "wall_time_s": wall, "stepping_time_s": stepping_time,
+        "particle_steps_per_s": (n * done / stepping_time) if stepping_time > 0 else None,
+        "steps_per_s": (done / stepping_time) if stepping_time > 0 else None,
+        "resumed_from_step": resumed_from,
+        "frames": frames,
+        "traces": {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])},
+        "scene_setup": scene.describe(),
+    }
+
+
+def _previews(scene, out: Path, frames_dir: Path, frames: list[str], video: bool):
+    """preview.png (4 snapshots) and, with imageio, animation.gif from the written frames."""
+    import meshio
+    from .render import hstack_images, write_animation, write_png
+    plys = [f for f in frames if f.startswith("particles_")]
+    if not plys:
+        return
+    vtus = {f.replace("colliders_", "").replace(".vtu", ""): f for f in frames if f.startswith("colliders_")}
+
+    def image(name, w, h):
+        m = meshio.read(frames_dir / name)
+        body = m.point_data["body"].astype(np.int64)
+        key = name.replace("particles_", "").replace(".ply", "")
+        meshes = {}
+        if key in vtus:
+            mv = meshio.read(frames_dir / vtus[key])
+            meshes = {"colliders": (mv.points, mv.cells_dict["triangle"])}
+        return scene.render({"particles": (m.points, {"body": body}), "meshes": meshes}, width=w, height=h)
+
+    picks = sorted(set(np.linspace(0, len(plys) - 1, min(4, len(plys))).round().astype(int)))
+    write_png(out / "preview.png", hstack_images([image(plys[i], 360, 300) for i in picks]))
+    if video:
+        try:
+            import imageio  # noqa: F401
+        except ImportError:
+            return
+        stride = max(1, len(plys) // 150)
+        write_animation(out / "animation.gif", [image(p, 320, 240) for p in plys[::stride]], fps=20)

@@ -1,0 +1,36 @@
+"""Shared helpers for the tests (not a test module)."""
+import numpy as np
+import torch
+
+
+def directional_fd_check(loss_fn, inputs, grads, h_rel=1e-6, n_dirs=3, seed=0, scale=None):
+    """Compare analytic directional derivatives with central finite differences.
+
+    loss_fn(*inputs) -> float; grads: analytic gradients (tensors) matching inputs (None to skip).
+    Returns the list of (analytic, numeric, relative error).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    base = [t.detach().clone() for t in inputs]
+    for i, (t, gr) in enumerate(zip(base, grads)):
+        if gr is None:
+            continue
+        for _ in range(n_dirs):
+            d = torch.randn(t.shape, generator=g, dtype=t.dtype)
+            if scale is not None and scale[i] is not None:
+                d = d * scale[i]
+            mag = t.abs().max().item() if t.numel() else 1.0
+            h = h_rel * max(mag, 1e-3) / max(d.abs().max().item(), 1e-30)
+            plus = [b + h * d if j == i else b for j, b in enumerate(base)]
+            minus = [b - h * d if j == i else b for j, b in enumerate(base)]
+            num = (loss_fn(*plus) - loss_fn(*minus)) / (2 * h)
+            ana = float((gr * d).sum())
+            err = abs(ana - num) / max(abs(ana), abs(num), 1e-300)
+            out.append((ana, num, err))
+    return out
+
+
+def lattice(center, size, spacing):
+    n = np.maximum(1, np.round(np.asarray(size, float) / spacing).astype(int))
+    axes = [c - s / 2 + (np.arange(k) + 0.5) * s / k for c, s, k in zip(center, np.broadcast_to(size, 3), n)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)

@@ -11,6 +11,11 @@ Public API (everything a scene script or a user needs)::
 
 Units are SI (m, kg, s, Pa), z is up, angles in radians.
 """
+import os as _os
+
+_os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")  # no banner on import
+_os.environ.setdefault("TI_LOG_LEVEL", "warn")
+
 from .runtime import init
 from .errors import (DiffsimError, InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged,
                      UnstableTimeStep)

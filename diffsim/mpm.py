@@ -465,7 +465,7 @@ class MPMSolver:
         from .kernels import mpm as km
         self.build()
         fs = self.fields
-        km.diagnostics(fs, self.mats, self.n, *self.gravity.tolist(), *self.lo.tolist(), *self.hi.tolist())
+        km.diagnostics(fs, self.mats, self.n, self.dx, *self.gravity.tolist(), *self.lo.tolist(), *self.hi.tolist())
         bad = int(fs.bad_particle[None])
         if bad < self.n:
             b = self._body_of(bad)

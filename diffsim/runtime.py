@@ -65,8 +65,7 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
     import taichi as ti
 
     kwargs = dict(default_fp=ti.f64 if precision == "f64" else ti.f32, default_ip=ti.i32,
-                  random_seed=int(seed), debug=debug, offline_cache=True,
-                  log_level=ti.WARN)
+                  random_seed=int(seed), debug=debug, offline_cache=True)
     if arch == "cpu":
         kwargs["arch"] = ti.cpu
         if threads is not None:
@@ -74,7 +73,10 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
     else:
         kwargs["arch"] = ti.gpu
         kwargs["device_memory_fraction"] = 0.5
-    ti.init(**kwargs)
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):  # "[Taichi] Starting on arch=..."
+        ti.init(**kwargs)
     if arch == "gpu" and ti.lang.impl.current_cfg().arch == ti.cpu:
         raise RuntimeError("arch='gpu' was requested but Taichi found no usable GPU backend")
     _seed_everything(int(seed))

@@ -343,11 +343,25 @@ def p2g_adjoint(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, 
 # ----------------------------------------------------------------------------- diagnostics
 
 
+@ti.func
+def not_finite(s):
+    """NaN/inf test on the bit pattern (``s != s`` is folded away under fast math)."""
+    bad = False
+    if ti.static(ti.lang.impl.get_runtime().default_fp == ti.f64):
+        bad = (ti.bit_cast(s, ti.i64) & ti.i64(0x7FF0000000000000)) == ti.i64(0x7FF0000000000000)
+    else:
+        bad = (ti.bit_cast(s, ti.i32) & 0x7F800000) == 0x7F800000
+    return bad
+
+
 @ti.kernel
-def diagnostics(fs: ti.template(), mats: ti.template(), n: ti.i32, gx: float, gy: float, gz: float,
-                lox: float, loy: float, loz: float, hix: float, hiy: float, hiz: float):
+def diagnostics(fs: ti.template(), mats: ti.template(), n: ti.i32, dx: float, gx: float, gy: float,
+                gz: float, lox: float, loy: float, loz: float, hix: float, hiy: float, hiz: float):
     """Per-body energies/momentum into ``stats``; first non-finite particle into
-    ``bad_particle`` (-1 if none); particles that left the domain into ``escaped``."""
+    ``bad_particle`` (``n`` if none); particles that left the domain into ``escaped``.
+
+    The kinetic energy is APIC's: the particle's translation plus its affine velocity
+    field, ``m/2 (|v|^2 + dx^2/4 |C|_F^2)`` (what the grid sees after P2G)."""
     gravity = ti.Vector([gx, gy, gz])
     lo = ti.Vector([lox, loy, loz])
     hi = ti.Vector([hix, hiy, hiz])
@@ -361,11 +375,11 @@ def diagnostics(fs: ti.template(), mats: ti.template(), n: ti.i32, gx: float, gy
         xp = fs.x[p]
         vp = fs.v[p]
         s = xp.sum() + vp.sum() + fs.F[p].sum() + fs.C[p].sum()
-        if s != s or ti.abs(s) > 1e30:
+        if not_finite(s) or ti.abs(s) > 1e30:
             ti.atomic_min(fs.bad_particle[None], p)
         else:
             psi = constitutive.energy_density(fs.mtype[p], fs.F[p], fs.prm[p], mats)
-            fs.stats[b][0] += 0.5 * m * vp.dot(vp)
+            fs.stats[b][0] += 0.5 * m * (vp.dot(vp) + 0.25 * dx * dx * fs.C[p].norm_sqr())
             fs.stats[b][1] += -m * gravity.dot(xp)
             fs.stats[b][2] += psi * fs.vol[p]
             fs.stats[b][3] += m * vp[0]

@@ -3,12 +3,12 @@ splashes around a cylindrical pillar. With viscoplastic=True the fluid is a Bing
 (non-Newtonian, regularised yield stress) that stops when the stress falls below yield.
 
 Options: viscosity (Pa s, default 0.01), viscoplastic (False), yield_stress (Pa, 30),
-grid (64), sound_speed (m/s, 25).
+grid (48), sound_speed (m/s, 25).
 """
 import diffsim as ds
 
 
-def build(viscosity=0.01, viscoplastic=False, yield_stress=30.0, grid=64, sound_speed=25.0):
+def build(viscosity=0.01, viscoplastic=False, yield_stress=30.0, grid=48, sound_speed=25.0):
     rho = 1000.0
     K = rho * sound_speed ** 2
     if viscoplastic:
@@ -24,7 +24,7 @@ def build(viscosity=0.01, viscoplastic=False, yield_stress=30.0, grid=64, sound_
     sim.add_body(ds.Box(center=(m + 0.1, 0.2, m + 0.15), size=(0.2, 0.4 - 2 * m - 1e-3, 0.3)), fluid, name="water")
     sim.add_collider(ds.CylinderCollider(center=(0.55, 0.2, 0.2), radius=0.04, height=0.4, kind="slip",
                                          name="pillar"))
-    return ds.Scene(sim, description=__doc__, steps=int(round(1.0 / dt)), every=int(round(0.02 / dt)),
+    return ds.Scene(sim, description=__doc__, steps=int(round(0.8 / dt)), every=int(round(0.02 / dt)),
                     camera=(25.0, -55.0))
 
 

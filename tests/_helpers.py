@@ -31,6 +31,7 @@ def directional_fd_check(loss_fn, inputs, grads, h_rel=1e-6, n_dirs=3, seed=0, s
 
 
 def lattice(center, size, spacing):
-    n = np.maximum(1, np.round(np.asarray(size, float) / spacing).astype(int))
-    axes = [c - s / 2 + (np.arange(k) + 0.5) * s / k for c, s, k in zip(center, np.broadcast_to(size, 3), n)]
+    size = np.broadcast_to(np.asarray(size, float), (3,))
+    n = np.maximum(1, np.round(size / spacing).astype(int))
+    axes = [c - s / 2 + (np.arange(k) + 0.5) * s / k for c, s, k in zip(center, size, n)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)

@@ -1,0 +1,117 @@
+"""The command line: scenes listing, a run's outputs, --resume, and the scene-reuse test."""
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import diffsim as ds
+
+TINY = '''"""Tiny test scene: a jelly cube drops on a sphere."""
+import diffsim as ds
+
+
+def build(E=2e3, grid=16):
+    sim = ds.MPMSolver(grid=grid, dt=1e-3)
+    sim.add_body(ds.Box((0.5, 0.5, 0.5), 0.2), ds.FixedCorotated(E=E, nu=0.3), name="cube")
+    sim.add_collider(ds.SphereCollider(center=(0.55, 0.5, 0.25), radius=0.08, name="ball"))
+    return ds.Scene(sim, steps=60, every=20)
+'''
+
+
+def _diffsim(*args, cwd=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "diffsim.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    p = tmp_path_factory.mktemp("scene") / "tiny.py"
+    p.write_text(TINY)
+    return p
+
+
+def test_scenes_lists_builtin_scenes_with_docstrings():
+    r = _diffsim("scenes")
+    assert r.returncode == 0, r.stderr
+    for name in ("elastic_drop", "sand_column", "plasticine_press", "fluid_dam_break", "mixed_materials",
+                 "mesh_object_drop"):
+        assert name in r.stdout
+    assert "Drucker-Prager" in r.stdout
+
+
+def test_run_writes_frames_preview_and_summary(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = _diffsim("run", tiny, "--out", out, "--set", "E=3e3")
+    assert r.returncode == 0, r.stderr
+    assert "tiny" in r.stderr  # progress bar
+    frames = sorted((out / "frames").glob("particles_*.ply"))
+    assert len(frames) == 4  # steps 0, 20, 40, 60
+    assert len(list((out / "frames").glob("colliders_*.vtu"))) == 4
+    png = (out / "preview.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "completed" and s["steps"] == 60 and s["options"] == {"E": 3000.0}
+    assert s["particle_steps_per_s"] > 0 and len(s["traces"]["energy"]) == 4
+    assert len(s["traces"]["momentum"][0]) == 3
+    import meshio
+    m = meshio.read(frames[-1])
+    assert m.points.shape == (s["particles"], 3) and "velocity_0" in m.point_data
+
+
+def test_resume_continues_with_identical_results(tiny, tmp_path):
+    a, b = tmp_path / "straight", tmp_path / "interrupted"
+    r = _diffsim("run", tiny, "--out", a, "--steps", 60, "--deterministic", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = _diffsim("run", tiny, "--out", b, "--steps", 20, "--deterministic", "--quiet")  # "interrupted" at 20
+    assert r.returncode == 0, r.stderr
+    r = _diffsim("run", tiny, "--out", b, "--steps", 60, "--resume", "--deterministic", "--quiet")
+    assert r.returncode == 0, r.stderr
+    sa = json.loads((a / "summary.json").read_text())
+    sb = json.loads((b / "summary.json").read_text())
+    assert sb["resumed_from_step"] == 20 and sb["steps"] == 60
+    import meshio
+    for k in range(4):
+        pa = meshio.read(a / "frames" / f"particles_{k:06d}.ply")
+        pb = meshio.read(b / "frames" / f"particles_{k:06d}.ply")
+        assert np.array_equal(pa.points, pb.points)
+        assert np.array_equal(pa.point_data["velocity_2"], pb.point_data["velocity_2"])
+    assert sa["traces"]["energy"] == sb["traces"]["energy"]
+
+
+def test_resume_without_checkpoint_is_an_error(tiny, tmp_path):
+    r = _diffsim("run", tiny, "--out", tmp_path / "none", "--resume")
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_unknown_option_is_an_error(tiny, tmp_path):
+    r = _diffsim("run", tiny, "--out", tmp_path / "x", "--set", "stiffness=3")
+    assert r.returncode == 2 and "stiffness" in r.stderr and "available" in r.stderr
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def test_200_scenes_in_one_process_do_not_grow_memory():
+    from diffsim import pool
+    rss = []
+    for i in range(200):
+        sim = ds.MPMSolver(grid=16, dt=1e-3)
+        sim.add_body(ds.Box((0.5, 0.5, 0.5), 0.1 + 0.001 * (i % 7)), ds.FixedCorotated(E=1e3 + i), name="b")
+        if i % 2:
+            sim.add_collider(ds.PlaneCollider(point=(0, 0, 0.3)))
+        sim.step(3)
+        assert np.isfinite(sim.positions()).all()
+        del sim
+        gc.collect()
+        if i in (19, 199):
+            rss.append(_rss_mb())
+    assert rss[1] - rss[0] < 50, rss
+    assert pool.stats()["created"] <= 10

@@ -4,23 +4,32 @@ One substep is the composition of three differentiable pieces::
 
     F1, tau  = MaterialStage(F, C, prm)            # Taichi forward, hand-written adjoint
     F1, tau  <- NeuralMaterial(F1) on its bodies   # plain torch (optional)
-    x1, v1, C1 = Transfer(x, v, C, tau, colliders)  # Taichi P2G/grid/G2P, Taichi autodiff
+    x1, v1, C1 = Transfer(x, v, C, tau, colliders)  # Taichi P2G/grid/G2P; hand-written
+                                                    # P2G/G2P adjoints, Taichi autodiff of
+                                                    # the grid update (colliders, walls)
 
 so gradients reach initial positions/velocities, material parameters (E, nu, yield
 stress, friction angle, ... through :meth:`Material.parameter_vector`), collider
 positions and per-step velocities, and the parameters of torch modules.
 
-Memory (segment checkpointing). A rollout of ``T`` steps is cut into segments of ``K``
-steps (``checkpoint_every``); only each segment's input state is kept during the forward
-pass, and a segment is recomputed during the backward pass. Peak memory is about
+Segments and memory. With built-in materials a rollout of ``T`` substeps is cut into
+segments of ``K`` substeps (``checkpoint_every``, default ~sqrt(T)); each segment is one
+autograd Function whose forward runs the fused one-kernel substep and keeps nothing but
+its input state. Its backward re-runs the segment once, taping the ``K`` intermediate
+states in Taichi fields, then reverses the substeps one by one (grid recomputed from the
+tape). Peak memory is therefore about
 
-    (T / K) * S  +  K * (S + G)  + recorded outputs
+    (T / K + K) * S  +  fields
 
-where ``S`` is one particle state (x, v, C, F: 24 floats per particle, plus the stress
-and trial gradient saved by the stages: 42 floats per particle in all) and ``G`` the grid
-momentum and mass saved per step (4 floats per grid node). ``K ~ sqrt(T)`` minimises it;
-that is the default. For 30k particles, a 64^3 grid and T = 1000 steps in f32:
-S ~ 5 MB, G ~ 4 MB, K = 32 -> about 0.5 GB (measured in ``benchmarks/mpm.py``).
+with ``S`` = one particle state (x, v, C, F: 24 floats per particle) and ``fields`` the
+solver's own Taichi fields (~100 floats per particle plus 10 per grid node, allocated
+once). For 30k particles, T = 1000, K = 32 in f32: (31 + 32) * 2.9 MB ~ 180 MB on top of
+the fields (measured: ``python benchmarks/mpm.py --case memory_1000steps_30k``).
+
+With torch materials (:class:`NeuralMaterial`) each substep is a chain of three
+Functions (material stage, the torch module, transfer) and segments are checkpointed
+with ``torch.utils.checkpoint`` (same memory formula, plus the module's activations
+for one segment).
 
 The contact/boundary branches (which grid nodes touch a collider, whether a particle
 yields) are taken as they were in the forward pass; gradients are exact almost
@@ -30,8 +39,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
@@ -144,7 +153,7 @@ class _Transfer(torch.autograd.Function):
         km.copy_in(fs.v1.grad, _c(gv1 if gv1 is not None else torch.zeros_like(v), dtype), n)
         km.copy_in(fs.C1.grad, _c(gC1 if gC1 is not None else torch.zeros_like(C), dtype), n)
         km.g2p_adjoint(fs, n, dt, dx, lx, ly, lz)
-        km.grid_update.grad(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
+        km.grid_update_adjoint(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         km.p2g_adjoint(fs, n, dt, dx, lx, ly, lz)
         gx_ = torch.empty_like(x)
         gv_ = torch.empty_like(v)
@@ -174,6 +183,135 @@ def _load_transfer_inputs(sim, x, v, C, tau, c_pos, c_vel, c_omega):
         km.copy_in(fs.c_pos, _c(c_pos, dtype), S)
         km.copy_in(fs.c_vel, _c(c_vel, dtype), S)
         km.copy_in(fs.c_omega, _c(c_omega, dtype), S)
+
+
+class _Segment(torch.autograd.Function):
+    """Several substeps of built-in materials as one differentiable unit.
+
+    Forward: the fused one-kernel substep; the torch graph keeps only the segment's input.
+    The states (and grids) of its substeps go to the solver's tape, which later segments
+    overwrite. Backward: unless the tape still holds this segment (the last segment of
+    a rollout, or a rollout of one segment), the segment is re-run to refill it; then
+    each substep is reversed from the tape (hand-written P2G/G2P and material adjoints,
+    the walls' adjoint, Taichi autodiff of the collider conditions), all inside Taichi
+    fields.
+    """
+
+    @staticmethod
+    def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega):
+        from .kernels import mpm as km
+        fs, n = sim.fields, sim.n
+        dtype = x.dtype
+        steps = c_pos.shape[0]
+        for name, t in (("x", x), ("v", v), ("C", C), ("F", F), ("prm", prm)):
+            km.copy_in(getattr(fs, name), _c(t, dtype), n)
+        record = any(ctx.needs_input_grad)
+        ctx.tape_id = _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=record)
+        outs = [torch.empty((n, 3), dtype=dtype), torch.empty((n, 3), dtype=dtype),
+                torch.empty((n, 3, 3), dtype=dtype), torch.empty((n, 3, 3), dtype=dtype)]
+        for name, t in zip(("x", "v", "C", "F"), outs):
+            km.copy_out(getattr(fs, name), t, n)
+        ctx.sim, ctx.rotations = sim, rotations
+        ctx.save_for_backward(x, v, C, F, prm, c_pos, c_vel, c_omega)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, gx, gv, gC, gF):
+        import numpy as np
+        from .kernels import mpm as km
+        sim, rotations = ctx.sim, ctx.rotations
+        x, v, C, F, prm, c_pos, c_vel, c_omega = ctx.saved_tensors
+        fs, n = sim.fields, sim.n
+        dtype = x.dtype
+        steps = c_pos.shape[0]
+        S = c_pos.shape[1]
+        args = sim.kernel_args
+        dt, dx, lx, ly, lz, gx_, gy_, gz_ = args
+        tape = sim._tape_for(steps)
+        # 1. re-run the segment to tape it, unless the tape still holds it
+        km.copy_in(fs.prm, _c(prm, dtype), n)
+        if getattr(tape, "owner", None) != ctx.tape_id:
+            for name, t in (("x", x), ("v", v), ("C", C), ("F", F)):
+                km.copy_in(getattr(fs, name), _c(t, dtype), n)
+            _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True)
+        # 2. reverse the substeps
+        zeros3 = torch.zeros((n, 3), dtype=dtype)
+        zeros33 = torch.zeros((n, 3, 3), dtype=dtype)
+        km.copy_in(fs.x1.grad, _c(gx if gx is not None else zeros3, dtype), n)
+        km.copy_in(fs.v1.grad, _c(gv if gv is not None else zeros3, dtype), n)
+        km.copy_in(fs.C1.grad, _c(gC if gC is not None else zeros33, dtype), n)
+        km.copy_in(fs.adj_F1, _c(gF if gF is not None else zeros33, dtype), n)
+        g_pos = np.zeros((steps, S, 3))
+        g_vel = np.zeros((steps, S, 3))
+        g_omega = np.zeros((S, 3))
+        for k in reversed(range(steps)):
+            km.tape_load(fs, tape, k, n)
+            _load_colliders(sim, c_pos[k], c_vel[k], c_omega, rotations, k)
+            if tape.with_grid:
+                km.tape_load_grid(fs, tape, k)
+            else:
+                km.material_stage(fs, sim.mats, n, dt)
+                km.clear_grid(fs)
+                km.p2g(fs, n, dt, dx, lx, ly, lz)
+            km.grid_update(fs, sim.cols, *args)
+            km.clear_grid_grad(fs)
+            if S:
+                for f in (fs.c_pos.grad, fs.c_vel.grad, fs.c_omega.grad):
+                    f.fill(0)
+            km.g2p_adjoint(fs, n, dt, dx, lx, ly, lz)
+            km.grid_update_adjoint(fs, sim.cols, *args)
+            km.substep_adjoint_particles(fs, sim.mats, n, dt, dx, lx, ly, lz, int(k == steps - 1))
+            if S:
+                g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
+                g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
+                g_omega += fs.c_omega.grad.to_numpy()[:S]
+        outs = [torch.empty_like(x), torch.empty_like(v), torch.empty_like(C), torch.empty_like(F)]
+        for f, t in zip((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1), outs):
+            km.copy_out(f, t, n)
+        gprm = torch.empty((n, 4), dtype=dtype)
+        km.copy_out(fs.acc_prm, gprm, n)
+        return (None, None, *outs, gprm.to(prm.dtype),
+                torch.from_numpy(g_pos).to(c_pos.dtype), torch.from_numpy(g_vel).to(c_vel.dtype),
+                torch.from_numpy(g_omega).to(c_omega.dtype))
+
+
+_tape_counter = [0]
+
+
+def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
+    """Fused substeps from the state in the fields; with ``record`` the state (and grid)
+    of every substep goes to the tape. Returns the tape's new owner id (or None)."""
+    from .kernels import mpm as km
+    fs, n = sim.fields, sim.n
+    steps = c_pos.shape[0]
+    tape = sim._tape_for(steps) if record else None
+    for k in range(steps):
+        if record:
+            km.tape_store(fs, tape, k, n)
+        _load_colliders(sim, c_pos[k], c_vel[k], c_omega, rotations, k)
+        km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args)
+        if record and tape.with_grid:
+            km.tape_store_grid(fs, tape, k)
+    if not record:
+        return None
+    _tape_counter[0] += 1
+    tape.owner = _tape_counter[0]
+    return tape.owner
+
+
+def _load_colliders(sim, pos, vel, omega, rotations, k):
+    """Collider slots for substep ``k`` of a segment (pos/vel: (S,3) tensors)."""
+    from .kernels import mpm as km
+    S = pos.shape[0]
+    if not S:
+        return
+    fs = sim.fields
+    dtype = runtime.torch_dtype()
+    km.copy_in(fs.c_pos, _c(pos, dtype), S)
+    km.copy_in(fs.c_vel, _c(vel, dtype), S)
+    km.copy_in(fs.c_omega, _c(omega, dtype), S)
+    if rotations is not None:
+        fs.c_rot.from_numpy(rotations[k])
 
 
 # --------------------------------------------------------------------------- public API
@@ -216,46 +354,45 @@ def initial_state(sim, requires_grad: bool = False) -> MPMState:
 
 def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None = None,
             collider_velocity: dict | None = None, collider_position: dict | None = None,
-            record_every: int | None = None, checkpoint_every: int | None = None,
-            observe: Callable[[int, MPMState], torch.Tensor | None] | None = None):
+            record_every: int | None = None, checkpoint_every: int | None = None):
     """Differentiable rollout of ``steps`` substeps.
 
     Args:
         sim: a built (or buildable) :class:`MPMSolver`.
         state: initial :class:`MPMState` (default: the solver's current state, no grad).
-        params: material overrides ``{body: {"E": tensor, ...}}``.
+        params: material overrides ``{body: {"E": tensor, ...}}`` (see each material's
+            ``differentiable`` names).
         collider_velocity: ``{collider_name: tensor (steps, 3) or (3,)}`` linear velocity
-            per step (m/s); default: the collider's own schedule (constant).
+            per substep (m/s); default: the collider's own schedule.
         collider_position: ``{collider_name: tensor (3,)}`` initial position (m).
-        record_every: also return the state every ``record_every`` steps.
-        checkpoint_every: segment length K of the checkpointing (default ~sqrt(steps));
-            0 disables checkpointing (everything kept for the backward pass).
-        observe: optional ``f(step, state) -> scalar tensor or None`` called after every
-            step; the sum of its values is returned as ``loss`` (losses computed inside
-            the segments do not force the intermediate states to stay in memory).
+        record_every: also return the state every ``record_every`` substeps.
+        checkpoint_every: segment length K: only every K-th state is kept for the
+            backward pass, segments are recomputed (default ~sqrt(steps); 0 or None with
+            ``steps`` small: one segment).
 
-    Returns ``(final_state, records, loss)``: ``records`` is a list of ``(step, state)``
-    and ``loss`` the summed observations (None without ``observe``). The solver's own
-    state is set to the (detached) final state and its clock advanced.
+    Returns ``(final_state, records)``: ``records`` is a list of ``(step, state)`` pairs.
+    The solver's own state is set to the (detached) final state and its clock advanced.
     """
     sim.build()
     steps = int(steps)
     if steps < 1:
         raise InvalidScene(f"steps must be >= 1, got {steps}")
+    if record_every is not None and int(record_every) < 1:
+        raise InvalidScene(f"record_every must be >= 1, got {record_every}")
     if state is None:
         state = initial_state(sim)
     dtype = runtime.torch_dtype()
     prm = parameter_tensor(sim, params)
     S = len(sim.colliders)
-    pos0, vel0, omega0, _ = sim.collider_state()
+    pos0, _, omega0, _ = sim.collider_state()
     collider_velocity = dict(collider_velocity or {})
     collider_position = dict(collider_position or {})
     names = [c.name for c in sim.colliders]
     for key in list(collider_velocity) + list(collider_position):
         if key not in names:
             raise InvalidScene(f"unknown collider {key!r}; colliders: {names}")
-    vel_tables = []
-    for i, c in enumerate(sim.colliders):
+    tables = []
+    for c in sim.colliders:
         if c.name in collider_velocity:
             t = collider_velocity[c.name].to(dtype)
             if t.shape == (3,):
@@ -263,75 +400,71 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
             if t.shape != (steps, 3):
                 raise InvalidScene(f"collider_velocity[{c.name!r}] must have shape (3,) or ({steps}, 3), "
                                    f"got {tuple(t.shape)}")
-            vel_tables.append(t)
+            tables.append(t)
         else:
-            vel_tables.append(torch.tensor([c.velocity_at(sim.time + k * sim.dt, sim.dt) for k in range(steps)],
-                                           dtype=dtype).reshape(steps, 3))
-    pos = torch.stack([collider_position[c.name].to(dtype) if c.name in collider_position
-                       else torch.tensor(pos0[i], dtype=dtype) for i, c in enumerate(sim.colliders)]) \
-        if S else torch.zeros((0, 3), dtype=dtype)
-    vel = torch.stack(vel_tables, 1) if S else torch.zeros((steps, 0, 3), dtype=dtype)
-    omega = torch.tensor(omega0[:S], dtype=dtype)
-    K = checkpoint_every
-    if K is None:
-        K = max(1, int(math.ceil(math.sqrt(steps))))
-    records = []
-    loss = None
+            tables.append(torch.tensor(np.array([c.velocity_at(sim.time + k * sim.dt, sim.dt) for k in range(steps)]),
+                                       dtype=dtype).reshape(steps, 3))
+    if S:
+        vel = torch.stack(tables, 1)                                     # (steps, S, 3)
+        start = torch.stack([collider_position[c.name].to(dtype) if c.name in collider_position
+                             else torch.tensor(pos0[i], dtype=dtype) for i, c in enumerate(sim.colliders)])
+        pos = start + sim.dt * (torch.cumsum(vel, 0) - vel)             # position at each substep
+        end = start + sim.dt * vel.sum(0)
+    else:
+        vel = torch.zeros((steps, 0, 3), dtype=dtype)
+        pos = torch.zeros((steps, 0, 3), dtype=dtype)
+        end = None
+    omega = torch.tensor(omega0[:S], dtype=dtype).reshape(S, 3)
+    rotations = _rotation_schedule(sim, steps)
+
+    K = checkpoint_every if checkpoint_every else (steps if checkpoint_every == 0 else
+                                                   max(1, int(math.ceil(math.sqrt(steps)))))
+    cuts = set(range(0, steps, K)) | {steps}
+    if record_every:
+        cuts |= set(range(0, steps, int(record_every)))
+    cuts = sorted(cuts)
+    neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
     start_time, start_step = sim.time, sim.step_count
-    rotations = _rotation_schedule(sim, steps)  # host side; constants of the backward pass
-
-    def run_segment(k0, k1, x, v, C, F, p):
-        st = MPMState(x, v, C, F)
-        seg_loss = torch.zeros((), dtype=dtype)
-        outs = []
-        for k in range(k0, k1):
-            if rotations is not None:
-                sim.fields.c_rot.from_numpy(rotations[k])
-            st = step(sim, st, prm, p, vel[k], omega)
-            p = p + sim.dt * vel[k]
-            if observe is not None:
-                val = observe(k + 1, st)
-                if val is not None:
-                    seg_loss = seg_loss + val
-            if record_every and (k + 1) % record_every == 0:
-                outs.append(st)
-        flat = [t for s_ in outs for t in s_.tensors()]
-        return (st.x, st.v, st.C, st.F, p, seg_loss, *flat)
-
     x, v, C, F = state.tensors()
-    p = pos
-    k = 0
-    while k < steps:
-        k1 = min(steps, k + K) if K > 0 else steps
-        if K > 0 and torch.is_grad_enabled():
-            res = _checkpoint(run_segment, k, k1, x, v, C, F, p, use_reentrant=False)
+    records = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        rots = rotations[a:b] if rotations is not None else None
+        if neural:
+            seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t)  # noqa: E731
+            args = (x, v, C, F, prm, pos[a:b], vel[a:b], omega)
+            if torch.is_grad_enabled():
+                x, v, C, F = _checkpoint(seg, *args, use_reentrant=False)
+            else:
+                x, v, C, F = seg(*args)
         else:
-            res = run_segment(k, k1, x, v, C, F, p)
-        x, v, C, F, p, seg_loss = res[:6]
-        flat = res[6:]
-        n_rec = len(flat) // 4
-        first = ((k // record_every) + 1) * record_every if record_every else 0
-        for j in range(n_rec):
-            records.append((first + j * record_every, MPMState(*flat[4 * j:4 * j + 4])))
-        if observe is not None:
-            loss = seg_loss if loss is None else loss + seg_loss
-        k = k1
+            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega)
+        if record_every and b % int(record_every) == 0:
+            records.append((b, MPMState(x, v, C, F)))
     final = MPMState(x, v, C, F)
     # leave the solver at the end of the rollout
     sim.set_state({"x": x, "v": v, "C": C, "F": F})
     for i, c in enumerate(sim.colliders):
-        c.position = p[i].detach().cpu().numpy().astype(float)
+        c.position = end[i].detach().cpu().numpy().astype(float)
         if rotations is not None:
             c.rotation = rotations[steps][i].astype(float)
     sim.time = start_time + steps * sim.dt
     sim.step_count = start_step + steps
     sim._upload_collider_state()
-    return final, records, loss
+    return final, records
+
+
+def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega):
+    """Substeps ``a..b`` as a chain of per-step autograd Functions (torch materials)."""
+    st = MPMState(x, v, C, F)
+    for k in range(b - a):
+        if rotations is not None:
+            sim.fields.c_rot.from_numpy(rotations[k])
+        st = step(sim, st, prm, pos[k], vel[k], omega)
+    return st.x, st.v, st.C, st.F
 
 
 def _rotation_schedule(sim, steps):
     """Per-step rotation arrays (steps+1, slots, 3, 3) for rotating colliders, else None."""
-    import numpy as np
     from .colliders import rotation_step
     if not any(np.any(c.angular_velocity_at(sim.time)) for c in sim.colliders):
         return None

@@ -34,3 +34,33 @@ def contact_velocity(v, v_wall, n, kind, mu):
                 vt = vt * scale
             out = v_wall + vt
     return out
+
+
+@ti.func
+def contact_velocity_vjp(v, v_wall, n, kind, mu, g):
+    """Adjoint of :func:`contact_velocity` for a fixed normal: returns ``(v_bar, v_wall_bar)``
+    for the output adjoint ``g``."""
+    v_bar = g
+    w_bar = ti.Vector.zero(float, 3)
+    if kind == STICKY:
+        v_bar = ti.Vector.zero(float, 3)
+        w_bar = g
+    else:
+        rel = v - v_wall
+        vn = rel.dot(n)
+        if vn < 0.0:
+            vt = rel - vn * n
+            rel_bar = g - g.dot(n) * n
+            if kind == SEPARATE:
+                vt_sq = vt.dot(vt)
+                rel_bar = ti.Vector.zero(float, 3)
+                if vt_sq > 0.0:
+                    vt_len = ti.sqrt(vt_sq)
+                    s = 1.0 + mu * vn / vt_len
+                    if s > 0.0:
+                        a = g.dot(vt)
+                        h = s * g - (a * mu * vn / (vt_len * vt_sq)) * vt
+                        rel_bar = h - h.dot(n) * n + (a * mu / vt_len) * n
+            v_bar = rel_bar
+            w_bar = g - rel_bar
+    return v_bar, w_bar

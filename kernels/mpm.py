@@ -60,6 +60,7 @@ class MPMFields:
         self.adj_F = ti.Matrix.field(3, 3, f, N)
         self.adj_C = ti.Matrix.field(3, 3, f, N)
         self.adj_prm = ti.Vector.field(4, f, N)
+        self.acc_prm = ti.Vector.field(4, f, N)  # adjoint of prm summed over a segment
         # per-particle constants
         self.mass = ti.field(f, N)
         self.vol = ti.field(f, N)
@@ -69,6 +70,7 @@ class MPMFields:
         # grid
         self.g_mv = ti.Vector.field(3, f, G, needs_grad=True)
         self.g_m = ti.field(f, G, needs_grad=True)
+        self.g_vw = ti.Vector.field(3, f, G, needs_grad=True)  # after walls, before colliders
         self.g_v = ti.Vector.field(3, f, G, needs_grad=True)
         # colliders
         S = self.n_slots
@@ -149,23 +151,72 @@ def _gather(fs: ti.template(), xp, dx, lo):
 
 
 @ti.func
-def _node_velocity(fs: ti.template(), I, dt, dx, lo, gravity, cols: ti.template()):
-    """Grid momentum -> velocity, gravity, wall and collider boundary conditions."""
+def _wall_normal(d: ti.template(), sign: ti.template()):
+    n = ti.Vector.zero(float, 3)
+    n[d] = sign
+    return n
+
+
+@ti.func
+def _node_velocity_walls(fs: ti.template(), I, dt, gravity):
+    """Grid momentum -> velocity, gravity and the domain walls (0 on empty nodes)."""
     m = fs.g_m[I]
     v = ti.Vector.zero(float, 3)
     if m > 0.0:
         v = fs.g_mv[I] / m + dt * gravity
-        xi = lo + I * dx
         G = ti.static(fs.grid_shape)
         for d in ti.static(range(3)):
             if I[d] < BOUND:
-                n = ti.Vector.zero(float, 3)
-                n[d] = 1.0
-                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), n, fs.w_kind[2 * d], fs.w_mu[2 * d])
+                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), _wall_normal(d, 1.0),
+                                              fs.w_kind[2 * d], fs.w_mu[2 * d])
             if I[d] >= G[d] - BOUND:
-                n = ti.Vector.zero(float, 3)
-                n[d] = -1.0
-                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), n, fs.w_kind[2 * d + 1], fs.w_mu[2 * d + 1])
+                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), _wall_normal(d, -1.0),
+                                              fs.w_kind[2 * d + 1], fs.w_mu[2 * d + 1])
+    return v
+
+
+@ti.func
+def _node_velocity_walls_adjoint(fs: ti.template(), I, dt, gravity, v_bar):
+    """Adjoint of :func:`_node_velocity_walls`: ``(mv_bar, m_bar)`` for ``v_bar``."""
+    m = fs.g_m[I]
+    mv_bar = ti.Vector.zero(float, 3)
+    m_bar = 0.0
+    if m > 0.0:
+        G = ti.static(fs.grid_shape)
+        # forward again, keeping the input of each of the six wall stages
+        v0 = fs.g_mv[I] / m + dt * gravity
+        ins = [v0, v0, v0, v0, v0, v0]
+        v = v0
+        for d in ti.static(range(3)):
+            ins[2 * d] = v
+            if I[d] < BOUND:
+                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), _wall_normal(d, 1.0),
+                                              fs.w_kind[2 * d], fs.w_mu[2 * d])
+            ins[2 * d + 1] = v
+            if I[d] >= G[d] - BOUND:
+                v = boundary.contact_velocity(v, ti.Vector.zero(float, 3), _wall_normal(d, -1.0),
+                                              fs.w_kind[2 * d + 1], fs.w_mu[2 * d + 1])
+        g = v_bar
+        for dd in ti.static(range(3)):
+            d = ti.static(2 - dd)
+            if I[d] >= G[d] - BOUND:
+                g, _ = boundary.contact_velocity_vjp(ins[2 * d + 1], ti.Vector.zero(float, 3),
+                                                     _wall_normal(d, -1.0), fs.w_kind[2 * d + 1],
+                                                     fs.w_mu[2 * d + 1], g)
+            if I[d] < BOUND:
+                g, _ = boundary.contact_velocity_vjp(ins[2 * d], ti.Vector.zero(float, 3),
+                                                     _wall_normal(d, 1.0), fs.w_kind[2 * d], fs.w_mu[2 * d], g)
+        mv_bar = g / m
+        m_bar = -g.dot(fs.g_mv[I]) / (m * m)
+    return mv_bar, m_bar
+
+
+@ti.func
+def _node_velocity_colliders(fs: ti.template(), I, v, dx, lo, cols: ti.template()):
+    """Collider boundary conditions on a (non-empty) node's velocity."""
+    out = v
+    if fs.g_m[I] > 0.0:
+        xi = lo + I * dx
         for c in ti.static(range(len(cols))):
             R = fs.c_rot[c]
             r = xi - fs.c_pos[c]
@@ -173,8 +224,14 @@ def _node_velocity(fs: ti.template(), I, dt, dx, lo, gravity, cols: ti.template(
             if phi < 0.0:
                 n = R @ n_loc
                 v_wall = fs.c_vel[c] + fs.c_omega[c].cross(r)
-                v = boundary.contact_velocity(v, v_wall, n, fs.c_kind[c], fs.c_mu[c])
-    return v
+                out = boundary.contact_velocity(out, v_wall, n, fs.c_kind[c], fs.c_mu[c])
+    return out
+
+
+@ti.func
+def _node_velocity(fs: ti.template(), I, dt, dx, lo, gravity, cols: ti.template()):
+    """Grid momentum -> velocity, gravity, wall and collider boundary conditions."""
+    return _node_velocity_colliders(fs, I, _node_velocity_walls(fs, I, dt, gravity), dx, lo, cols)
 
 
 # ----------------------------------------------------------------------------- fused step
@@ -242,8 +299,7 @@ def clear_grid(fs: ti.template()):
 @ti.kernel
 def clear_grid_grad(fs: ti.template()):
     for I in ti.grouped(fs.g_m):
-        fs.g_mv.grad[I] = ti.Vector.zero(float, 3)
-        fs.g_m.grad[I] = 0.0
+        fs.g_vw.grad[I] = ti.Vector.zero(float, 3)
         fs.g_v.grad[I] = ti.Vector.zero(float, 3)
 
 
@@ -256,12 +312,39 @@ def p2g(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, loy: flo
 
 
 @ti.kernel
-def grid_update(fs: ti.template(), cols: ti.template(), dt: float, dx: float, lox: float, loy: float,
-                loz: float, gx: float, gy: float, gz: float):
+def grid_walls(fs: ti.template(), dt: float, gx: float, gy: float, gz: float):
+    """``g_vw`` = walls(grid momentum / mass + gravity); adjoint: :func:`grid_walls_adjoint`."""
+    for I in ti.grouped(fs.g_m):
+        fs.g_vw[I] = _node_velocity_walls(fs, I, dt, ti.Vector([gx, gy, gz]))
+
+
+@ti.kernel
+def grid_colliders(fs: ti.template(), cols: ti.template(), dx: float, lox: float, loy: float, loz: float):
+    """``g_v`` = colliders(``g_vw``); differentiated by Taichi autodiff (SDF normals and
+    collider poses included)."""
     for I in ti.grouped(fs.g_m):
         lo = ti.Vector([lox, loy, loz])
-        gravity = ti.Vector([gx, gy, gz])
-        fs.g_v[I] = _node_velocity(fs, I, dt, dx, lo, gravity, cols)
+        fs.g_v[I] = _node_velocity_colliders(fs, I, fs.g_vw[I], dx, lo, cols)
+
+
+def grid_update(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
+    """The split path's grid update (two kernels)."""
+    grid_walls(fs, dt, gx, gy, gz)
+    grid_colliders(fs, cols, dx, lox, loy, loz)
+
+
+def grid_update_adjoint(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
+    """``g_v.grad -> g_mv.grad, g_m.grad`` (and collider grads); needs the forward grid."""
+    grid_colliders.grad(fs, cols, dx, lox, loy, loz)
+    grid_walls_adjoint(fs, dt, gx, gy, gz)
+
+
+@ti.kernel
+def grid_walls_adjoint(fs: ti.template(), dt: float, gx: float, gy: float, gz: float):
+    for I in ti.grouped(fs.g_m):
+        mvb, mb = _node_velocity_walls_adjoint(fs, I, dt, ti.Vector([gx, gy, gz]), fs.g_vw.grad[I])
+        fs.g_mv.grad[I] = mvb
+        fs.g_m.grad[I] = mb
 
 
 @ti.kernel
@@ -294,6 +377,7 @@ def g2p_adjoint(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, 
         Cb = fs.C1.grad[p]
         c = 4.0 * inv_dx * inv_dx
         xbar = xb1
+        nv = ti.Vector.zero(float, 3)
         for i, j, k in ti.ndrange(3, 3, 3):
             off = ti.Vector([i, j, k])
             dpos = (off - fx) * dx
@@ -302,42 +386,133 @@ def g2p_adjoint(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, 
                             W[i, 0] * W[j, 1] * dW[k, 2]]) * inv_dx
             gv = fs.g_v[base + off]
             Cd = Cb @ dpos
-            fs.g_v.grad[base + off] += wt * vb + (c * wt) * Cd
-            xbar += gw * (gv.dot(vb) + c * gv.dot(Cd)) - (c * wt) * (Cb.transpose() @ gv)
-        fs.x.grad[p] = xbar
+            fs.g_v.grad[base + off] += wt * (vb + c * Cd)
+            xbar += gw * gv.dot(vb + c * Cd)
+            nv += wt * gv
+        # d(dpos)/dx = -I: sum_i c w_i C_bar^T g_v,i = c C_bar^T v_new
+        fs.x.grad[p] = xbar - c * (Cb.transpose() @ nv)
+
+
+@ti.func
+def _p2g_particle_adjoint(fs: ti.template(), p, xp, vp, Cp, taup, dt, dx, lo):
+    """Adjoint of one particle's scatter: ``(x_bar, v_bar, C_bar, tau_bar)`` from the grid
+    adjoints ``g_mv.grad``, ``g_m.grad``."""
+    inv_dx = 1.0 / dx
+    base, fx, W = _stencil(xp, lo, inv_dx, ti.static(fs.grid_shape))
+    dW = _stencil_grad(fx)
+    m = fs.mass[p]
+    kst = dt * fs.vol[p] * 4.0 * inv_dx * inv_dx
+    affine = m * Cp - kst * taup
+    mv = m * vp
+    vbar = ti.Vector.zero(float, 3)
+    Abar = ti.Matrix.zero(float, 3, 3)
+    xbar = ti.Vector.zero(float, 3)
+    for i, j, k in ti.ndrange(3, 3, 3):
+        off = ti.Vector([i, j, k])
+        dpos = (off - fx) * dx
+        wt = W[i, 0] * W[j, 1] * W[k, 2]
+        gw = ti.Vector([dW[i, 0] * W[j, 1] * W[k, 2], W[i, 0] * dW[j, 1] * W[k, 2],
+                        W[i, 0] * W[j, 1] * dW[k, 2]]) * inv_dx
+        gmv = fs.g_mv.grad[base + off]
+        wg = wt * gmv
+        vbar += wg
+        Abar += wg.outer_product(dpos)
+        xbar += gw * (gmv.dot(mv + affine @ dpos) + fs.g_m.grad[base + off] * m)
+    xbar -= affine.transpose() @ vbar  # d(dpos)/dx = -I
+    return xbar, m * vbar, m * Abar, -kst * Abar
 
 
 @ti.kernel
 def p2g_adjoint(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, loy: float, loz: float):
-    """``(g_mv.grad, g_m.grad) -> x.grad (+=), v.grad, C.grad, tau.grad (=)``."""
+    """``(g_mv.grad, g_m.grad) -> x.grad (+=), v.grad, C.grad, tau.grad (=)`` (stress from ``tau``)."""
     for p in range(n):
         lo = ti.Vector([lox, loy, loz])
-        inv_dx = 1.0 / dx
-        xp = fs.x[p]
-        base, fx, W = _stencil(xp, lo, inv_dx, ti.static(fs.grid_shape))
-        dW = _stencil_grad(fx)
-        m = fs.mass[p]
-        kst = dt * fs.vol[p] * 4.0 * inv_dx * inv_dx
-        affine = m * fs.C[p] - kst * fs.tau[p]
-        mv = m * fs.v[p]
-        vbar = ti.Vector.zero(float, 3)
-        Abar = ti.Matrix.zero(float, 3, 3)
-        xbar = ti.Vector.zero(float, 3)
-        for i, j, k in ti.ndrange(3, 3, 3):
-            off = ti.Vector([i, j, k])
-            dpos = (off - fx) * dx
-            wt = W[i, 0] * W[j, 1] * W[k, 2]
-            gw = ti.Vector([dW[i, 0] * W[j, 1] * W[k, 2], W[i, 0] * dW[j, 1] * W[k, 2],
-                            W[i, 0] * W[j, 1] * dW[k, 2]]) * inv_dx
-            gmv = fs.g_mv.grad[base + off]
-            gm = fs.g_m.grad[base + off]
-            vbar += wt * gmv
-            Abar += wt * gmv.outer_product(dpos)
-            xbar += gw * (gmv.dot(mv + affine @ dpos) + gm * m) - wt * (affine.transpose() @ gmv)
-        fs.v.grad[p] = m * vbar
-        fs.C.grad[p] = m * Abar
-        fs.tau.grad[p] = -kst * Abar
-        fs.x.grad[p] += xbar
+        xb, vb, Cb, tb = _p2g_particle_adjoint(fs, p, fs.x[p], fs.v[p], fs.C[p], fs.tau[p], dt, dx, lo)
+        fs.v.grad[p] = vb
+        fs.C.grad[p] = Cb
+        fs.tau.grad[p] = tb
+        fs.x.grad[p] += xb
+
+
+@ti.kernel
+def substep_adjoint_particles(fs: ti.template(), mats: ti.template(), n: ti.i32, dt: float, dx: float,
+                              lox: float, loy: float, loz: float, first: ti.i32):
+    """Particle half of a fused substep's reverse pass: P2G and material adjoints, then the
+    input adjoints become the previous substep's output adjoints (``x1.grad``, ``v1.grad``,
+    ``C1.grad``, ``adj_F1``); parameter adjoints are summed into ``acc_prm``.
+
+    Needs ``x.grad`` from :func:`g2p_adjoint` and the grid adjoints."""
+    for p in range(n):
+        lo = ti.Vector([lox, loy, loz])
+        Fp = fs.F[p]
+        Cp = fs.C[p]
+        prm = fs.prm[p]
+        F_tr = constitutive.trial_deformation(Fp, Cp, dt)
+        Fe, taup = constitutive.material_response(fs.mtype[p], F_tr, Cp, prm, mats)
+        xb, vb, Cb, tb = _p2g_particle_adjoint(fs, p, fs.x[p], fs.v[p], Cp, taup, dt, dx, lo)
+        Fb, Cb2, pb = constitutive.material_vjp(fs.mtype[p], Fp, Cp, prm, dt, fs.adj_F1[p], tb, mats)
+        fs.x1.grad[p] = fs.x.grad[p] + xb
+        fs.v1.grad[p] = vb
+        fs.C1.grad[p] = Cb + Cb2
+        fs.adj_F1[p] = Fb
+        if first:
+            fs.acc_prm[p] = pb
+        else:
+            fs.acc_prm[p] += pb
+
+
+# ----------------------------------------------------------------------------- segment tape
+
+
+@ti.data_oriented
+class MPMTape:
+    """Particle states at the start of each substep of a segment: ``x[k, p]`` etc."""
+
+    def __init__(self, capacity, length, grid_shape, dtype):
+        self.capacity = int(capacity)
+        self.length = int(length)
+        shape = (self.length + 1, self.capacity)
+        self.x = ti.Vector.field(3, dtype, shape)
+        self.v = ti.Vector.field(3, dtype, shape)
+        self.C = ti.Matrix.field(3, 3, dtype, shape)
+        self.F = ti.Matrix.field(3, 3, dtype, shape)
+        # grid momentum and mass of every substep (saves recomputing P2G); empty if None
+        self.with_grid = grid_shape is not None
+        gshape = (self.length,) + tuple(grid_shape) if self.with_grid else (1, 1, 1, 1)
+        self.g_mv = ti.Vector.field(3, dtype, gshape)
+        self.g_m = ti.field(dtype, gshape)
+
+
+@ti.kernel
+def tape_store(fs: ti.template(), tape: ti.template(), k: ti.i32, n: ti.i32):
+    for p in range(n):
+        tape.x[k, p] = fs.x[p]
+        tape.v[k, p] = fs.v[p]
+        tape.C[k, p] = fs.C[p]
+        tape.F[k, p] = fs.F[p]
+
+
+@ti.kernel
+def tape_store_grid(fs: ti.template(), tape: ti.template(), k: ti.i32):
+    for I in ti.grouped(fs.g_m):
+        tape.g_mv[k, I[0], I[1], I[2]] = fs.g_mv[I]
+        tape.g_m[k, I[0], I[1], I[2]] = fs.g_m[I]
+
+
+@ti.kernel
+def tape_load_grid(fs: ti.template(), tape: ti.template(), k: ti.i32):
+    for I in ti.grouped(fs.g_m):
+        fs.g_mv[I] = tape.g_mv[k, I[0], I[1], I[2]]
+        fs.g_m[I] = tape.g_m[k, I[0], I[1], I[2]]
+
+
+@ti.kernel
+def tape_load(fs: ti.template(), tape: ti.template(), k: ti.i32, n: ti.i32):
+    for p in range(n):
+        fs.x[p] = tape.x[k, p]
+        fs.v[p] = tape.v[k, p]
+        fs.C[p] = tape.C[k, p]
+        fs.F[p] = tape.F[k, p]
 
 
 # ----------------------------------------------------------------------------- diagnostics

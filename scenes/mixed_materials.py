@@ -1,14 +1,14 @@
 """Mixed materials in one grid: a jelly cube, a plasticine ball, a sand heap and a slab
 of water fall into the same box and interact through the shared MPM grid.
 
-Options: grid (64).
+Options: grid (48).
 """
 import math
 
 import diffsim as ds
 
 
-def build(grid=64):
+def build(grid=48):
     jelly = ds.FixedCorotated(E=4e4, nu=0.3, density=1000.0)
     clay = ds.VonMises(E=8e4, nu=0.3, yield_stress=1.5e3, density=1300.0)
     sand = ds.DruckerPrager(E=3e5, nu=0.3, friction_angle=math.radians(35), density=1500.0)
@@ -19,7 +19,7 @@ def build(grid=64):
     dt = min(2e-4, 0.5 * 0.4 * dx / c)
     sim = ds.MPMSolver(domain_max=(L, L, L), grid=grid, dt=dt, walls="separate", wall_friction=0.3)
     m = 3 * dx
-    sim.add_body(ds.Box(center=(L / 2, L / 2, m + 0.04), size=(L - 2 * m - 1e-3, L - 2 * m - 1e-3, 0.08)), water,
+    sim.add_body(ds.Box(center=(L - m - 0.15, L / 2, m + 0.03), size=(0.3, L - 2 * m - 1e-3, 0.06)), water,
                  name="water")
     sim.add_body(ds.Cylinder(center=(0.2, 0.2, 0.3), radius=0.07, height=0.12), sand, name="sand")
     sim.add_body(ds.Box(center=(0.4, 0.22, 0.32), size=0.12), jelly, name="jelly")

@@ -175,3 +175,41 @@ def test_backward_after_other_rollouts_uses_its_own_trajectory():
         grads.append(E.grad.item())
     assert grads[0] != 0 and grads[1] == pytest.approx(grads[0], rel=1e-9)
     sim.close()
+
+
+@pytest.mark.parametrize("case", ["contact_onset", "yield_onset"])
+def test_onset_cases(case):
+    """Contact and yield onset inside the window: the loss is only piecewise smooth (a grid
+    node entering the collider, a particle starting to yield), so the tolerance is looser.
+    Measured (README): ~2e-6 (contact onset), ~9e-6 (yield onset)."""
+    if case == "contact_onset":
+        mat, names, z = ds.FixedCorotated(E=3e3, nu=0.3), ("E",), 0.455
+    else:
+        mat, names, z = ds.VonMises(E=5e3, nu=0.3, yield_stress=150.0), ("E", "yield_stress"), 0.43
+    sim = ds.MPMSolver(grid=16, dt=1e-3, walls={"-z": "sticky"})
+    sim.add_body(ds.Box(center=(0.5, 0.5, 0.27), size=(0.16, 0.16, 0.16)), mat, name="block")
+    sim.add_collider(ds.SphereCollider(center=(0.52, 0.49, z), radius=0.09, velocity=(0.0, 0.0, -0.5),
+                                       friction=0.3, name="press"))
+    sim.build()
+    n = sim.n
+    x0 = torch.tensor(sim.initial_positions())
+    w = torch.randn(n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vals = [torch.tensor(float(getattr(mat, k)), dtype=torch.float64, requires_grad=True) for k in names]
+    cv = torch.tensor([0.0, 0.0, -0.5], dtype=torch.float64).repeat(60, 1).requires_grad_(True)
+
+    def loss(*a):
+        sim.time, sim.step_count = 0.0, 0
+        sim.colliders[0].reset()
+        st = MPMState(x0, torch.zeros(n, 3, dtype=torch.float64), torch.zeros(n, 3, 3, dtype=torch.float64),
+                      torch.eye(3, dtype=torch.float64).repeat(n, 1, 1))
+        f, _ = ds.rollout(sim, 60, state=st, params={"block": dict(zip(names, a[:-1]))},
+                          collider_velocity={"press": a[-1]})
+        return (f.x * w).sum()
+
+    loss(*vals, cv).backward()
+    assert all(v.grad.abs() > 0 for v in vals)
+    with torch.no_grad():
+        res = directional_fd_check(lambda *a: loss(*a).item(), vals + [cv], [v.grad for v in vals] + [cv.grad],
+                                   h_rel=1e-4, n_dirs=2)
+    _check(res, 1e-3)
+    sim.close()

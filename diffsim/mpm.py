@@ -411,9 +411,8 @@ class MPMSolver:
             km.copy_field(src, dst, n)
 
     # ------------------------------------------------------------------------ state
-    def get_state(self) -> dict[str, np.ndarray]:
-        """Current particle state as float64 numpy arrays: x (N,3) m, v (N,3) m/s,
-        C (N,3,3) 1/s, F (N,3,3)."""
+    def _read_state(self) -> dict[str, np.ndarray]:
+        """x, v, C, F in the runtime's precision (bitwise copies of the fields)."""
         from .kernels import mpm as km
         self.build()
         n = self.n
@@ -421,8 +420,13 @@ class MPMSolver:
         for name, shape in (("x", (n, 3)), ("v", (n, 3)), ("C", (n, 3, 3)), ("F", (n, 3, 3))):
             a = np.empty(shape, dtype=runtime.np_dtype())
             km.copy_out(getattr(self.fields, name), a, n)
-            out[name] = a.astype(np.float64)
+            out[name] = a
         return out
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Current particle state as float64 numpy arrays: x (N,3) m, v (N,3) m/s,
+        C (N,3,3) 1/s, F (N,3,3)."""
+        return {k: a.astype(np.float64) for k, a in self._read_state().items()}
 
     def set_state(self, state: dict):
         """Overwrite the particle state (arrays as returned by :meth:`get_state`; numpy or torch)."""
@@ -448,14 +452,8 @@ class MPMSolver:
 
     def checkpoint(self) -> tuple[dict, dict]:
         """``(arrays, meta)`` from which :meth:`restore` continues bitwise identically."""
-        from .kernels import mpm as km
-        self.build()
+        arrays = self._read_state()
         n = self.n
-        arrays = {}
-        for name, shape in (("x", (n, 3)), ("v", (n, 3)), ("C", (n, 3, 3)), ("F", (n, 3, 3))):
-            a = np.empty(shape, dtype=runtime.np_dtype())
-            km.copy_out(getattr(self.fields, name), a, n)
-            arrays[name] = a
         for i, c in enumerate(self.colliders):
             arrays[f"collider{i}_position"] = c.position.copy()
             arrays[f"collider{i}_rotation"] = c.rotation.copy()

@@ -120,6 +120,16 @@ def _stencil_grad(fx):
 
 
 @ti.func
+def _stencil_node(W, dW, fx, i, j, k, dx):
+    """Offset, ``x_i - x_p`` (m), weight and weight gradient (1/m) of stencil node (i, j, k)."""
+    off = ti.Vector([i, j, k])
+    wt = W[i, 0] * W[j, 1] * W[k, 2]
+    gw = ti.Vector([dW[i, 0] * W[j, 1] * W[k, 2], W[i, 0] * dW[j, 1] * W[k, 2],
+                    W[i, 0] * W[j, 1] * dW[k, 2]]) / dx
+    return off, (off - fx) * dx, wt, gw
+
+
+@ti.func
 def _scatter(fs: ti.template(), p, xp, vp, Cp, taup, dt, dx, lo):
     inv_dx = 1.0 / dx
     base, fx, W = _stencil(xp, lo, inv_dx, ti.static(fs.grid_shape))
@@ -379,11 +389,7 @@ def g2p_adjoint(fs: ti.template(), n: ti.i32, dt: float, dx: float, lox: float, 
         xbar = xb1
         nv = ti.Vector.zero(float, 3)
         for i, j, k in ti.ndrange(3, 3, 3):
-            off = ti.Vector([i, j, k])
-            dpos = (off - fx) * dx
-            wt = W[i, 0] * W[j, 1] * W[k, 2]
-            gw = ti.Vector([dW[i, 0] * W[j, 1] * W[k, 2], W[i, 0] * dW[j, 1] * W[k, 2],
-                            W[i, 0] * W[j, 1] * dW[k, 2]]) * inv_dx
+            off, dpos, wt, gw = _stencil_node(W, dW, fx, i, j, k, dx)
             gv = fs.g_v[base + off]
             Cd = Cb @ dpos
             fs.g_v.grad[base + off] += wt * (vb + c * Cd)
@@ -408,11 +414,7 @@ def _p2g_particle_adjoint(fs: ti.template(), p, xp, vp, Cp, taup, dt, dx, lo):
     Abar = ti.Matrix.zero(float, 3, 3)
     xbar = ti.Vector.zero(float, 3)
     for i, j, k in ti.ndrange(3, 3, 3):
-        off = ti.Vector([i, j, k])
-        dpos = (off - fx) * dx
-        wt = W[i, 0] * W[j, 1] * W[k, 2]
-        gw = ti.Vector([dW[i, 0] * W[j, 1] * W[k, 2], W[i, 0] * dW[j, 1] * W[k, 2],
-                        W[i, 0] * W[j, 1] * dW[k, 2]]) * inv_dx
+        off, dpos, wt, gw = _stencil_node(W, dW, fx, i, j, k, dx)
         gmv = fs.g_mv.grad[base + off]
         wg = wt * gmv
         vbar += wg

@@ -14,17 +14,22 @@ positions and per-step velocities, and the parameters of torch modules.
 
 Segments and memory. With built-in materials a rollout of ``T`` substeps is cut into
 segments of ``K`` substeps (``checkpoint_every``, default ~sqrt(T)); each segment is one
-autograd Function whose forward runs the fused one-kernel substep and keeps nothing but
-its input state. Its backward re-runs the segment once, taping the ``K`` intermediate
-states in Taichi fields, then reverses the substeps one by one (grid recomputed from the
-tape). Peak memory is therefore about
+autograd Function whose forward runs the fused one-kernel substep; the torch graph keeps
+only the segment's input state. The states and grids of a segment's substeps go to a
+*tape* (Taichi fields); tapes are kept, least-recently-written evicted first, within
+``tape_memory`` (default 1 GiB). The backward pass reverses each segment substep by
+substep from its tape, re-running the segment first if its tape was evicted. Peak memory
+is about
 
-    (T / K + K) * S  +  fields
+    (T / K) * S  +  min(tape_memory, (T / K) * K * (S + G))  +  fields
 
-with ``S`` = one particle state (x, v, C, F: 24 floats per particle) and ``fields`` the
-solver's own Taichi fields (~100 floats per particle plus 10 per grid node, allocated
-once). For 30k particles, T = 1000, K = 32 in f32: (31 + 32) * 2.9 MB ~ 180 MB on top of
-the fields (measured: ``python benchmarks/mpm.py --case memory_1000steps_30k``).
+with ``S`` = one particle state (x, v, C, F: 24 floats per particle), ``G`` one grid
+(momentum and mass: 4 floats per node) and ``fields`` the solver's own Taichi fields
+(~110 floats per particle plus ~13 per grid node, allocated once). With ``tape_memory=0``
+(one tape) it is ``(T/K + K) * S + K * G + fields``: for 30k particles, T = 1000,
+K = 32, a 64^3 grid in f32 about 0.3 GB beyond the fields (measured peak process memory
+791 MB); with the default 1 GiB of tapes 1.55 GB
+(``python benchmarks/mpm.py --case memory_1000steps_30k``).
 
 With torch materials (:class:`NeuralMaterial`) each substep is a chain of three
 Functions (material stage, the torch module, transfer) and segments are checkpointed
@@ -227,13 +232,13 @@ class _Segment(torch.autograd.Function):
         S = c_pos.shape[1]
         args = sim.kernel_args
         dt, dx, lx, ly, lz, gx_, gy_, gz_ = args
-        tape = sim._tape_for(steps)
-        # 1. re-run the segment to tape it, unless the tape still holds it
+        # 1. re-run the segment to tape it, unless its tape survived
         km.copy_in(fs.prm, _c(prm, dtype), n)
-        if getattr(tape, "owner", None) != ctx.tape_id:
+        tape = _tapes(sim).find(ctx.tape_id)
+        if tape is None:
             for name, t in (("x", x), ("v", v), ("C", C), ("F", F)):
                 km.copy_in(getattr(fs, name), _c(t, dtype), n)
-            _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True)
+            tape = _tapes(sim).find(_run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True))
         # 2. reverse the substeps
         zeros3 = torch.zeros((n, 3), dtype=dtype)
         zeros33 = torch.zeros((n, 3, 3), dtype=dtype)
@@ -265,6 +270,7 @@ class _Segment(torch.autograd.Function):
                 g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
                 g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
                 g_omega += fs.c_omega.grad.to_numpy()[:S]
+        tape.owner = None  # this segment is done: its tape is free
         outs = [torch.empty_like(x), torch.empty_like(v), torch.empty_like(C), torch.empty_like(F)]
         for f, t in zip((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1), outs):
             km.copy_out(f, t, n)
@@ -275,16 +281,78 @@ class _Segment(torch.autograd.Function):
                 torch.from_numpy(g_omega).to(c_omega.dtype))
 
 
-_tape_counter = [0]
+DEFAULT_TAPE_MEMORY = 2 ** 30  # bytes of segment tapes kept between forward and backward
+
+
+class TapeCache:
+    """The segment tapes of one solver: pooled Taichi fields, as many as fit a memory
+    budget, reused least-recently-written first. A segment whose tape survives until its
+    backward pass is not recomputed."""
+
+    _counter = 0
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.slots = []          # [tape, pool token]
+        self.budget = DEFAULT_TAPE_MEMORY
+
+    def _spec(self, steps):
+        sim = self.sim
+        length = max(1, 1 << (int(steps) - 1).bit_length())
+        itemsize = 8 if runtime.config().precision == "f64" else 4
+        grid_bytes = length * int(np.prod(sim.grid_shape)) * 4 * itemsize
+        grid = sim.grid_shape if grid_bytes <= 2 ** 30 else None  # else recompute P2G
+        nbytes = (length + 1) * sim.fields.capacity * 24 * itemsize + (grid_bytes if grid else 0)
+        return length, grid, nbytes
+
+    def acquire(self, steps):
+        """A tape for ``steps`` substeps with a fresh owner id."""
+        from . import pool
+        from .kernels.mpm import MPMTape
+        length, grid, nbytes = self._spec(steps)
+        if self.slots and self.slots[0][0].length != length:
+            self.close()
+        free = [s for s in self.slots if s[0].owner is None]
+        if free:
+            slot = free[0]
+        elif len(self.slots) < max(1, self.budget // nbytes):
+            key = ("tape", self.sim.fields.capacity, length, grid, runtime.config().precision)
+            tape, token = pool.acquire(key, lambda: MPMTape(key[1], length, grid, runtime.real_dtype()), self.sim)
+            slot = [tape, token]
+            self.slots.append(slot)
+        else:  # evict the oldest tape
+            slot = min(self.slots, key=lambda s: s[0].owner)
+        TapeCache._counter += 1
+        slot[0].owner = TapeCache._counter
+        return slot[0]
+
+    def find(self, owner):
+        for tape, _ in self.slots:
+            if owner is not None and tape.owner == owner:
+                return tape
+        return None
+
+    def close(self):
+        from . import pool
+        for tape, token in self.slots:
+            tape.owner = None
+            pool.release(token)
+        self.slots = []
+
+
+def _tapes(sim) -> TapeCache:
+    if getattr(sim, "_tapes", None) is None:
+        sim._tapes = TapeCache(sim)
+    return sim._tapes
 
 
 def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
     """Fused substeps from the state in the fields; with ``record`` the state (and grid)
-    of every substep goes to the tape. Returns the tape's new owner id (or None)."""
+    of every substep goes to a tape. Returns the tape's owner id (or None)."""
     from .kernels import mpm as km
     fs, n = sim.fields, sim.n
     steps = c_pos.shape[0]
-    tape = sim._tape_for(steps) if record else None
+    tape = _tapes(sim).acquire(steps) if record else None
     for k in range(steps):
         if record:
             km.tape_store(fs, tape, k, n)
@@ -292,11 +360,7 @@ def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
         km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args)
         if record and tape.with_grid:
             km.tape_store_grid(fs, tape, k)
-    if not record:
-        return None
-    _tape_counter[0] += 1
-    tape.owner = _tape_counter[0]
-    return tape.owner
+    return tape.owner if record else None
 
 
 def _load_colliders(sim, pos, vel, omega, rotations, k):
@@ -354,7 +418,8 @@ def initial_state(sim, requires_grad: bool = False) -> MPMState:
 
 def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None = None,
             collider_velocity: dict | None = None, collider_position: dict | None = None,
-            record_every: int | None = None, checkpoint_every: int | None = None):
+            record_every: int | None = None, checkpoint_every: int | None = None,
+            tape_memory: int | None = None):
     """Differentiable rollout of ``steps`` substeps.
 
     Args:
@@ -369,6 +434,10 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         checkpoint_every: segment length K: only every K-th state is kept for the
             backward pass, segments are recomputed (default ~sqrt(steps); 0 or None with
             ``steps`` small: one segment).
+        tape_memory: bytes of segment tapes (states and grids of every substep of a
+            segment) that may be kept from the forward to the backward pass (default
+            1 GiB); segments whose tape was evicted are recomputed. 0: always recompute
+            (pure checkpointing, smallest memory).
 
     Returns ``(final_state, records)``: ``records`` is a list of ``(step, state)`` pairs.
     The solver's own state is set to the (detached) final state and its clock advanced.
@@ -416,6 +485,7 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         end = None
     omega = torch.tensor(omega0[:S], dtype=dtype).reshape(S, 3)
     rotations = _rotation_schedule(sim, steps)
+    _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
 
     K = checkpoint_every if checkpoint_every else (steps if checkpoint_every == 0 else
                                                    max(1, int(math.ceil(math.sqrt(steps)))))

@@ -250,28 +250,13 @@ class MPMSolver:
         self.cols = tuple(int(c.code) for c in self.colliders)
         return self
 
-    def _tape_for(self, steps: int):
-        """A tape (pooled fields) holding ``steps + 1`` particle states."""
-        from .kernels.mpm import MPMTape
-        length = max(1, 1 << (int(steps) - 1).bit_length())
-        if getattr(self, "_tape", None) is None or self._tape.length < steps:
-            # keep each substep's grid too (no P2G recomputation) when that fits in 1 GB
-            itemsize = 8 if runtime.config().precision == "f64" else 4
-            grid_bytes = length * int(np.prod(self.grid_shape)) * 4 * itemsize
-            grid = self.grid_shape if grid_bytes <= 2 ** 30 else None
-            key = ("tape", self.fields.capacity, length, grid, runtime.config().precision)
-            if getattr(self, "_tape_token", None) is not None:
-                pool.release(self._tape_token)
-            self._tape, self._tape_token = pool.acquire(
-                key, lambda: MPMTape(key[1], length, grid, runtime.real_dtype()), self)
-        return self._tape
-
     def close(self):
         """Give the solver's fields back to the pool (the solver is unusable afterwards)."""
         pool.release(self._pool_token)
-        pool.release(getattr(self, "_tape_token", None))
+        if getattr(self, "_tapes", None) is not None:
+            self._tapes.close()
+            self._tapes = None
         self.fields = None
-        self._tape = None
 
     def _np(self, a):
         return np.ascontiguousarray(a, dtype=runtime.np_dtype())

@@ -2,14 +2,14 @@
 is released on a rough floor and spreads into a pile whose slope is set by phi.
 
 Options: friction_angle (deg, default 30), height (m, 0.16), radius (m, 0.06), grid (64),
-E (Pa, 1e6), cohesion (Pa, 0).
+E (Pa, 3e5), cohesion (Pa, 0).
 """
 import math
 
 import diffsim as ds
 
 
-def build(friction_angle=30.0, height=0.16, radius=0.06, grid=64, E=1e6, nu=0.3, cohesion=0.0,
+def build(friction_angle=30.0, height=0.16, radius=0.06, grid=64, E=3e5, nu=0.3, cohesion=0.0,
           floor_friction=0.6):
     sand = ds.DruckerPrager(E=E, nu=nu, friction_angle=math.radians(friction_angle), cohesion=cohesion,
                             density=1600.0)

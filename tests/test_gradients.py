@@ -135,6 +135,44 @@ def test_neural_material_weights():
     sim.close()
 
 
+class _TinyPlasticity(torch.nn.Module):
+    """A small plastic projection: F_e = F_tr (I - s dev(F_tr^T F_tr - I)), s = 0.1 sigmoid(w)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(-1.0, dtype=torch.float64))
+
+    def forward(self, F):
+        eye = torch.eye(3, dtype=F.dtype)
+        E = F.transpose(1, 2) @ F - eye
+        dev = E - E.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3 * eye
+        return F @ (eye - 0.1 * torch.sigmoid(self.w) * dev)
+
+
+def test_neural_material_with_plastic_projection():
+    torch.manual_seed(4)
+    net, plast = _TinyNet(), _TinyPlasticity()
+    sim = _press_scene(ds.NeuralMaterial(elasticity=net, plasticity=plast, density=1000.0, wave_speed_estimate=5.0))
+    s = ds.initial_state(sim)
+    w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    params = [plast.w, net.mlp[2].weight]
+
+    def f(*ps):
+        with torch.no_grad():
+            for p, v in zip(params, ps):
+                p.copy_(v)
+        return _rollout_loss(sim, w, s.x, s.v).item()
+
+    grads = torch.autograd.grad(_rollout_loss(sim, w, s.x, s.v), params)
+    assert grads[0].abs() > 0
+    base = [p.detach().clone() for p in params]
+    res = directional_fd_check(f, base, grads, h_rel=1e-5, n_dirs=1)
+    for p, v in zip(params, base):
+        p.data.copy_(v)
+    _check(res, 1e-4)
+    sim.close()
+
+
 def test_checkpointing_does_not_change_gradients():
     sim = _press_scene(ds.FixedCorotated(E=3e3, nu=0.3))
     s = ds.initial_state(sim)

@@ -408,9 +408,15 @@ def step(sim, state: MPMState, prm: torch.Tensor, c_pos: torch.Tensor, c_vel: to
     return MPMState(x1, v1, C1, F1)
 
 
-def initial_state(sim, requires_grad: bool = False) -> MPMState:
-    """The solver's current state as torch tensors (optionally leaves requiring grad)."""
-    s = sim.get_state()
+def initial_state(sim, requires_grad: bool = False, start: bool = False) -> MPMState:
+    """The solver's current state as torch tensors (optionally leaves requiring grad);
+    with ``start=True`` the state the bodies were added with (C = 0, F = I)."""
+    if start:
+        n = sim.n
+        s = {"x": sim.initial_positions(), "v": sim.initial_velocities(), "C": np.zeros((n, 3, 3)),
+             "F": np.broadcast_to(np.eye(3), (n, 3, 3))}
+    else:
+        s = sim.get_state()
     dtype = runtime.torch_dtype()
     ts = [torch.tensor(s[k], dtype=dtype, requires_grad=requires_grad) for k in ("x", "v", "C", "F")]
     return MPMState(*ts)

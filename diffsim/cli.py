@@ -4,6 +4,10 @@
                          [--threads T] [--precision f32|f64] [--deterministic]
                          [--set key=value ...] [--quiet] [--no-video]
     diffsim scenes
+    diffsim generate SCENE.py --out data.npz [--steps N] [--every K] [--subsample F]
+                              [--noise F] [--surface] [--set key=value ...]
+    diffsim fit --data data.npz [--scene SCENE.py] --params E,nu [--init E=1e4 ...]
+                [--optimizer lbfgs|adam] [--iters N] [--out DIR] [--resume]
 """
 from __future__ import annotations
 
@@ -31,13 +35,11 @@ def _cmd_scenes(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from . import runtime
     from .errors import DiffsimError
     from .runner import run_scene
     from .scene import build_scene, parse_options
 
-    runtime.init(arch=args.arch, precision=args.precision, threads=args.threads, seed=args.seed,
-                 deterministic=args.deterministic)
+    _init_runtime(args)
     try:
         options = parse_options(args.set)
         scene = build_scene(args.scene, options)
@@ -54,6 +56,69 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _init_runtime(args):
+    from . import runtime
+    runtime.init(arch=args.arch, precision=args.precision, threads=args.threads, seed=args.seed,
+                 deterministic=getattr(args, "deterministic", False))
+
+
+def _cmd_generate(args) -> int:
+    from .errors import DiffsimError
+    from .scene import build_scene, parse_options
+    from .trajectory import record
+    _init_runtime(args)
+    try:
+        scene = build_scene(args.scene, parse_options(args.set))
+        steps = args.steps if args.steps is not None else scene.steps
+        every = args.every if args.every is not None else scene.every
+        traj = record(scene, steps, every, subsample=args.subsample, noise=args.noise,
+                      surface_only=args.surface, seed=args.seed, progress=not args.quiet,
+                      script=str(args.scene))
+        traj.save(args.out)
+    except DiffsimError as exc:
+        print(f"diffsim: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, "frames": traj.frames, "observed_particles": traj.observed,
+                      "particles": traj.metadata["n_particles_scene"], "dt": traj.dt,
+                      "noise_m": traj.metadata["observation"]["noise_m"]}))
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from .errors import DiffsimError
+    from .fitting import Fitter
+    from .scene import build_scene, parse_options
+    from .trajectory import load_trajectory
+    _init_runtime(args)
+    try:
+        data = load_trajectory(args.data)
+        options = dict(data.metadata["scene"].get("options") or {})
+        options.update(parse_options(args.set))
+        scene_path = args.scene or data.metadata["scene"].get("script")
+        if not scene_path:
+            raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
+        scene = build_scene(scene_path, options)
+        init = {k: float(v) for k, v in parse_options(args.init).items()} if args.init else None
+        fitter = Fitter(scene, data, args.params.split(","), body=args.body, init=init)
+        out = args.out or f"runs/fit_{scene.name}"
+        result = fitter.run(optimizer=args.optimizer, iters=args.iters, lr=args.lr, out=out,
+                            resume=args.resume, progress=not args.quiet)
+    except DiffsimError as exc:
+        print(f"diffsim: error: {exc}", file=sys.stderr)
+        return 2
+    brief = {k: result[k] for k in ("fitted", "std", "final_loss_mm2", "iterations", "evaluations", "seconds")}
+    brief["out"] = out
+    print(json.dumps(brief))
+    return 0
+
+
+def _runtime_args(p, precision="f32"):
+    p.add_argument("--arch", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--precision", choices=("f32", "f64"), default=precision)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="diffsim", description="Differentiable physics simulation (MPM).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -62,14 +127,11 @@ def main(argv=None) -> int:
     r.add_argument("scene", help="path of a scene script (or the name of a built-in scene)")
     r.add_argument("--steps", type=int, default=None, help="substeps to run (default: the scene's)")
     r.add_argument("--out", default=None, help="output folder (default: runs/SCENE)")
-    r.add_argument("--arch", choices=("cpu", "gpu"), default="cpu")
     r.add_argument("--every", type=int, default=None, help="substeps between written frames")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.npz")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    r.add_argument("--precision", choices=("f32", "f64"), default="f32")
     r.add_argument("--deterministic", action="store_true",
                    help="one CPU thread: bitwise reproducible (also across --resume)")
-    r.add_argument("--seed", type=int, default=0)
+    _runtime_args(r)
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="scene option (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--no-video", action="store_true", help="skip animation.gif even if imageio is installed")
@@ -77,6 +139,36 @@ def main(argv=None) -> int:
 
     s = sub.add_parser("scenes", help="list the built-in scenes")
     s.set_defaults(func=_cmd_scenes)
+
+    g = sub.add_parser("generate", help="record a trajectory (positions per frame) from a scene")
+    g.add_argument("scene", help="scene script (or built-in scene name)")
+    g.add_argument("--out", required=True, help="output .npz")
+    g.add_argument("--steps", type=int, default=None, help="substeps (default: the scene's)")
+    g.add_argument("--every", type=int, default=None, help="substeps per recorded frame")
+    g.add_argument("--subsample", type=float, default=1.0, help="fraction of particles to keep")
+    g.add_argument("--noise", type=float, default=0.0,
+                   help="position noise std as a fraction of the largest body's size (0.01 = 1%%)")
+    g.add_argument("--surface", action="store_true", help="observe surface particles only")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="scene option (repeatable)")
+    g.add_argument("--quiet", action="store_true")
+    _runtime_args(g)
+    g.set_defaults(func=_cmd_generate)
+
+    f = sub.add_parser("fit", help="fit material parameters to a trajectory by gradient descent")
+    f.add_argument("--data", required=True, help="trajectory .npz (from diffsim generate or your own)")
+    f.add_argument("--scene", default=None, help="scene script (default: the one named in the data)")
+    f.add_argument("--params", required=True, help="comma-separated, e.g. E,nu,yield_stress")
+    f.add_argument("--body", default=None, help="body whose material is fitted (default: the only one)")
+    f.add_argument("--init", action="append", metavar="NAME=VALUE", help="starting value (repeatable)")
+    f.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    f.add_argument("--iters", type=int, default=30)
+    f.add_argument("--lr", type=float, default=None)
+    f.add_argument("--out", default=None, help="output folder (default: runs/fit_SCENE)")
+    f.add_argument("--resume", action="store_true", help="continue from OUT/fit_state.pt")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scene option")
+    f.add_argument("--quiet", action="store_true")
+    _runtime_args(f, precision="f64")
+    f.set_defaults(func=_cmd_fit)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -433,7 +433,23 @@ class MPMSolver:
         return x if body is None else x[self.body(body).slice]
 
     def initial_positions(self) -> np.ndarray:
+        """Particle positions (m) as the bodies were added, (N,3) float64."""
         return np.concatenate(self._x)
+
+    def initial_velocities(self) -> np.ndarray:
+        """Particle velocities (m/s) as the bodies were added, (N,3) float64."""
+        return np.concatenate(self._v)
+
+    def reset(self):
+        """Back to the initial state: particles as added, colliders at their start, t = 0."""
+        n = self.n
+        self.set_state({"x": self.initial_positions(), "v": self.initial_velocities(),
+                        "C": np.zeros((n, 3, 3)), "F": np.broadcast_to(np.eye(3), (n, 3, 3))})
+        for c in self.colliders:
+            c.reset()
+        self.time = 0.0
+        self.step_count = 0
+        self._upload_collider_state()
 
     def checkpoint(self) -> tuple[dict, dict]:
         """``(arrays, meta)`` from which :meth:`restore` continues bitwise identically."""

@@ -73,20 +73,31 @@ def _c(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.detach().to(dtype=dtype).contiguous()
 
 
+def _put(fields, tensors, n, dtype):
+    """Copy per-particle tensors (first dim ``n``) into fields with one kernel launch."""
+    from .kernels import mpm as km
+    km.copy_in_packed(tuple(fields), torch.cat([t.detach().reshape(n, -1).to(dtype) for t in tensors], 1)
+                      .contiguous(), n)
+
+
+def _get(fields, shapes, n, dtype):
+    """Per-particle tensors of the given trailing shapes out of fields (one launch)."""
+    from .kernels import mpm as km
+    widths = [int(np.prod(sh)) for sh in shapes]
+    buf = torch.empty((n, sum(widths)), dtype=dtype)
+    km.copy_out_packed(tuple(fields), buf, n)
+    return [c.reshape((n,) + tuple(sh)) for c, sh in zip(torch.split(buf, widths, 1), shapes)]
+
+
 class _MaterialStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim, F, C, prm):
         from .kernels import mpm as km
         fs, n, dt = sim.fields, sim.n, sim.dt
         dtype = F.dtype
-        km.copy_in(fs.F, _c(F, dtype), n)
-        km.copy_in(fs.C, _c(C, dtype), n)
-        km.copy_in(fs.prm, _c(prm, dtype), n)
+        _put((fs.F, fs.C, fs.prm), (F, C, prm), n, dtype)
         km.material_stage(fs, sim.mats, n, dt)
-        F1 = torch.empty((n, 3, 3), dtype=dtype)
-        tau = torch.empty((n, 3, 3), dtype=dtype)
-        km.copy_out(fs.F1, F1, n)
-        km.copy_out(fs.tau, tau, n)
+        F1, tau = _get((fs.F1, fs.tau), ((3, 3), (3, 3)), n, dtype)
         ctx.sim = sim
         ctx.save_for_backward(F, C, prm)
         return F1, tau
@@ -100,18 +111,9 @@ class _MaterialStage(torch.autograd.Function):
         dtype = F.dtype
         gF1 = torch.zeros_like(F) if gF1 is None else gF1
         gtau = torch.zeros_like(F) if gtau is None else gtau
-        km.copy_in(fs.F, _c(F, dtype), n)
-        km.copy_in(fs.C, _c(C, dtype), n)
-        km.copy_in(fs.prm, _c(prm, dtype), n)
-        km.copy_in(fs.adj_F1, _c(gF1, dtype), n)
-        km.copy_in(fs.tau.grad, _c(gtau, dtype), n)
+        _put((fs.F, fs.C, fs.prm, fs.adj_F1, fs.tau.grad), (F, C, prm, gF1, gtau), n, dtype)
         km.material_stage_vjp(fs, sim.mats, n, dt)
-        gF = torch.empty_like(F)
-        gC = torch.empty_like(C)
-        gprm = torch.empty((n, 4), dtype=dtype)
-        km.copy_out(fs.adj_F, gF, n)
-        km.copy_out(fs.adj_C, gC, n)
-        km.copy_out(fs.adj_prm, gprm, n)
+        gF, gC, gprm = _get((fs.adj_F, fs.adj_C, fs.adj_prm), ((3, 3), (3, 3), (4,)), n, dtype)
         return None, gF, gC, gprm.to(prm.dtype)
 
 
@@ -127,12 +129,7 @@ class _Transfer(torch.autograd.Function):
         km.p2g(fs, n, dt, dx, lx, ly, lz)
         km.grid_update(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         km.g2p(fs, n, dt, dx, lx, ly, lz)
-        x1 = torch.empty((n, 3), dtype=dtype)
-        v1 = torch.empty((n, 3), dtype=dtype)
-        C1 = torch.empty((n, 3, 3), dtype=dtype)
-        km.copy_out(fs.x1, x1, n)
-        km.copy_out(fs.v1, v1, n)
-        km.copy_out(fs.C1, C1, n)
+        x1, v1, C1 = _get((fs.x1, fs.v1, fs.C1), ((3,), (3,), (3, 3)), n, dtype)
         ctx.sim = sim
         ctx.save_for_backward(x, v, C, tau, c_pos, c_vel, c_omega)
         return x1, v1, C1
@@ -151,43 +148,32 @@ class _Transfer(torch.autograd.Function):
         km.p2g(fs, n, dt, dx, lx, ly, lz)
         km.grid_update(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         # reverse sweep
-        for f in (fs.c_pos.grad, fs.c_vel.grad, fs.c_omega.grad):
-            f.fill(0)
+        S = c_pos.shape[0]
+        if S:
+            for f in (fs.c_pos.grad, fs.c_vel.grad, fs.c_omega.grad):
+                f.fill(0)
         km.clear_grid_grad(fs)
-        km.copy_in(fs.x1.grad, _c(gx1 if gx1 is not None else torch.zeros_like(x), dtype), n)
-        km.copy_in(fs.v1.grad, _c(gv1 if gv1 is not None else torch.zeros_like(v), dtype), n)
-        km.copy_in(fs.C1.grad, _c(gC1 if gC1 is not None else torch.zeros_like(C), dtype), n)
+        _put((fs.x1.grad, fs.v1.grad, fs.C1.grad),
+             (gx1 if gx1 is not None else torch.zeros_like(x), gv1 if gv1 is not None else torch.zeros_like(v),
+              gC1 if gC1 is not None else torch.zeros_like(C)), n, dtype)
         km.g2p_adjoint(fs, n, dt, dx, lx, ly, lz)
         km.grid_update_adjoint(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         km.p2g_adjoint(fs, n, dt, dx, lx, ly, lz)
-        gx_ = torch.empty_like(x)
-        gv_ = torch.empty_like(v)
-        gC_ = torch.empty_like(C)
-        gtau = torch.empty_like(tau)
-        km.copy_out(fs.x.grad, gx_, n)
-        km.copy_out(fs.v.grad, gv_, n)
-        km.copy_out(fs.C.grad, gC_, n)
-        km.copy_out(fs.tau.grad, gtau, n)
-        S = c_pos.shape[0]
+        gx_, gv_, gC_, gtau = _get((fs.x.grad, fs.v.grad, fs.C.grad, fs.tau.grad), ((3,), (3,), (3, 3), (3, 3)),
+                                   n, dtype)
         out = []
         for f, ref in ((fs.c_pos.grad, c_pos), (fs.c_vel.grad, c_vel), (fs.c_omega.grad, c_omega)):
-            out.append(torch.from_numpy(f.to_numpy()[:S]).to(ref.dtype) if ref.requires_grad else None)
+            out.append(torch.from_numpy(f.to_numpy()[:S]).to(ref.dtype) if S and ref.requires_grad else None)
         return (None, gx_, gv_, gC_, gtau, *out)
 
 
 def _load_transfer_inputs(sim, x, v, C, tau, c_pos, c_vel, c_omega):
-    from .kernels import mpm as km
     fs, n = sim.fields, sim.n
     dtype = x.dtype
-    km.copy_in(fs.x, _c(x, dtype), n)
-    km.copy_in(fs.v, _c(v, dtype), n)
-    km.copy_in(fs.C, _c(C, dtype), n)
-    km.copy_in(fs.tau, _c(tau, dtype), n)
+    _put((fs.x, fs.v, fs.C, fs.tau), (x, v, C, tau), n, dtype)
     S = c_pos.shape[0]
     if S:
-        km.copy_in(fs.c_pos, _c(c_pos, dtype), S)
-        km.copy_in(fs.c_vel, _c(c_vel, dtype), S)
-        km.copy_in(fs.c_omega, _c(c_omega, dtype), S)
+        _put((fs.c_pos, fs.c_vel, fs.c_omega), (c_pos, c_vel, c_omega), S, dtype)
 
 
 class _Segment(torch.autograd.Function):
@@ -508,7 +494,7 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         if neural:
             seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t)  # noqa: E731
             args = (x, v, C, F, prm, pos[a:b], vel[a:b], omega)
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and checkpoint_every != 0:
                 x, v, C, F = _checkpoint(seg, *args, use_reentrant=False)
             else:
                 x, v, C, F = seg(*args)

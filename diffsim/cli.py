@@ -73,7 +73,7 @@ def _cmd_generate(args) -> int:
         every = args.every if args.every is not None else scene.every
         traj = record(scene, steps, every, subsample=args.subsample, noise=args.noise,
                       surface_only=args.surface, seed=args.seed, progress=not args.quiet,
-                      script=str(args.scene))
+                      script=str(args.scene), full_state=args.full_state)
         traj.save(args.out)
     except DiffsimError as exc:
         print(f"diffsim: error: {exc}", file=sys.stderr)
@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     g.add_argument("--noise", type=float, default=0.0,
                    help="position noise std as a fraction of the largest body's size (0.01 = 1%%)")
     g.add_argument("--surface", action="store_true", help="observe surface particles only")
+    g.add_argument("--full-state", action="store_true",
+                   help="also record F and C (needed for teacher forcing in train-law)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE", help="scene option (repeatable)")
     g.add_argument("--quiet", action="store_true")
     _runtime_args(g)

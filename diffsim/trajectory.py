@@ -7,6 +7,10 @@ key                 content
 ==================  ===========================================================
 ``positions``       (T, N, 3) float, m -- frame ``t`` is ``t * frame_dt`` after the start
 ``velocities``      optional (T, N, 3) float, m/s
+``deformation``     optional (T, N, 3, 3) -- the solver's deformation gradients ``F``
+``affine``          optional (T, N, 3, 3) 1/s -- the APIC matrices ``C`` (with
+                    ``velocities`` and ``deformation``: the full MPM state, which
+                    teacher forcing needs to restart a rollout from any frame)
 ``particle_ids``    optional (N,) int -- which scene particles were observed (default
                     all, in order); lets a file hold a subsample or the surface only
 ``dt``              scalar float, s -- time between frames
@@ -47,6 +51,8 @@ class Trajectory:
     metadata: dict
     velocities: np.ndarray | None = None
     particle_ids: np.ndarray | None = None
+    deformation: np.ndarray | None = None
+    affine: np.ndarray | None = None
     path: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -68,6 +74,12 @@ class Trajectory:
     @property
     def substep_dt(self) -> float:
         return float(self.metadata["substep_dt"])
+
+    @property
+    def full_state(self) -> bool:
+        """True when every particle's x, v, C and F are recorded (teacher forcing possible)."""
+        return (self.particle_ids is None and self.velocities is not None and self.deformation is not None
+                and self.affine is not None)
 
     @property
     def ids(self) -> np.ndarray:
@@ -103,6 +115,15 @@ class Trajectory:
             if not np.all(np.isfinite(v)):
                 raise InvalidTrajectory(f"{w}: velocities contain NaN/inf")
             self.velocities = v
+        for name in ("deformation", "affine"):
+            a = getattr(self, name)
+            if a is not None:
+                a = np.asarray(a)
+                if a.shape != p.shape[:2] + (3, 3):
+                    raise InvalidTrajectory(f"{w}: {name} has shape {a.shape}, expected {p.shape[:2] + (3, 3)}")
+                if not np.all(np.isfinite(a)):
+                    raise InvalidTrajectory(f"{w}: {name} contains NaN/inf")
+                setattr(self, name, a)
         try:
             self.dt = float(self.dt)
         except (TypeError, ValueError):
@@ -163,8 +184,9 @@ class Trajectory:
                   "metadata": np.asarray(json.dumps(self.metadata, default=json_default))}
         if self.velocities is not None:
             arrays["velocities"] = self.velocities
-        if self.particle_ids is not None:
-            arrays["particle_ids"] = self.particle_ids
+        for name in ("particle_ids", "deformation", "affine"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         path = Path(path)
         with _atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
@@ -196,7 +218,8 @@ def load_trajectory(path) -> Trajectory:
     except json.JSONDecodeError as exc:
         raise InvalidTrajectory(f"trajectory {path!r}: metadata is not valid JSON ({exc})") from exc
     return Trajectory(positions=data["positions"], dt=data["dt"], metadata=meta,
-                      velocities=data.get("velocities"), particle_ids=data.get("particle_ids"), path=path)
+                      velocities=data.get("velocities"), particle_ids=data.get("particle_ids"),
+                      deformation=data.get("deformation"), affine=data.get("affine"), path=path)
 
 
 def surface_particles(points: np.ndarray, spacing: float) -> np.ndarray:
@@ -210,7 +233,7 @@ def surface_particles(points: np.ndarray, spacing: float) -> np.ndarray:
 
 def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float = 0.0,
            surface_only: bool = False, seed: int = 0, velocities: bool = True, progress: bool = True,
-           script: str | None = None) -> Trajectory:
+           script: str | None = None, full_state: bool = False) -> Trajectory:
     """Run ``scene`` and record a :class:`Trajectory` (frame 0 = the initial state).
 
     Args:
@@ -219,6 +242,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
         noise: observation noise std as a fraction of the scene's largest body extent
             (e.g. 0.01 = 1%); the absolute std (m) is stored as ``observation.noise_m``.
         surface_only: keep only particles on the bodies' surfaces.
+        full_state: also store ``F`` and ``C`` of the observed particles (noise-free).
     """
     from .progress import Progress
     sim = scene.solver
@@ -239,13 +263,16 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
         ids = np.sort(rng.choice(ids, size=keep, replace=False))
     extent = max(float(np.ptp(x0[b.slice], axis=0).max()) for b in sim.bodies)
     noise_m = noise * extent
-    frames, vels = [], []
+    frames, vels, defs, affs = [], [], [], []
     n_frames = steps // every
     with Progress(total=n_frames * every, desc=f"record {scene.name}", unit="step", disable=not progress) as bar:
         for f in range(n_frames + 1):
             st = sim.get_state()
             frames.append(st["x"][ids])
             vels.append(st["v"][ids])
+            if full_state:
+                defs.append(st["F"][ids])
+                affs.append(st["C"][ids])
             if f < n_frames:
                 scene.step(every)
                 bar.update(every)
@@ -264,4 +291,6 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
     full = len(ids) == sim.n
     return Trajectory(positions=pos.astype(np.float64), dt=sim.dt * every, metadata=meta,
                       velocities=np.stack(vels) if velocities else None,
-                      particle_ids=None if full else ids.astype(np.int64))
+                      particle_ids=None if full else ids.astype(np.int64),
+                      deformation=np.stack(defs) if full_state else None,
+                      affine=np.stack(affs) if full_state else None)

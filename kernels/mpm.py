@@ -632,3 +632,51 @@ def zero_rows(dst: ti.template(), n: ti.i32):
 def copy_field(src: ti.template(), dst: ti.template(), n: ti.i32):
     for p in range(n):
         dst[p] = src[p]
+
+
+def _width(f):
+    return f.n * f.m if isinstance(f, ti.MatrixField) else 1
+
+
+def _offsets(fields):
+    out, o = [], 0
+    for f in fields:
+        out.append(o)
+        o += _width(f)
+    return tuple(out)
+
+
+@ti.kernel
+def copy_in_packed(dsts: ti.template(), src: ti.types.ndarray(), n: ti.i32):
+    """Unpack the columns of ``src`` (n, sum of widths) into several per-particle fields."""
+    offs = ti.static(_offsets(dsts))
+    for p in range(n):
+        for q in ti.static(range(len(dsts))):
+            f = ti.static(dsts[q])
+            off = ti.static(offs[q])
+            if ti.static(_is_matrix(f)):
+                for i, j in ti.static(ti.ndrange(f.n, f.m)):
+                    f[p][i, j] = src[p, off + i * f.m + j]
+            elif ti.static(_is_vector(f)):
+                for i in ti.static(range(f.n)):
+                    f[p][i] = src[p, off + i]
+            else:
+                f[p] = src[p, off]
+
+
+@ti.kernel
+def copy_out_packed(srcs: ti.template(), dst: ti.types.ndarray(), n: ti.i32):
+    """Pack several per-particle fields into the columns of ``dst`` (n, sum of widths)."""
+    offs = ti.static(_offsets(srcs))
+    for p in range(n):
+        for q in ti.static(range(len(srcs))):
+            f = ti.static(srcs[q])
+            off = ti.static(offs[q])
+            if ti.static(_is_matrix(f)):
+                for i, j in ti.static(ti.ndrange(f.n, f.m)):
+                    dst[p, off + i * f.m + j] = f[p][i, j]
+            elif ti.static(_is_vector(f)):
+                for i in ti.static(range(f.n)):
+                    dst[p, off + i] = f[p][i]
+            else:
+                dst[p, off] = f[p]

@@ -1,0 +1,163 @@
+"""Training neural constitutive laws inside the differentiable MPM, from one trajectory.
+
+    law = make_law("structured", plastic=True, stress_scale=1e4)
+    trainer = LawTrainer(scene, data, *law)          # scene: built with the reference options
+    history = trainer.train(iterations=200)
+    save_law("law.pt", *law, metadata=trainer.metadata())
+
+Teacher forcing: each iteration restarts the simulation from a recorded frame (the full
+MPM state x, v, C, F of the data, when it has it) and rolls ``window`` frames forward; the
+window grows linearly from ``window_start`` to ``window_end`` frames over the iterations
+(NCLaw's schedule). Without full-state data every window starts at frame 0. Loss: mean
+squared particle position error (mm^2) over the window's frames; Adam with gradient-norm
+clipping.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+MM2 = 1e-6
+
+
+class LawTrainer:
+    """Train ``elasticity`` (and ``plasticity``) as the material of one body of ``scene``.
+
+    The scene must not be built yet: the body's material is replaced by a
+    :class:`diffsim.NeuralMaterial` (keeping its density and wave speed for the time step).
+    """
+
+    def __init__(self, scene, data, elasticity, plasticity=None, body: str | None = None, lr: float = 3e-3,
+                 clip: float = 1.0, window_start: int = 2, window_end: int | None = None, seed: int = 0,
+                 checkpoint_every: int = 0):
+        import diffsim as ds
+        self.scene = scene
+        self.sim = scene.solver
+        if self.sim.built:
+            raise ds.InvalidScene("LawTrainer needs an unbuilt scene (it swaps the body's material)")
+        self.data = data
+        bodies = self.sim.bodies if body is None else [self.sim.body(body)]
+        if len(bodies) != 1:
+            raise ds.InvalidScene(f"the scene has {len(bodies)} bodies; name the one to learn with body=")
+        self.body = bodies[0]
+        self.reference_material = self.body.material
+        self.body.material = ds.NeuralMaterial(elasticity=elasticity, plasticity=plasticity,
+                                               density=self.reference_material.density,
+                                               wave_speed_estimate=self.reference_material.wave_speed())
+        self.elasticity, self.plasticity = elasticity, plasticity
+        self.sim.build()
+        data.check_scene(scene)
+        self.modules = [m for m in (elasticity, plasticity) if m is not None]
+        self.params = [p for m in self.modules for p in m.parameters()]
+        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.clip = float(clip)
+        self.window_start = max(1, int(window_start))
+        self.window_end = int(window_end or (data.frames - 1))
+        self.rng = np.random.default_rng(seed)
+        self.checkpoint_every = checkpoint_every  # 0: keep the whole window (no recomputation)
+        self.dtype = next(iter(self.params)).dtype
+        self.history = []
+
+    # ------------------------------------------------------------------ rollouts
+    def state_at(self, frame: int):
+        """The data's MPM state at ``frame`` (requires full-state data unless frame 0)."""
+        from diffsim.autodiff import MPMState, initial_state
+        d, dt = self.data, self.dtype
+        if frame == 0 and not d.full_state:
+            return initial_state(self.sim, start=True)
+        if not d.full_state:
+            raise ValueError("teacher forcing from frame > 0 needs full-state data (diffsim generate --full-state)")
+        return MPMState(torch.tensor(d.positions[frame], dtype=dt), torch.tensor(d.velocities[frame], dtype=dt),
+                        torch.tensor(d.affine[frame], dtype=dt), torch.tensor(d.deformation[frame], dtype=dt))
+
+    def rollout_positions(self, start_frame: int, frames: int, state=None):
+        """Positions (frames, N, 3) after each of ``frames`` frames from ``start_frame``."""
+        from diffsim.autodiff import rollout
+        sim, every = self.sim, self.data.frame_every
+        sim.reset()
+        sim.time = start_frame * every * sim.dt
+        for c in sim.colliders:  # colliders where they were at that frame
+            for k in range(start_frame * every):
+                c.advance(k * sim.dt, sim.dt)
+        sim._upload_collider_state()
+        state = self.state_at(start_frame) if state is None else state
+        _, recs = rollout(sim, frames * every, state=state, record_every=every, checkpoint_every=self.checkpoint_every)
+        return torch.stack([s.x for _, s in recs])
+
+    def window(self, iteration: int, iterations: int) -> int:
+        f = iteration / max(iterations - 1, 1)
+        return int(round(self.window_start + f * (self.window_end - self.window_start)))
+
+    # ------------------------------------------------------------------ training
+    def train(self, iterations: int = 200, progress: bool = True) -> list[dict]:
+        from diffsim.progress import Progress
+        target = torch.tensor(self.data.positions, dtype=self.dtype)
+        T = self.data.frames
+        t0 = time.perf_counter()
+        with Progress(total=iterations, desc="train law", unit="iter", disable=not progress) as bar:
+            for it in range(iterations):
+                w = min(self.window(it, iterations), T - 1)
+                start = int(self.rng.integers(0, T - w)) if self.data.full_state else 0
+                self.opt.zero_grad()
+                pred = self.rollout_positions(start, w)
+                loss = ((pred - target[start + 1:start + 1 + w]) ** 2).mean() / MM2
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at iteration {it} (loss {float(loss)}); lower lr")
+                loss.backward()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+                self.opt.step()
+                self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
+                                     "start": start,
+                                     "grad_norm": gnorm, "seconds": time.perf_counter() - t0})
+                bar.update(1, loss=f"{float(loss):.3g}", window=w)
+        return self.history
+
+    def metadata(self) -> dict:
+        return {"data": self.data.path, "scene": self.data.metadata.get("scene"), "body": self.body.name,
+                "reference_material": self.reference_material.describe(),
+                "density": self.reference_material.density, "wave_speed": self.reference_material.wave_speed(),
+                "iterations": len(self.history),
+                "final_loss_mm2": self.history[-1]["loss_mm2"] if self.history else None}
+
+
+def save_law(path, elasticity, plasticity=None, metadata: dict | None = None):
+    """Save a law (module classes, configs, weights) with its training metadata, atomically."""
+    from pathlib import Path
+    from diffsim.io import _atomic_path
+    blob = {"format": 1, "metadata": metadata or {},
+            "elasticity": {"class": type(elasticity).__name__, "config": elasticity.config,
+                           "state": elasticity.state_dict()},
+            "plasticity": None if plasticity is None else {"class": type(plasticity).__name__,
+                                                           "config": plasticity.config,
+                                                           "state": plasticity.state_dict()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_path(path, suffix=".pt") as tmp:
+        torch.save(blob, tmp)
+
+
+def load_law(path, dtype=torch.float64):
+    """``(elasticity, plasticity or None, metadata)`` from :func:`save_law`'s file."""
+    from . import constitutive as C
+    blob = torch.load(path, weights_only=False)
+    classes = {c.__name__: c for c in (C.ElasticityNet, C.PlasticityNet, C.MLPStress, C.MLPPlasticity)}
+
+    def build(entry):
+        if entry is None:
+            return None
+        m = classes[entry["class"]](**entry["config"]).to(dtype)
+        m.load_state_dict(entry["state"])
+        return m
+
+    return build(blob["elasticity"]), build(blob["plasticity"]), blob["metadata"]
+
+
+def position_mse(pred: torch.Tensor, ref: np.ndarray) -> float:
+    """Mean squared position error (m^2); inf when the prediction is not finite."""
+    p = pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred)
+    if not np.all(np.isfinite(p)):
+        return math.inf
+    return float(((p - ref) ** 2).mean())

@@ -8,6 +8,8 @@
                               [--noise F] [--surface] [--set key=value ...]
     diffsim fit --data data.npz [--scene SCENE.py] --params E,nu [--init E=1e4 ...]
                 [--optimizer lbfgs|adam] [--iters N] [--out DIR] [--resume]
+    diffsim train-law --data data.npz [--kind structured|mlp] [--plastic] [--iters N]
+                      [--window START,END] [--out law.pt]
 """
 from __future__ import annotations
 
@@ -112,6 +114,46 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_train_law(args) -> int:
+    from .errors import DiffsimError
+    from .learned.constitutive import make_law
+    from .learned.training import LawTrainer, save_law
+    from .scene import build_scene, parse_options
+    from .trajectory import InvalidTrajectory, load_trajectory
+    _init_runtime(args)
+    try:
+        data = load_trajectory(args.data)
+        options = dict(data.metadata["scene"].get("options") or {})
+        options.update(parse_options(args.set))
+        scene_path = args.scene or data.metadata["scene"].get("script")
+        if not scene_path:
+            raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
+        if not data.full_state and args.window[0] > 0:
+            raise InvalidTrajectory(f"{args.data} has no full state (F, C); record it with "
+                                    f"`diffsim generate --full-state` to train with teacher forcing")
+        scene = build_scene(scene_path, options)
+        import torch
+        torch.manual_seed(args.seed)
+        el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
+                          stress_scale=args.stress_scale)
+        trainer = LawTrainer(scene, data, el, pl, body=args.body, lr=args.lr, clip=args.clip,
+                             window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed)
+        hist = trainer.train(args.iters, progress=not args.quiet)
+        save_law(args.out, el, pl, metadata={**trainer.metadata(), "history": hist,
+                                              "kind": args.kind, "options": options})
+    except DiffsimError as exc:
+        print(f"diffsim: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
+                      "seconds": hist[-1]["seconds"]}))
+    return 0
+
+
+def _window(text):
+    a, _, b = text.partition(",")
+    return int(a), int(b or 0)
+
+
 def _runtime_args(p, precision="f32"):
     p.add_argument("--arch", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -171,6 +213,27 @@ def main(argv=None) -> int:
     f.add_argument("--quiet", action="store_true")
     _runtime_args(f, precision="f64")
     f.set_defaults(func=_cmd_fit)
+
+    t = sub.add_parser("train-law", help="train a neural constitutive law inside the MPM from one trajectory")
+    t.add_argument("--data", required=True, help="full-state trajectory (diffsim generate --full-state)")
+    t.add_argument("--scene", default=None, help="scene script (default: the one named in the data)")
+    t.add_argument("--body", default=None)
+    t.add_argument("--kind", choices=("structured", "mlp"), default="structured",
+                   help="structured (equivariant, zero at rest) or the unstructured MLP baseline")
+    t.add_argument("--plastic", action="store_true", help="also learn a plastic projection")
+    t.add_argument("--width", type=int, default=32)
+    t.add_argument("--depth", type=int, default=2)
+    t.add_argument("--stress-scale", type=float, default=1e4, help="output unit of the network (Pa)")
+    t.add_argument("--iters", type=int, default=100)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    t.add_argument("--window", type=_window, default=(2, 0),
+                   help="teacher-forcing window in frames: START,END (END default: all)")
+    t.add_argument("--out", default="law.pt")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scene option")
+    t.add_argument("--quiet", action="store_true")
+    _runtime_args(t, precision="f64")
+    t.set_defaults(func=_cmd_train_law)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -32,7 +32,7 @@ class LawTrainer:
 
     def __init__(self, scene, data, elasticity, plasticity=None, body: str | None = None, lr: float = 3e-3,
                  clip: float = 1.0, window_start: int = 2, window_end: int | None = None, seed: int = 0,
-                 checkpoint_every: int = 0):
+                 checkpoint_every: int = 0, lr_decay: float = 0.1):
         import diffsim as ds
         self.scene = scene
         self.sim = scene.solver
@@ -53,6 +53,7 @@ class LawTrainer:
         self.modules = [m for m in (elasticity, plasticity) if m is not None]
         self.params = [p for m in self.modules for p in m.parameters()]
         self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.lr, self.lr_decay = float(lr), float(lr_decay)  # lr decays to lr * lr_decay (cosine)
         self.clip = float(clip)
         self.window_start = max(1, int(window_start))
         self.window_end = int(window_end or (data.frames - 1))
@@ -100,6 +101,9 @@ class LawTrainer:
         with Progress(total=iterations, desc="train law", unit="iter", disable=not progress) as bar:
             for it in range(iterations):
                 w = min(self.window(it, iterations), T - 1)
+                f = it / max(iterations - 1, 1)
+                for g in self.opt.param_groups:
+                    g["lr"] = self.lr * (self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * f)))
                 start = int(self.rng.integers(0, T - w)) if self.data.full_state else 0
                 self.opt.zero_grad()
                 pred = self.rollout_positions(start, w)
@@ -112,7 +116,7 @@ class LawTrainer:
                 self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
                                      "start": start,
                                      "grad_norm": gnorm, "seconds": time.perf_counter() - t0})
-                bar.update(1, loss=f"{float(loss):.3g}", window=w)
+                bar.update(1, loss=f"{float(loss.detach()):.3g}", window=w)
         return self.history
 
     def metadata(self) -> dict:
@@ -121,6 +125,30 @@ class LawTrainer:
                 "density": self.reference_material.density, "wave_speed": self.reference_material.wave_speed(),
                 "iterations": len(self.history),
                 "final_loss_mm2": self.history[-1]["loss_mm2"] if self.history else None}
+
+
+def simulate_with_law(scene, elasticity, plasticity, frames: int, every: int, body: str | None = None,
+                      wave_speed: float | None = None) -> np.ndarray:
+    """Run an unbuilt ``scene`` with its body's material replaced by the law (no gradients);
+    positions (frames + 1, N, 3) including frame 0. Non-finite states are returned as they
+    are (callers check for NaN)."""
+    import diffsim as ds
+    sim = scene.solver
+    b = sim.bodies[0] if body is None else sim.body(body)
+    ref = b.material
+    b.material = ds.NeuralMaterial(elasticity=elasticity, plasticity=plasticity, density=ref.density,
+                                   wave_speed_estimate=wave_speed or ref.wave_speed())
+    sim.build()
+    out = [sim.positions()]
+    with torch.no_grad():
+        for _ in range(frames):
+            sim.step(every)
+            x = sim.positions()
+            out.append(x)
+            if not np.all(np.isfinite(x)):
+                out += [np.full_like(x, np.nan)] * (frames + 1 - len(out))
+                break
+    return np.stack(out)
 
 
 def save_law(path, elasticity, plasticity=None, metadata: dict | None = None):

@@ -3,15 +3,20 @@ jelly/plasticine: a block on a sticky floor is hit and pressed by a descending s
 sand: a short column collapses on a rough floor. Small and fast (grid 24 by default).
 
 Options: material ("jelly", "plasticine", "sand"), E (Pa), nu, yield_stress (Pa),
-friction_angle (rad), grid (24), duration (s).
+friction_angle (rad), grid (24), duration (s), shape ("box", or "mesh": a DiffTactile
+object mesh scaled to the box's size), mesh (file name in scenes/data/difftactile,
+default E15_0.obj), velocity (initial, m/s).
 """
 import math
+from pathlib import Path
 
 import diffsim as ds
 
+MESHES = Path(__file__).resolve().parent / "data" / "difftactile"
+
 
 def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=math.radians(30.0), grid=24,
-          duration=None):
+          duration=None, shape="box", velocity=None, mesh="E15_0.obj"):
     if material == "jelly":
         mat = ds.FixedCorotated(E=E or 5e3, nu=nu, density=1000.0)
     elif material == "plasticine":
@@ -23,14 +28,21 @@ def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=m
     dx = 1.0 / grid
     dt = min(1e-3, 0.5 * 0.4 * dx / mat.wave_speed())
     floor = 3 * dx
+    if shape not in ("box", "mesh"):
+        raise ds.InvalidScene(f"shape must be 'box' or 'mesh', got {shape!r}")
+    size = (0.12, 0.12, 0.2) if material == "sand" else (0.2, 0.2, 0.2)
+    center = (0.5, 0.5, floor + size[2] / 2 + 1e-4)
+    if shape == "box":
+        body_shape = ds.Box(center=center, size=size)
+    else:  # the DiffTactile objects are ~80 mm across: scale them to the box's largest side
+        body_shape = ds.MeshShape(str(MESHES / mesh), scale=max(size) / 80.0, center=center)
     if material == "sand":
         sim = ds.MPMSolver(grid=grid, dt=dt, walls={"-z": "separate"}, wall_friction={"-z": 0.5})
-        sim.add_body(ds.Box(center=(0.5, 0.5, floor + 0.1 + 1e-4), size=(0.12, 0.12, 0.2)), mat, name="sample")
+        sim.add_body(body_shape, mat, name="sample", velocity=velocity or (0.0, 0.0, 0.0))
         T = duration or 0.25
     else:
         sim = ds.MPMSolver(grid=grid, dt=dt, walls={"-z": "sticky"})
-        sim.add_body(ds.Box(center=(0.5, 0.5, floor + 0.1 + 1e-4), size=(0.2, 0.2, 0.2)), mat, name="sample",
-                     velocity=(0.0, 0.0, -0.2))
+        sim.add_body(body_shape, mat, name="sample", velocity=velocity or (0.0, 0.0, -0.2))
         sim.add_collider(ds.SphereCollider(center=(0.53, 0.49, floor + 0.32), radius=0.1, velocity=(0.0, 0.0, -0.8),
                                            friction=0.4, name="indenter"))
         T = duration or 0.15

@@ -28,6 +28,8 @@ from .mpm import MPMSolver
 from .autodiff import MPMState, initial_state, parameter_tensor, rollout
 from .scene import Scene, build_scene
 from .runner import run_scene
+from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory
+from .fitting import Fitter
 
 __version__ = "0.1.0"
 
@@ -37,5 +39,6 @@ __all__ = [
     "NewtonianFluid", "ViscoplasticFluid", "NeuralMaterial", "lame", "Box", "Sphere", "Cylinder",
     "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",
     "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
-    "initial_state", "parameter_tensor", "Scene", "build_scene", "run_scene",
+    "initial_state", "parameter_tensor", "Scene", "build_scene", "run_scene", "Trajectory",
+    "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

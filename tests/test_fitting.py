@@ -113,3 +113,13 @@ def test_parameter_identification(tmp_path, material, params, truth, start, obse
     fit = Fitter(build_scene(PROBE, options), data, list(params), init=start).run(iters=30, progress=False)
     for p in params:
         assert fit["fitted"][p] == pytest.approx(truth[p], rel=0.05), (p, fit["fitted"], fit["std"])
+
+
+def test_train_law_cli_refuses_data_without_full_state(tmp_path):
+    import subprocess
+    import sys
+    path, _ = _record(tmp_path)  # positions and velocities only
+    r = subprocess.run([sys.executable, "-m", "diffsim.cli", "train-law", "--data", str(path), "--out",
+                        str(tmp_path / "law.pt")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--full-state" in r.stderr
+    assert not (tmp_path / "law.pt").exists()

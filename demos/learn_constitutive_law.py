@@ -1,7 +1,9 @@
 """Learn constitutive laws from one trajectory each, and test how far they generalise.
 
 For each material (jelly = fixed-corotated, plasticine = von Mises, sand = Drucker-Prager)
-the `material_probe` scene records one full-state training trajectory; a *structured*
+the `material_probe` scene records one full-state training trajectory (jelly and
+plasticine: an indenter presses the block for 0.08 s and retracts; sand: a column
+collapses); a *structured*
 neural law (rotation-equivariant, zero stress at rest by construction) and an
 *unstructured* MLP of the same size are trained on it inside the differentiable MPM
 (teacher forcing, Adam, gradient clipping).
@@ -33,8 +35,8 @@ from diffsim.trajectory import record
 
 PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
 MATERIALS = {  # options of material_probe, stress scale (Pa), plastic law?
-    "jelly": ({"material": "jelly", "E": 5e3}, 5e3, False),
-    "plasticine": ({"material": "plasticine", "E": 2e4, "yield_stress": 400.0}, 2e4, True),
+    "jelly": ({"material": "jelly", "E": 5e3, "release": 0.08}, 5e3, False),
+    "plasticine": ({"material": "plasticine", "E": 2e4, "yield_stress": 400.0, "release": 0.08}, 2e4, True),
     "sand": ({"material": "sand", "E": 1e5}, 1e5, True),
 }
 TESTS = ["training", "double_horizon", "new_velocity", "new_shape", "finer_grid"]

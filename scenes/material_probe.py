@@ -5,7 +5,8 @@ sand: a short column collapses on a rough floor. Small and fast (grid 24 by defa
 Options: material ("jelly", "plasticine", "sand"), E (Pa), nu, yield_stress (Pa),
 friction_angle (rad), grid (24), duration (s), shape ("box", or "mesh": a DiffTactile
 object mesh scaled to the box's size), mesh (file name in scenes/data/difftactile,
-default E15_0.obj), velocity (initial, m/s).
+default E15_0.obj), velocity (initial, m/s), release (s: the indenter turns back up at
+this time; default: it keeps descending).
 """
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ MESHES = Path(__file__).resolve().parent / "data" / "difftactile"
 
 
 def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=math.radians(30.0), grid=24,
-          duration=None, shape="box", velocity=None, mesh="E15_0.obj"):
+          duration=None, shape="box", velocity=None, mesh="E15_0.obj", release=None):
     if material == "jelly":
         mat = ds.FixedCorotated(E=E or 5e3, nu=nu, density=1000.0)
     elif material == "plasticine":
@@ -43,8 +44,14 @@ def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=m
     else:
         sim = ds.MPMSolver(grid=grid, dt=dt, walls={"-z": "sticky"})
         sim.add_body(body_shape, mat, name="sample", velocity=velocity or (0.0, 0.0, -0.2))
-        sim.add_collider(ds.SphereCollider(center=(0.53, 0.49, floor + 0.32), radius=0.1, velocity=(0.0, 0.0, -0.8),
-                                           friction=0.4, name="indenter"))
+        start = (0.53, 0.49, floor + 0.32)
+        if release is None:
+            motion = {"velocity": (0.0, 0.0, -0.8)}
+        else:  # down at 0.8 m/s until `release`, then back up at the same speed
+            def path(t, r=float(release)):
+                return (start[0], start[1], start[2] - 0.8 * (t if t < r else 2 * r - t))
+            motion = {"path": path}
+        sim.add_collider(ds.SphereCollider(center=start, radius=0.1, friction=0.4, name="indenter", **motion))
         T = duration or 0.15
     steps = int(round(T / dt))
     every = max(1, steps // 15)

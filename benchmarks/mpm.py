@@ -120,7 +120,7 @@ def case_grad(ds, name, steps, checkpoint_every, repeats=3, tape_memory=None):
 
 def run_case(name, args):
     import diffsim as ds
-    cfg = ds.init(arch=args.arch, precision=args.precision, threads=args.threads)
+    ds.init(arch=args.arch, precision=args.precision, threads=args.threads)
     if name == "elastic_box_118k":
         out = case_forward(ds, name, ds.FixedCorotated(E=3e5, nu=0.2, density=1000.0), args.steps)
     elif name == "sand_box_118k":

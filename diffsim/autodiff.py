@@ -190,18 +190,12 @@ class _Segment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega):
-        from .kernels import mpm as km
         fs, n = sim.fields, sim.n
         dtype = x.dtype
-        steps = c_pos.shape[0]
-        for name, t in (("x", x), ("v", v), ("C", C), ("F", F), ("prm", prm)):
-            km.copy_in(getattr(fs, name), _c(t, dtype), n)
+        _put((fs.x, fs.v, fs.C, fs.F, fs.prm), (x, v, C, F, prm), n, dtype)
         record = any(ctx.needs_input_grad)
         ctx.tape_id = _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=record)
-        outs = [torch.empty((n, 3), dtype=dtype), torch.empty((n, 3), dtype=dtype),
-                torch.empty((n, 3, 3), dtype=dtype), torch.empty((n, 3, 3), dtype=dtype)]
-        for name, t in zip(("x", "v", "C", "F"), outs):
-            km.copy_out(getattr(fs, name), t, n)
+        outs = _get((fs.x, fs.v, fs.C, fs.F), ((3,), (3,), (3, 3), (3, 3)), n, dtype)
         ctx.sim, ctx.rotations = sim, rotations
         ctx.save_for_backward(x, v, C, F, prm, c_pos, c_vel, c_omega)
         return tuple(outs)
@@ -219,19 +213,18 @@ class _Segment(torch.autograd.Function):
         args = sim.kernel_args
         dt, dx, lx, ly, lz, gx_, gy_, gz_ = args
         # 1. re-run the segment to tape it, unless its tape survived
-        km.copy_in(fs.prm, _c(prm, dtype), n)
         tape = _tapes(sim).find(ctx.tape_id)
         if tape is None:
-            for name, t in (("x", x), ("v", v), ("C", C), ("F", F)):
-                km.copy_in(getattr(fs, name), _c(t, dtype), n)
+            _put((fs.x, fs.v, fs.C, fs.F, fs.prm), (x, v, C, F, prm), n, dtype)
             tape = _tapes(sim).find(_run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True))
+        else:
+            _put((fs.prm,), (prm,), n, dtype)
         # 2. reverse the substeps
         zeros3 = torch.zeros((n, 3), dtype=dtype)
         zeros33 = torch.zeros((n, 3, 3), dtype=dtype)
-        km.copy_in(fs.x1.grad, _c(gx if gx is not None else zeros3, dtype), n)
-        km.copy_in(fs.v1.grad, _c(gv if gv is not None else zeros3, dtype), n)
-        km.copy_in(fs.C1.grad, _c(gC if gC is not None else zeros33, dtype), n)
-        km.copy_in(fs.adj_F1, _c(gF if gF is not None else zeros33, dtype), n)
+        _put((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1),
+             (gx if gx is not None else zeros3, gv if gv is not None else zeros3,
+              gC if gC is not None else zeros33, gF if gF is not None else zeros33), n, dtype)
         g_pos = np.zeros((steps, S, 3))
         g_vel = np.zeros((steps, S, 3))
         g_omega = np.zeros((S, 3))
@@ -257,11 +250,8 @@ class _Segment(torch.autograd.Function):
                 g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
                 g_omega += fs.c_omega.grad.to_numpy()[:S]
         tape.owner = None  # this segment is done: its tape is free
-        outs = [torch.empty_like(x), torch.empty_like(v), torch.empty_like(C), torch.empty_like(F)]
-        for f, t in zip((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1), outs):
-            km.copy_out(f, t, n)
-        gprm = torch.empty((n, 4), dtype=dtype)
-        km.copy_out(fs.acc_prm, gprm, n)
+        *outs, gprm = _get((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1, fs.acc_prm),
+                           ((3,), (3,), (3, 3), (3, 3), (4,)), n, dtype)
         return (None, None, *outs, gprm.to(prm.dtype),
                 torch.from_numpy(g_pos).to(c_pos.dtype), torch.from_numpy(g_vel).to(c_vel.dtype),
                 torch.from_numpy(g_omega).to(c_omega.dtype))

@@ -86,20 +86,29 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _data_and_scene(args):
+    """The trajectory of ``--data`` and its scene (``--scene`` or the script the data
+    names), built with the data's options plus ``--set`` overrides (not yet built)."""
+    from .errors import DiffsimError
+    from .scene import build_scene, parse_options
+    from .trajectory import load_trajectory
+    data = load_trajectory(args.data)
+    options = dict(data.metadata["scene"].get("options") or {})
+    options.update(parse_options(args.set))
+    scene_path = args.scene or data.metadata["scene"].get("script")
+    if not scene_path:
+        raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
+    return data, options, lambda: build_scene(scene_path, options)
+
+
 def _cmd_fit(args) -> int:
     from .errors import DiffsimError
     from .fitting import Fitter
-    from .scene import build_scene, parse_options
-    from .trajectory import load_trajectory
+    from .scene import parse_options
     _init_runtime(args)
     try:
-        data = load_trajectory(args.data)
-        options = dict(data.metadata["scene"].get("options") or {})
-        options.update(parse_options(args.set))
-        scene_path = args.scene or data.metadata["scene"].get("script")
-        if not scene_path:
-            raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
-        scene = build_scene(scene_path, options)
+        data, _, make_scene = _data_and_scene(args)
+        scene = make_scene()
         init = {k: float(v) for k, v in parse_options(args.init).items()} if args.init else None
         fitter = Fitter(scene, data, args.params.split(","), body=args.body, init=init)
         out = args.out or f"runs/fit_{scene.name}"
@@ -118,20 +127,14 @@ def _cmd_train_law(args) -> int:
     from .errors import DiffsimError
     from .learned.constitutive import make_law
     from .learned.training import LawTrainer, save_law
-    from .scene import build_scene, parse_options
-    from .trajectory import InvalidTrajectory, load_trajectory
+    from .trajectory import InvalidTrajectory
     _init_runtime(args)
     try:
-        data = load_trajectory(args.data)
-        options = dict(data.metadata["scene"].get("options") or {})
-        options.update(parse_options(args.set))
-        scene_path = args.scene or data.metadata["scene"].get("script")
-        if not scene_path:
-            raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
+        data, options, make_scene = _data_and_scene(args)
         if not data.full_state and args.window[0] > 0:
             raise InvalidTrajectory(f"{args.data} has no full state (F, C); record it with "
                                     f"`diffsim generate --full-state` to train with teacher forcing")
-        scene = build_scene(scene_path, options)
+        scene = make_scene()
         import torch
         torch.manual_seed(args.seed)
         el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,

@@ -24,7 +24,7 @@ import torch
 from . import io as dio
 from . import runtime
 from .errors import InvalidScene
-from .trajectory import InvalidTrajectory, Trajectory
+from .trajectory import Trajectory
 
 MM2 = 1e-6  # loss unit: mm^2 in m^2
 

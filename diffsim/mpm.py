@@ -231,7 +231,6 @@ class MPMSolver:
             raise InvalidScene("the scene has no bodies; add_body() first")
         self.check_time_step()
         runtime.ensure_init()
-        import taichi as ti
         from .kernels.mpm import MPMFields
 
         sdf_size = sum(int(np.prod(c.sdf_grid()[0].shape)) for c in self.colliders if c.sdf_grid() is not None)

@@ -1,5 +1,4 @@
 """Bad input gets a clear error (type and message) before anything runs."""
-import math
 
 import json
 

@@ -9,7 +9,7 @@ import pytest
 import diffsim as ds
 from diffsim.fitting import Fitter
 from diffsim.scene import build_scene
-from diffsim.trajectory import InvalidTrajectory, Trajectory, load_trajectory, record, surface_particles
+from diffsim.trajectory import InvalidTrajectory, load_trajectory, record, surface_particles
 
 PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
 

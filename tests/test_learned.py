@@ -1,5 +1,4 @@
 """Neural constitutive laws: structure by construction, gradients, training, save/load."""
-import numpy as np
 import pytest
 import torch
 

@@ -20,8 +20,9 @@ def build(viscosity=0.01, viscoplastic=False, yield_stress=30.0, grid=48, sound_
     dx = L / grid
     dt = min(2e-4, 0.5 * sim_limit(dx, fluid))
     sim = ds.MPMSolver(domain_max=(L, 0.4, 0.4), grid=grid, dt=dt, walls="slip")
-    m = 3 * dx
-    sim.add_body(ds.Box(center=(m + 0.1, 0.2, m + 0.15), size=(0.2, 0.4 - 2 * m - 1e-3, 0.3)), fluid, name="water")
+    m = 3 * dx  # wall layers
+    h = min(0.3, 0.4 - 2 * m - 1e-3)  # column height (smaller on coarse grids)
+    sim.add_body(ds.Box(center=(m + 0.1, 0.2, m + h / 2), size=(0.2, 0.4 - 2 * m - 1e-3, h)), fluid, name="water")
     sim.add_collider(ds.CylinderCollider(center=(0.55, 0.2, 0.2), radius=0.04, height=0.4, kind="slip",
                                          name="pillar"))
     return ds.Scene(sim, description=__doc__, steps=int(round(0.8 / dt)), every=int(round(0.02 / dt)),

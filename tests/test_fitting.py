@@ -123,3 +123,15 @@ def test_train_law_cli_refuses_data_without_full_state(tmp_path):
                         str(tmp_path / "law.pt")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--full-state" in r.stderr
     assert not (tmp_path / "law.pt").exists()
+
+
+@pytest.mark.slow
+def test_fluid_viscosity_identification(tmp_path):
+    dam = PROBE.parent / "fluid_dam_break.py"
+    options = {"grid": 20, "viscosity": 2.0}
+    scene = build_scene(dam, options)
+    traj = record(scene, 300, 30, progress=False, script=str(dam))
+    traj.save(tmp_path / "d.npz")
+    fit = Fitter(build_scene(dam, options), load_trajectory(tmp_path / "d.npz"), ["viscosity"],
+                 init={"viscosity": 2.0 / 3}).run(iters=20, progress=False)
+    assert fit["fitted"]["viscosity"] == pytest.approx(2.0, rel=0.05)

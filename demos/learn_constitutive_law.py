@@ -35,8 +35,8 @@ from diffsim.trajectory import record
 
 PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
 MATERIALS = {  # options of material_probe, stress scale (Pa), plastic law?
-    "jelly": ({"material": "jelly", "E": 5e3, "release": 0.08}, 5e3, False),
-    "plasticine": ({"material": "plasticine", "E": 2e4, "yield_stress": 400.0, "release": 0.08}, 2e4, True),
+    "jelly": ({"material": "jelly", "E": 2e4, "release": 0.08}, 2e4, False),
+    "plasticine": ({"material": "plasticine", "E": 5e4, "yield_stress": 3e3, "release": 0.08}, 5e4, True),
     "sand": ({"material": "sand", "E": 1e5}, 1e5, True),
 }
 TESTS = ["training", "double_horizon", "new_velocity", "new_shape", "finer_grid"]

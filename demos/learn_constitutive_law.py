@@ -127,7 +127,7 @@ def evaluate(name, out):
 
 
 def fmt(v):
-    return "diverged" if not math.isfinite(v) else f"{v:.3g}"
+    return "diverged" if not math.isfinite(v) or v > 1e9 else f"{v:.3g}"
 
 
 def main():

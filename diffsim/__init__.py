@@ -1,4 +1,4 @@
-"""diffsim: a differentiable physics simulator (MLS-MPM today; FEM and DEM next) with
+"""diffsim: a differentiable physics simulator (MLS-MPM and DEM today; FEM next) with
 pluggable PyTorch materials.
 
 Public API (everything a scene script or a user needs)::
@@ -25,7 +25,10 @@ from .geometry import Box, Cylinder, MeshShape, Sphere, load_mesh, mesh_sdf_grid
 from .colliders import (BoxCollider, Collider, CylinderCollider, MeshCollider, PlaneCollider,
                         SphereCollider)
 from .mpm import MPMSolver
+from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, PlaneWall, Pour,
+                  Wall as DEMWall)
 from .autodiff import MPMState, initial_state, parameter_tensor, rollout
+from .dem_grad import dem_rollout
 from .scene import Scene, build_scene
 from .runner import run_scene
 from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory
@@ -39,6 +42,7 @@ __all__ = [
     "NewtonianFluid", "ViscoplasticFluid", "NeuralMaterial", "lame", "Box", "Sphere", "Cylinder",
     "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",
     "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
-    "initial_state", "parameter_tensor", "Scene", "build_scene", "run_scene", "Trajectory",
+    "initial_state", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
+    "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

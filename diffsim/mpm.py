@@ -475,6 +475,15 @@ class MPMSolver:
         self._upload_collider_state()
 
     # ------------------------------------------------------------------------ diagnostics
+    def frame(self) -> dict:
+        """``{"particles": (x (N,3), point_data), "meshes": {name: (verts, faces)}}`` for output."""
+        st = self.get_state()
+        body_id = np.concatenate([np.full(b.count, i, np.int32) for i, b in enumerate(self.bodies)])
+        J = np.linalg.det(st["F"])
+        data = {"body": body_id, "velocity": st["v"].astype(np.float32), "J": J.astype(np.float32)}
+        meshes = {c.name: c.surface() for c in self.colliders}
+        return {"particles": (st["x"], data), "meshes": meshes}
+
     def diagnostics(self) -> dict:
         """Per-body and total energies (J) and momentum (kg m/s); raises
         :class:`SimulationDiverged` on NaN/inf, escaped particles or a CFL-violating speed."""

@@ -26,10 +26,15 @@ from .progress import Progress
 FORMAT = 1
 
 
+_OPTIONAL_TRACES = ("particles_active", "discharged_mass")  # DEM: spheres left, mass discharged (kg)
+
+
 def _trace_row(d: dict) -> dict:
-    return {"time": float(d["time"]), "step": int(d["step"]), "kinetic": float(d["kinetic"]),
-            "potential": float(d["potential"]), "elastic": float(d["elastic"]), "energy": float(d["energy"]),
-            "momentum": [float(m) for m in d["momentum"]], "max_speed": float(d["max_speed"])}
+    row = {"time": float(d["time"]), "step": int(d["step"]), "kinetic": float(d["kinetic"]),
+           "potential": float(d["potential"]), "elastic": float(d["elastic"]), "energy": float(d["energy"]),
+           "momentum": [float(m) for m in d["momentum"]], "max_speed": float(d["max_speed"])}
+    row.update({k: d[k] for k in _OPTIONAL_TRACES if k in d})
+    return row
 
 
 def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:

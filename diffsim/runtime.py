@@ -65,7 +65,8 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
     import taichi as ti
 
     kwargs = dict(default_fp=ti.f64 if precision == "f64" else ti.f32, default_ip=ti.i32,
-                  random_seed=int(seed), debug=debug, offline_cache=True)
+                  random_seed=int(seed), debug=debug, offline_cache=True,
+                  ad_stack_size=256)  # reverse-mode loops over DEM neighbours/triangles
     if arch == "cpu":
         kwargs["arch"] = ti.cpu
         if threads is not None:

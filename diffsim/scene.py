@@ -29,7 +29,7 @@ class Scene:
     """A simulation ready to run: a solver plus what the runner needs to present it.
 
     Args:
-        solver: an :class:`~diffsim.MPMSolver` (bodies and colliders added).
+        solver: an :class:`~diffsim.MPMSolver` or :class:`~diffsim.DEMSolver`, set up.
         name: scene name (defaults to the script's file name).
         description: one paragraph for ``diffsim scenes`` and the summary.
         steps: default number of substeps for ``diffsim run``.
@@ -87,13 +87,7 @@ class Scene:
 
     def frame(self) -> dict:
         """``{"particles": (x (N,3), point_data), "meshes": {name: (verts, faces)}}``."""
-        s = self.solver
-        st = s.get_state()
-        body_id = np.concatenate([np.full(b.count, i, np.int32) for i, b in enumerate(s.bodies)])
-        J = np.linalg.det(st["F"])
-        data = {"body": body_id, "velocity": st["v"].astype(np.float32), "J": J.astype(np.float32)}
-        meshes = {c.name: c.surface() for c in s.colliders}
-        return {"particles": (st["x"], data), "meshes": meshes}
+        return self.solver.frame()
 
     def render(self, frame: dict, width=480, height=360):
         """Preview image (H,W,3 uint8) of a frame."""

@@ -1,0 +1,871 @@
+"""Discrete element method: frictional spheres with Hertz-Mindlin contacts (Python side).
+
+    sim = ds.DEMSolver(domain_min=(-0.05, -0.05, -0.03), domain_max=(0.05, 0.05, 0.3),
+                       material=ds.DEMMaterial(E=5e6, nu=0.3, restitution=0.5, friction=0.5,
+                                               rolling_friction=0.05, density=2500), dt=2e-5)
+    sim.add_wall(ds.PlaneWall(point=(0, 0, 0), normal=(0, 0, 1)))
+    sim.fill_lattice(lo=(-0.03, -0.03, 0.01), hi=(0.03, 0.03, 0.1), radius=0.002, spacing=0.0044)
+    sim.step(1000)
+
+Contact law and integration: :mod:`diffsim.kernels.dem`. Neighbour lists are rebuilt
+(cell grid, counting sort) when a sphere has moved more than half the skin since the
+last build; contact histories are carried over. Gradients: :func:`diffsim.dem_rollout`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import pool, runtime
+from .colliders import rotation_step
+from .errors import InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged, UnstableTimeStep
+from .kernels import dem as kd
+
+
+@dataclass(frozen=True)
+class DEMMaterial:
+    """Sphere (and wall) material, SI units.
+
+    Args:
+        E: Young's modulus (Pa). nu: Poisson's ratio.
+        restitution: coefficient of restitution e in (0, 1].
+        friction: sliding friction mu. rolling_friction: mu_r (constant directional torque).
+        density: kg/m^3. cohesion: simplified-JKR energy density (J/m^3; 0: dry).
+        model: ``"hertz"`` (Hertz-Mindlin, default) or ``"linear"`` (spring-dashpot with
+            normal stiffness ``stiffness`` N/m and tangential 2/7 of it).
+    """
+    E: float = 5e6
+    nu: float = 0.3
+    restitution: float = 0.5
+    friction: float = 0.5
+    rolling_friction: float = 0.0
+    density: float = 2500.0
+    cohesion: float = 0.0
+    model: str = "hertz"
+    stiffness: float = 0.0
+
+    def __post_init__(self):
+        def bad(msg):
+            raise InvalidMaterial(f"DEMMaterial: {msg}")
+        for name in ("E", "nu", "restitution", "friction", "rolling_friction", "density", "cohesion", "stiffness"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(f"{name} must be a finite number, got {v!r}")
+        if self.E <= 0:
+            bad(f"Young's modulus E must be > 0 Pa, got {self.E}")
+        if not -1 < self.nu < 0.5:
+            bad(f"Poisson's ratio nu must be in (-1, 0.5), got {self.nu}")
+        if not 0 < self.restitution <= 1:
+            bad(f"restitution must be in (0, 1], got {self.restitution}")
+        if self.friction < 0 or self.rolling_friction < 0:
+            bad("friction and rolling_friction must be >= 0")
+        if self.density <= 0:
+            bad(f"density must be > 0 kg/m^3, got {self.density}")
+        if self.cohesion < 0:
+            bad(f"cohesion must be >= 0 J/m^3, got {self.cohesion}")
+        if self.model not in ("hertz", "linear"):
+            bad(f"model must be 'hertz' or 'linear', got {self.model!r}")
+        if self.model == "linear" and not self.stiffness > 0:
+            bad(f"the linear model needs stiffness > 0 N/m, got {self.stiffness}")
+
+    @property
+    def model_code(self) -> int:
+        return kd.HERTZ if self.model == "hertz" else kd.LINEAR
+
+    def vector(self, dt: float):
+        """The kernels' parameter vector (E, nu, e, mu, mu_r, cohesion, k_n, dt)."""
+        return [self.E, self.nu, self.restitution, self.friction, self.rolling_friction, self.cohesion,
+                self.stiffness, dt]
+
+    def rayleigh_time(self, radius: float) -> float:
+        """Rayleigh time (s) of a sphere of ``radius`` (m)."""
+        G = self.E / (2 * (1 + self.nu))
+        return math.pi * radius * math.sqrt(self.density / G) / (0.1631 * self.nu + 0.8766)
+
+    def contact_time(self, radius: float) -> float:
+        """Linear model: duration (s) of an undamped sphere-sphere contact, pi sqrt(m*/k_n)."""
+        m = self.density * 4.0 / 3.0 * math.pi * radius ** 3
+        return math.pi * math.sqrt(0.5 * m / self.stiffness)
+
+
+PARAMETERS = ("E", "nu", "restitution", "friction", "rolling_friction", "cohesion", "stiffness")
+
+
+# ----------------------------------------------------------------------------- walls
+
+
+class Wall:
+    """A rigid wall of the walls' material (the spheres' :class:`DEMMaterial`).
+
+    Kinematics: ``velocity`` (m/s; a 3-vector or a function of time t in s returning one)
+    translates it, ``angular_velocity`` (rad/s, constant) rotates it about ``center``
+    (m, moving with the wall). ``remove_at`` (s) switches it off at that time (an orifice
+    opens). Geometry arguments are in the pose at t = 0."""
+    code = kd.W_NONE
+
+    def __init__(self, velocity=(0, 0, 0), angular_velocity=(0, 0, 0), center=(0, 0, 0), remove_at=None,
+                 name=None):
+        self.velocity = velocity if callable(velocity) else np.asarray(velocity, float)
+        self.angular_velocity = np.asarray(angular_velocity, float)
+        self.center = np.asarray(center, float)
+        if remove_at is not None and not remove_at >= 0:
+            raise InvalidScene(f"remove_at must be a time >= 0 s, got {remove_at}")
+        self.remove_at = remove_at
+        self.name = name
+        self.rotation = np.eye(3)
+
+    def velocity_at(self, t: float) -> np.ndarray:
+        v = np.asarray(self.velocity(t) if callable(self.velocity) else self.velocity, float)
+        if v.shape != (3,) or not np.all(np.isfinite(v)):
+            raise InvalidScene(f"wall {self.name}: velocity must be a finite 3-vector, got {v}")
+        return v
+
+    def moving(self) -> bool:
+        return callable(self.velocity) or bool(np.any(self.velocity) or np.any(self.angular_velocity))
+
+    def rotating(self) -> bool:
+        return bool(np.any(self.angular_velocity))
+
+    def on_at(self, t: float) -> bool:
+        return self.remove_at is None or t < self.remove_at
+
+    def params(self):
+        """(p, n, a) of the kernel representation (initial pose)."""
+        raise NotImplementedError
+
+    def surface(self, offset=(0, 0, 0)):
+        """(vertices, faces) in world coordinates for output, or None (infinite walls)."""
+        return None
+
+
+class PlaneWall(Wall):
+    """Infinite plane through ``point`` with ``normal`` pointing to the spheres' side."""
+    code = kd.W_PLANE
+
+    def __init__(self, point=(0, 0, 0), normal=(0, 0, 1), **kw):
+        super().__init__(**kw)
+        self.point = np.asarray(point, float)
+        n = np.asarray(normal, float)
+        if not np.linalg.norm(n) > 0:
+            raise InvalidScene("PlaneWall normal must be non-zero")
+        self.normal = n / np.linalg.norm(n)
+
+    def params(self):
+        return self.point, self.normal, 0.0
+
+
+class CylinderWall(Wall):
+    """Infinite cylinder of ``radius`` (m) about the axis through ``point`` along ``axis``;
+    the spheres are inside."""
+    code = kd.W_CYLINDER
+
+    def __init__(self, point=(0, 0, 0), axis=(0, 0, 1), radius=0.05, **kw):
+        super().__init__(**kw)
+        if not radius > 0:
+            raise InvalidScene(f"CylinderWall radius must be > 0 m, got {radius}")
+        self.point = np.asarray(point, float)
+        a = np.asarray(axis, float)
+        self.axis = a / np.linalg.norm(a)
+        self.radius = float(radius)
+
+    def params(self):
+        return self.point, self.axis, self.radius
+
+
+class BoxWall(Wall):
+    """The inside of the axis-aligned box [lo, hi] (m): its six faces hold the spheres."""
+    code = kd.W_BOX
+
+    def __init__(self, lo=(0, 0, 0), hi=(1, 1, 1), **kw):
+        super().__init__(**kw)
+        self.lo = np.asarray(lo, float)
+        self.hi = np.asarray(hi, float)
+        if np.any(self.hi <= self.lo):
+            raise InvalidScene("BoxWall needs hi > lo on every axis")
+
+    def params(self):
+        return self.lo, self.hi - self.lo, 0.0
+
+
+class MeshWall(Wall):
+    """A triangle mesh (STL/OBJ/... through trimesh, or a Trimesh) as a wall: spheres touch
+    its faces, edges and vertices (closest point). ``scale`` converts file units to m;
+    ``require_watertight`` for meshes that must enclose a volume (an error otherwise)."""
+    code = kd.W_MESH
+
+    def __init__(self, source, scale=1.0, position=(0, 0, 0), rotation=None, require_watertight=False, **kw):
+        from .geometry import load_mesh
+        super().__init__(**kw)
+        mesh = load_mesh(source, scale=scale, require_watertight=require_watertight,
+                         translate=position, rotation=rotation)
+        if len(mesh.faces) == 0:
+            raise InvalidMesh("MeshWall: the mesh has no triangles")
+        self.vertices = np.asarray(mesh.vertices, float)
+        self.faces = np.asarray(mesh.faces, np.int64)
+
+    def triangles(self):
+        return self.vertices[self.faces]  # (F, 3, 3)
+
+    def params(self):
+        return self.vertices.min(0), self.vertices.max(0), 0.0
+
+    def triangle_grid(self, margin: float):
+        """Uniform cell grid over the mesh's box grown by ``margin`` (m) listing, per cell,
+        the triangles whose box grown by ``margin`` overlaps it. Returns (lo, h, dims,
+        cell_start (C+1), tri_ids)."""
+        tris = self.triangles()
+        lo = tris.reshape(-1, 3).min(0) - margin
+        hi = tris.reshape(-1, 3).max(0) + margin
+        ext = hi - lo
+        # about 2 spheres per cell, at most ~2M cells
+        h = max(2 * margin, float(ext.max()) / 128)
+        dims = np.maximum(1, np.ceil(ext / h).astype(np.int64))
+        tlo = np.floor((tris.min(1) - margin - lo) / h).astype(np.int64).clip(0, dims - 1)
+        thi = np.floor((tris.max(1) + margin - lo) / h).astype(np.int64).clip(0, dims - 1)
+        cells, ids = [], []
+        for t in range(len(tris)):
+            r = [np.arange(tlo[t, k], thi[t, k] + 1) for k in range(3)]
+            c = np.stack(np.meshgrid(*r, indexing="ij"), -1).reshape(-1, 3)
+            cells.append((c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2])
+            ids.append(np.full(len(c), t))
+        cells = np.concatenate(cells)
+        ids = np.concatenate(ids)
+        order = np.argsort(cells, kind="stable")
+        count = np.bincount(cells, minlength=int(np.prod(dims)))
+        start = np.concatenate([[0], np.cumsum(count)])
+        return lo, h, dims, start.astype(np.int32), ids[order].astype(np.int32)
+
+    def surface(self, offset=(0, 0, 0)):
+        v = (self.vertices - self.center) @ self.rotation.T + self.center + np.asarray(offset)
+        return v, self.faces
+
+
+def _unit_cylinder_surface(w: CylinderWall, z_range, segments=48):
+    """A side mesh of a cylinder wall over ``z_range`` along its axis (for output only)."""
+    a = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    e1 = np.cross(w.axis, [1, 0, 0] if abs(w.axis[0]) < 0.9 else [0, 1, 0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(w.axis, e1)
+    ring = w.radius * (np.cos(a)[:, None] * e1 + np.sin(a)[:, None] * e2)
+    v = np.concatenate([w.point + ring + z * w.axis for z in z_range])
+    f = []
+    for i in range(segments):
+        j = (i + 1) % segments
+        f += [[i, j, segments + i], [j, segments + j, segments + i]]
+    return v, np.asarray(f)
+
+
+# ----------------------------------------------------------------------------- insertion
+
+
+class Pour:
+    """Spheres inserted at ``mass_rate`` (kg/s) into the box ``[lo, hi]`` (m) from
+    ``start`` to ``stop`` (s), at random non-overlapping positions, every ``interval`` s,
+    with ``velocity`` (m/s). Room for all of them is reserved when the solver is built."""
+
+    def __init__(self, lo, hi, radius, mass_rate, start=0.0, stop=1.0, interval=0.01, velocity=(0, 0, 0), seed=0):
+        self.lo, self.hi = np.asarray(lo, float), np.asarray(hi, float)
+        self.radius = radius
+        if not mass_rate > 0 or not stop > start or not interval > 0:
+            raise InvalidScene("Pour needs mass_rate > 0 kg/s, stop > start and interval > 0 s")
+        self.mass_rate, self.start, self.stop, self.interval = float(mass_rate), float(start), float(stop), float(interval)
+        self.velocity = np.asarray(velocity, float)
+        self.rng = np.random.default_rng(seed)
+        self.inserted_mass = 0.0
+        self.next_time = self.start
+
+    def mean_radius(self):
+        return float(np.mean(self.radius))
+
+
+def random_packing(lo, hi, radius, count, rng, obstacles=None, max_rounds=200):
+    """Random sequential addition: up to ``count`` non-overlapping spheres in [lo, hi] (m),
+    ``radius`` a number or (min, max); ``obstacles`` (x (M,3), r (M,)) must not be
+    overlapped. Returns (x (k,3), r (k,)) with k <= count."""
+    from scipy.spatial import cKDTree
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    rmin, rmax = (float(radius), float(radius)) if np.isscalar(radius) else map(float, radius)
+    if np.any(hi - lo < 2 * rmax):
+        raise InvalidScene(f"region [{lo.tolist()}, {hi.tolist()}] is thinner than a sphere diameter {2 * rmax} m")
+    ox, orad = obstacles if obstacles is not None else (np.zeros((0, 3)), np.zeros(0))
+    tree = cKDTree(ox) if len(ox) else None
+    cell = 2 * rmax
+    grid: dict = {}
+    xs, rs = [], []
+    for _ in range(max_rounds):
+        need = count - len(xs)
+        if need <= 0:
+            break
+        cand = rng.uniform(lo + rmax, hi - rmax, (need * 3 + 8, 3))
+        crad = rng.uniform(rmin, rmax, len(cand))
+        if tree is not None:
+            near = tree.query_ball_point(cand, crad + orad.max())
+            ok = np.array([not any(np.linalg.norm(ox[j] - c) < r + orad[j] for j in nb)
+                           for c, r, nb in zip(cand, crad, near)], bool)
+            cand, crad = cand[ok], crad[ok]
+        for c, r in zip(cand, crad):
+            key = tuple(np.floor(c / cell).astype(int))
+            clash = False
+            for dx in (-1, 0, 1):
+                for dy in (-1, 0, 1):
+                    for dz in (-1, 0, 1):
+                        for k in grid.get((key[0] + dx, key[1] + dy, key[2] + dz), ()):
+                            if np.sum((xs[k] - c) ** 2) < (rs[k] + r) ** 2:
+                                clash = True
+                                break
+                        if clash:
+                            break
+                    if clash:
+                        break
+                if clash:
+                    break
+            if not clash:
+                grid.setdefault(key, []).append(len(xs))
+                xs.append(c)
+                rs.append(r)
+                if len(xs) == count:
+                    break
+        else:
+            continue
+    return np.asarray(xs).reshape(-1, 3), np.asarray(rs)
+
+
+# ----------------------------------------------------------------------------- solver
+
+
+class DEMSolver:
+    """Spheres of one :class:`DEMMaterial` in a box domain (the domain sizes the neighbour
+    cell grid; spheres that leave it are clamped into its boundary cells).
+
+    Args:
+        domain_min, domain_max: box (m) enclosing all spheres.
+        material: :class:`DEMMaterial` (walls share it).
+        dt: time step (s); refused above ``rayleigh_fraction`` x the Rayleigh time of the
+            smallest sphere (linear model: above 1/20 of its contact time).
+        gravity: m/s^2.
+        skin: neighbour skin (m), default 0.5 x the smallest radius.
+        max_neighbors: neighbour slots per sphere (an error names an overflow).
+        outflow_z: spheres whose centre falls below this height (m) are removed and their
+            mass counted as discharged.
+        requires_grad: allocate adjoint fields (for :func:`diffsim.dem_rollout`).
+    """
+
+    def __init__(self, domain_min, domain_max, material: DEMMaterial, dt: float, gravity=(0, 0, -9.81),
+                 skin: float | None = None, max_neighbors: int = 24, rayleigh_fraction: float = 0.2,
+                 outflow_z: float | None = None, requires_grad: bool = False, name: str = "dem"):
+        self.lo = np.asarray(domain_min, float)
+        self.hi = np.asarray(domain_max, float)
+        if self.lo.shape != (3,) or self.hi.shape != (3,) or np.any(self.hi <= self.lo):
+            raise InvalidScene("domain_max must exceed domain_min on every axis")
+        if not isinstance(material, DEMMaterial):
+            raise InvalidScene("material must be a DEMMaterial")
+        if not (isinstance(dt, (int, float)) and dt > 0 and math.isfinite(dt)):
+            raise UnstableTimeStep(f"dt must be > 0 s, got {dt}", dt=dt)
+        if skin is not None and not skin > 0:
+            raise InvalidScene(f"skin must be > 0 m, got {skin}")
+        if int(max_neighbors) < 1:
+            raise InvalidScene("max_neighbors must be >= 1")
+        self.material = material
+        self.dt = float(dt)
+        self.gravity = np.asarray(gravity, float)
+        self.skin = skin
+        self.K = int(max_neighbors)
+        self.rayleigh_fraction = float(rayleigh_fraction)
+        self.outflow_z = -1e30 if outflow_z is None else float(outflow_z)
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+        self.walls: list[Wall] = []
+        self.pours: list[Pour] = []
+        self._x, self._v, self._w, self._r, self._on = [], [], [], [], []
+        self.n = 0
+        self.fields = None
+        self.time = 0.0
+        self.step_count = 0
+        self.rebuilds = 0
+
+    # ------------------------------------------------------------------ building
+    def add_particles(self, positions, radius, velocity=(0, 0, 0), angular_velocity=(0, 0, 0),
+                      check_overlap=True):
+        """Add spheres: positions (N,3) m, radius (scalar or (N,)) m, velocities (m/s,
+        rad/s). Overlapping spheres are refused (``check_overlap``). Returns their index slice."""
+        self._check_open()
+        x = np.asarray(positions, float).reshape(-1, 3)
+        r = np.broadcast_to(np.asarray(radius, float), (len(x),)).copy()
+        if len(x) == 0:
+            raise InvalidScene("add_particles: no positions given")
+        if not np.all(np.isfinite(r)) or np.any(r <= 0):
+            raise InvalidScene(f"sphere radii must be finite and > 0 m, got min {r.min()}")
+        if not np.all(np.isfinite(x)):
+            raise InvalidScene("positions contain NaN/inf")
+        out = np.any((x - r[:, None] < self.lo) | (x + r[:, None] > self.hi), axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise InvalidScene(f"{int(out.sum())} spheres lie (partly) outside the domain "
+                               f"[{self.lo.tolist()}, {self.hi.tolist()}], e.g. at {x[i].tolist()}")
+        if check_overlap:
+            self._check_overlap(x, r)
+        self._x.append(x)
+        self._r.append(r)
+        self._v.append(np.broadcast_to(np.asarray(velocity, float), x.shape).copy())
+        self._w.append(np.broadcast_to(np.asarray(angular_velocity, float), x.shape).copy())
+        self._on.append(np.ones(len(x), np.int32))
+        self.n += len(x)
+        return slice(self.n - len(x), self.n)
+
+    def _check_overlap(self, x, r, tol=1e-9):
+        from scipy.spatial import cKDTree
+        allx = np.concatenate(self._x + [x])
+        allr = np.concatenate(self._r + [r])
+        pairs = cKDTree(allx).query_pairs(2 * allr.max(), output_type="ndarray")
+        if len(pairs):
+            gap = np.linalg.norm(allx[pairs[:, 0]] - allx[pairs[:, 1]], axis=1) - allr[pairs[:, 0]] - allr[pairs[:, 1]]
+            bad = gap < -tol * allr.max()
+            if bad.any():
+                k = int(np.argmin(gap))
+                i, j = pairs[k]
+                raise InvalidScene(f"{int(bad.sum())} inserted sphere pairs overlap (worst: spheres {i} and {j} by "
+                                   f"{-gap[k]:.3g} m); inserting overlapping spheres explodes the contact forces")
+
+    def fill_lattice(self, lo, hi, radius, spacing=None, jitter=0.0, seed=0, velocity=(0, 0, 0), inside=None):
+        """Simple-cubic lattice of spheres inside the box [lo, hi] (m); ``jitter`` moves each
+        by up to that fraction of the gap; ``inside(x) -> bool`` masks the region."""
+        spacing = float(spacing or 2.2 * radius)
+        if spacing < 2 * radius:
+            raise InvalidScene(f"lattice spacing {spacing} m < sphere diameter {2 * radius} m: they would overlap")
+        lo = np.asarray(lo, float) + radius
+        hi = np.asarray(hi, float) - radius
+        axes = [np.arange(l, h + 1e-12, spacing) for l, h in zip(lo, hi)]
+        x = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        if inside is not None:
+            x = x[np.asarray(inside(x), bool)]
+        if jitter:
+            x += np.random.default_rng(seed).uniform(-jitter, jitter, x.shape) * (spacing - 2 * radius) / 2
+        return self.add_particles(x, radius, velocity=velocity)
+
+    def fill_random(self, lo, hi, radius, count, seed=0, velocity=(0, 0, 0)):
+        """``count`` non-overlapping spheres at random positions in the box [lo, hi] (m);
+        ``radius`` a number or (min, max) for a uniform size distribution. Raises if the
+        region cannot hold them."""
+        obst = (np.concatenate(self._x), np.concatenate(self._r)) if self._x else None
+        x, r = random_packing(lo, hi, radius, int(count), np.random.default_rng(seed), obst)
+        if len(x) < count:
+            raise InvalidScene(f"fill_random: only {len(x)} of {count} spheres fit in [{list(lo)}, {list(hi)}] "
+                               f"(random packing fills ~30% of a region); enlarge it or insert fewer")
+        return self.add_particles(x, r, velocity=velocity, check_overlap=False)
+
+    def add_pour(self, pour: Pour) -> Pour:
+        """Reserve room for a :class:`Pour` (inactive spheres until inserted)."""
+        self._check_open()
+        rmax = float(np.max(pour.radius))
+        m_min = self.material.density * 4 / 3 * np.pi * float(np.min(pour.radius)) ** 3
+        count = int(math.ceil(pour.mass_rate * (pour.stop - pour.start) / m_min)) + 1
+        park = np.tile(self.lo + rmax, (count, 1))
+        self._x.append(park)
+        self._r.append(np.full(count, rmax) if np.isscalar(pour.radius) else
+                       np.random.default_rng(0).uniform(*pour.radius, count))
+        self._v.append(np.zeros((count, 3)))
+        self._w.append(np.zeros((count, 3)))
+        self._on.append(np.zeros(count, np.int32))
+        pour.slots = np.arange(self.n, self.n + count)
+        pour.used = 0
+        self.n += count
+        self.pours.append(pour)
+        return pour
+
+    def add_wall(self, wall: Wall) -> Wall:
+        self._check_open()
+        if not isinstance(wall, Wall):
+            raise InvalidScene(f"expected a Wall, got {type(wall).__name__}")
+        wall.name = wall.name or f"wall{len(self.walls)}"
+        self.walls.append(wall)
+        return wall
+
+    def _check_open(self):
+        if self.fields is not None:
+            raise InvalidScene("spheres, pours and walls must be added before the first step/build()")
+
+    def time_step_limit(self) -> float:
+        """The largest accepted dt (s)."""
+        rmin = float(np.concatenate(self._r).min())
+        if self.material.model == "linear":
+            return self.material.contact_time(rmin) / 20.0
+        return self.rayleigh_fraction * self.material.rayleigh_time(rmin)
+
+    def build(self):
+        """Check the time step, allocate the fields and build the first neighbour lists."""
+        if self.fields is not None:
+            return self
+        if self.n == 0:
+            raise InvalidScene("the DEM system has no spheres")
+        limit = self.time_step_limit()
+        if self.dt > limit:
+            what = ("1/20 of the linear contact time" if self.material.model == "linear" else
+                    f"{self.rayleigh_fraction} x the Rayleigh time")
+            raise UnstableTimeStep(f"dt = {self.dt:.3g} s exceeds {what} of the smallest sphere: use dt <= "
+                                   f"{limit:.3g} s", dt=self.dt, limit=limit)
+        runtime.ensure_init()
+        r = np.concatenate(self._r)
+        if self.skin is None:
+            self.skin = 0.5 * float(r.min())
+        self.cell = 2 * float(r.max()) + self.skin
+        cells = tuple(int(max(1, math.ceil(e / self.cell))) for e in (self.hi - self.lo))
+        self._grids = [w.triangle_grid(float(r.max()) * 1.01) if isinstance(w, MeshWall) else None
+                       for w in self.walls]
+        n_tris = sum(len(w.faces) for w in self.walls if isinstance(w, MeshWall))
+        n_tcells = sum(len(g[3]) - 1 for g in self._grids if g is not None)
+        n_trefs = sum(len(g[4]) for g in self._grids if g is not None)
+        key = ("dem", pool.bucket(self.n), self.K, max(1, len(self.walls)), pool.bucket(max(n_tris, 1), 1),
+               pool.bucket(max(n_tcells, 1), 1), pool.bucket(max(n_trefs, 1), 1), cells, self.requires_grad,
+               runtime.config().precision)
+        self.fields, self._token = pool.acquire(
+            key, lambda: kd.DEMFields(key[1], self.K, key[3], key[4], key[5], key[6], cells, runtime.real_dtype(),
+                                      self.requires_grad), self)
+        self.state, self.spare = self.fields.A, self.fields.B
+        self._upload()
+        self._rebuild()
+        return self
+
+    def close(self):
+        pool.release(getattr(self, "_token", None))
+        self.fields = None
+
+    def _np(self, a):
+        return np.ascontiguousarray(a, dtype=runtime.np_dtype())
+
+    def _upload(self):
+        fs = self.fields
+        r = np.concatenate(self._r)
+        self._put(fs.radius, r)
+        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * r ** 3)
+        self._put(fs.active, np.concatenate(self._on))
+        fs.nbr_n.fill(0)
+        fs.removed.fill(0)
+        fs.removed_mass.fill(0)
+        self.set_state(np.concatenate(self._x), np.concatenate(self._v), np.concatenate(self._w))
+        self._upload_walls()
+        self._upload_params()
+
+    def _put(self, field, values):
+        """Write the first n rows of a 1-D (per-sphere) field."""
+        from .kernels import mpm as km
+        v = np.ascontiguousarray(values, np.int32 if field.dtype == ti_i32() else runtime.np_dtype())
+        km.copy_in(field, v, len(v))
+
+    def _get(self, field, shape_tail=(3,)):
+        from .kernels import mpm as km
+        a = np.empty((self.n,) + shape_tail, np.int32 if field.dtype == ti_i32() else runtime.np_dtype())
+        km.copy_out(field, a, self.n)
+        return a
+
+    def set_state(self, x, v, w):
+        """Positions (m), velocities (m/s), angular velocities (rad/s), (n,3) each; contact
+        histories and wall offsets reset to zero."""
+        S = self.state
+        for f, a in ((S.x, x), (S.v, v), (S.w, w)):
+            self._put(f, np.asarray(a, float).reshape(self.n, 3))
+        S.hist.fill(0)
+        S.w_hist.fill(0)
+        S.w_off.fill(0)
+
+    def initial_arrays(self) -> dict:
+        """The spheres as added: x, v, w (n,3) numpy arrays."""
+        return {k: np.concatenate(a) for k, a in (("x", self._x), ("v", self._v), ("w", self._w))}
+
+    def state_tensors(self):
+        """(x, v, w) of the current state as (n,3) torch tensors (runtime precision)."""
+        import torch
+        S = self.state
+        return tuple(torch.from_numpy(self._get(f).astype(np.float64)).to(runtime.torch_dtype())
+                     for f in (S.x, S.v, S.w))
+
+    def reset(self):
+        """Back to t = 0 with the spheres as added (walls at their initial pose)."""
+        init = self.initial_arrays()
+        self._reset_for_rollout(init["x"], init["v"], init["w"])
+
+    def _reset_for_rollout(self, x, v, w):
+        self.build()
+        fs = self.fields
+        self.time, self.step_count = 0.0, 0
+        for wall in self.walls:
+            wall.rotation = np.eye(3)
+        for p in self.pours:
+            p.used, p.inserted_mass, p.next_time = 0, 0.0, p.start
+        self._put(fs.active, np.concatenate(self._on))
+        fs.nbr_n.fill(0)
+        fs.removed.fill(0)
+        fs.removed_mass.fill(0)
+        self.set_state(x, v, w)
+        self._pose_key = None
+        self._update_wall_pose()
+        self._rebuild()
+
+    def _upload_params(self):
+        p = np.zeros(kd.N_PRM)
+        p[:] = self.material.vector(self.dt)
+        self.fields.prm.from_numpy(self._np(p))
+
+    def _upload_walls(self):
+        fs = self.fields
+        W = fs.n_walls
+        t = np.zeros(W, np.int32)
+        p, nn, a = np.zeros((W, 3)), np.zeros((W, 3)), np.zeros(W)
+        ctr = np.zeros((W, 3))
+        mg_lo, mg_h, mg_dims, mg_cell0 = np.zeros((W, 3)), np.ones(W), np.zeros((W, 3), np.int32), np.zeros(W, np.int32)
+        tris, starts, refs = [], [], []
+        toff = coff = roff = 0
+        for i, w in enumerate(self.walls):
+            t[i] = w.code
+            p[i], nn[i], a[i] = w.params()
+            ctr[i] = w.center
+            g = self._grids[i]
+            if g is not None:
+                lo, h, dims, start, ids = g
+                mg_lo[i], mg_h[i], mg_dims[i], mg_cell0[i] = lo, 1.0 / h, dims, coff
+                tris.append(w.triangles())
+                starts.append(start[:-1] + roff)
+                refs.append(ids + toff)
+                toff += len(w.faces)
+                coff += len(start) - 1
+                roff += len(ids)
+        fs.w_type.from_numpy(t)
+        for f, val in ((fs.w_p, p), (fs.w_n, nn), (fs.w_a, a), (fs.w_c, ctr), (fs.mg_lo, mg_lo), (fs.mg_inv_h, mg_h)):
+            f.from_numpy(self._np(val))
+        fs.mg_dims.from_numpy(mg_dims)
+        fs.mg_cell0.from_numpy(mg_cell0)
+        if tris:
+            allt = np.concatenate(tris)
+            for k, f in enumerate((fs.tri_a, fs.tri_b, fs.tri_c)):
+                buf = np.zeros((f.shape[0], 3))
+                buf[:len(allt)] = allt[:, k]
+                f.from_numpy(self._np(buf))
+            st = np.zeros(fs.tcell_start.shape[0], np.int32)
+            st[:coff] = np.concatenate(starts)
+            st[coff:] = roff
+            fs.tcell_start.from_numpy(st)
+            rf = np.zeros(fs.tcell_tri.shape[0], np.int32)
+            rf[:roff] = np.concatenate(refs)
+            fs.tcell_tri.from_numpy(rf)
+        self._moving = [i for i, w in enumerate(self.walls) if w.moving()]
+        self._pose_dirty = True
+        self._update_wall_pose()
+
+    def _update_wall_pose(self):
+        """Per-step wall data: on/off, translation velocity, rotation (host -> device)."""
+        fs = self.fields
+        W = fs.n_walls
+        on = np.zeros(W, np.int32)
+        vel, om, R = np.zeros((W, 3)), np.zeros((W, 3)), np.tile(np.eye(3), (W, 1, 1))
+        for i, w in enumerate(self.walls):
+            on[i] = w.on_at(self.time)
+            vel[i] = w.velocity_at(self.time)
+            om[i] = w.angular_velocity
+            R[i] = w.rotation
+        key = (on.tobytes(), vel.tobytes(), R.tobytes())
+        if key == getattr(self, "_pose_key", None):
+            return
+        self._pose_key = key
+        fs.w_on.from_numpy(on)
+        fs.w_vel.from_numpy(self._np(vel))
+        fs.w_omega.from_numpy(self._np(om))
+        fs.w_R.from_numpy(self._np(R))
+
+    def _advance_walls(self):
+        """Rotate the rotating walls over one step (translation is integrated on the device)."""
+        for i in self._moving:
+            w = self.walls[i]
+            if w.rotating():
+                w.rotation = rotation_step(w.rotation, w.angular_velocity, self.dt)
+
+    def _swap(self):
+        self.state, self.spare = self.spare, self.state
+
+    def _rebuild(self):
+        fs = self.fields
+        inv_h = 1.0 / self.cell
+        kd.bin_particles(fs, self.state, self.n, *self.lo.tolist(), inv_h, self.outflow_z)
+        fs.overflow[None] = 0
+        kd.build_neighbours(fs, self.state, self.n, *self.lo.tolist(), inv_h, self.skin)
+        if fs.overflow[None]:
+            raise InvalidScene(f"step {self.step_count}: a sphere has more than max_neighbors = {self.K} "
+                               f"neighbours within the skin; raise max_neighbors (or reduce the skin)")
+        kd.commit_neighbours(fs, self.n)
+        kd.remap_state(fs, self.state, self.spare, self.n, fs.n_walls)
+        self._swap()
+        fs.max_disp[None] = 0.0
+        self.rebuilds += 1
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, n: int = 1):
+        """Advance ``n`` time steps."""
+        self.build()
+        fs = self.fields
+        g = self.gravity.tolist()
+        model = self.material.model_code
+        for _ in range(int(n)):
+            self._pour()
+            self._update_wall_pose()
+            kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, *g)
+            self._swap()
+            self._advance_walls()
+            self.time += self.dt
+            self.step_count += 1
+            if fs.max_disp[None] > 0.5 * self.skin:
+                self._rebuild()
+
+    def _pour(self):
+        for p in self.pours:
+            if p.start <= self.time < p.stop and self.time >= p.next_time - 0.5 * self.dt:
+                p.next_time += p.interval
+                self._insert(p)
+
+    def _insert(self, p: Pour):
+        fs = self.fields
+        target = p.mass_rate * (min(self.time + p.interval, p.stop) - p.start)
+        slots = p.slots[p.used:]
+        r_all = np.concatenate(self._r)
+        m = self.material.density * 4 / 3 * np.pi * r_all ** 3
+        k = 0
+        while k < len(slots) and p.inserted_mass + m[slots[:k + 1]].sum() <= target + 0.5 * m[slots[k]]:
+            k += 1
+        if k == 0:
+            return
+        st = self.get_state()
+        act = st["active"]
+        x, r = random_packing(p.lo, p.hi, (r_all[slots[:k]].min(), r_all[slots[:k]].max()), k, p.rng,
+                              (st["x"][act], r_all[act]))
+        k = len(x)
+        if k == 0:
+            warnings.warn(f"t = {self.time:.3g} s: no room in the pour region; insertion skipped", RuntimeWarning)
+            return
+        use = slots[:k]
+        X, V, Wv = st["x"], st["v"], st["w"]
+        X[use], V[use], Wv[use] = x, p.velocity, 0.0
+        on = act.astype(np.int32)
+        on[use] = 1
+        r_all[use] = r
+        self._r = [r_all]
+        S = self.state
+        for f, a in ((S.x, X), (S.v, V), (S.w, Wv)):
+            self._put(f, a)
+        self._put(fs.radius, r_all)
+        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * r_all ** 3)
+        self._put(fs.active, on)
+        p.used += k
+        p.inserted_mass += float((self.material.density * 4 / 3 * np.pi * r ** 3).sum())
+        self._rebuild()
+
+    # ------------------------------------------------------------------ state and output
+    def get_state(self):
+        """Dict of numpy arrays: x, v, w (n,3), active (n,) bool, radius (n,)."""
+        self.build()
+        S = self.state
+        out = {k: self._get(f).astype(np.float64) for k, f in (("x", S.x), ("v", S.v), ("w", S.w))}
+        out["active"] = self._get(self.fields.active, ()).astype(bool)
+        out["radius"] = np.concatenate(self._r)
+        return out
+
+    def positions(self):
+        return self.get_state()["x"]
+
+    def wall_offsets(self) -> np.ndarray:
+        """Translation (m) of each wall since t = 0, (W,3)."""
+        return self.state.w_off.to_numpy()[: len(self.walls)].astype(np.float64)
+
+    def diagnostics(self) -> dict:
+        """Energies (J), momentum, active and discharged counts; raises
+        :class:`SimulationDiverged` on NaN/inf, warns when a sphere outruns the skin."""
+        self.build()
+        fs = self.fields
+        kd.diagnostics(fs, self.state, self.n, *self.gravity.tolist())
+        s = fs.stats[None].to_numpy().astype(float)
+        if not np.all(np.isfinite(s)):
+            raise SimulationDiverged(self.step_count, "sphere state", "NaN/inf velocities or positions; dt too "
+                                     "large or spheres inserted overlapping", body=self.name)
+        if s[7] * self.dt > 0.5 * self.skin:
+            warnings.warn(f"step {self.step_count}: a sphere moves {s[7] * self.dt:.3g} m per step, more than half "
+                          f"the neighbour skin {self.skin:.3g} m; contacts may be missed (reduce dt or raise the "
+                          f"skin)", RuntimeWarning, stacklevel=2)
+        return {"time": self.time, "step": self.step_count, "kinetic": s[0], "rotational": s[1], "potential": s[2],
+                "elastic": 0.0, "energy": s[0] + s[1] + s[2], "momentum": s[3:6].tolist(), "max_speed": s[7],
+                "particles_active": int(s[6]), "discharged": int(fs.removed[None]),
+                "discharged_mass": float(fs.removed_mass[None])}
+
+    def frame(self) -> dict:
+        """``{"particles": (x, point_data), "meshes": {name: (verts, faces)}}`` of the active spheres."""
+        st = self.get_state()
+        keep = st["active"]
+        data = {"body": np.zeros(int(keep.sum()), np.int32), "radius": st["radius"][keep].astype(np.float32),
+                "velocity": st["v"][keep].astype(np.float32)}
+        off = self.wall_offsets()
+        meshes = {}
+        for i, w in enumerate(self.walls):
+            if not w.on_at(self.time):
+                continue
+            if isinstance(w, CylinderWall):
+                ax = np.abs(w.axis)
+                meshes[w.name] = _unit_cylinder_surface(w, (float(self.lo @ ax), float(self.hi @ ax)))
+            elif w.surface() is not None:
+                meshes[w.name] = w.surface(off[i])
+        return {"particles": (st["x"][keep], data), "meshes": meshes}
+
+    def checkpoint(self):
+        """(arrays, meta) to resume from (see :meth:`restore`)."""
+        self.build()
+        fs, S, n = self.fields, self.state, self.n
+        arrays = {k: f.to_numpy()[:n] for k, f in S.fields().items() if k != "w_off"}
+        arrays["w_off"] = S.w_off.to_numpy()
+        arrays["x_ref"] = fs.x_ref.to_numpy()[:n]
+        arrays["active"] = fs.active.to_numpy()[:n]
+        arrays["radius"] = np.concatenate(self._r)
+        arrays["nbr"] = fs.nbr.to_numpy()[:n]
+        arrays["nbr_n"] = fs.nbr_n.to_numpy()[:n]
+        arrays["wall_rotation"] = np.array([w.rotation for w in self.walls]).reshape(-1, 3, 3)
+        meta = {"time": self.time, "step": self.step_count, "n": n, "removed": int(fs.removed[None]),
+                "removed_mass": float(fs.removed_mass[None]),
+                "pours": [[p.used, p.inserted_mass, p.next_time] for p in self.pours]}
+        return arrays, meta
+
+    def restore(self, arrays, meta):
+        self.build()
+        fs, S, n = self.fields, self.state, self.n
+        if int(meta["n"]) != n:
+            raise InvalidScene(f"checkpoint has {meta['n']} spheres, the solver {n}")
+
+        def put(f, a):
+            full = f.to_numpy()
+            full[: len(a)] = a
+            f.from_numpy(full)
+        for k, f in S.fields().items():
+            put(f, arrays[k])
+        for k in ("x_ref", "active", "nbr", "nbr_n"):
+            put(getattr(fs, k), arrays[k])
+        self._r = [np.asarray(arrays["radius"], float)]
+        self._put(fs.radius, self._r[0])
+        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * self._r[0] ** 3)
+        for w, R in zip(self.walls, arrays["wall_rotation"]):
+            w.rotation = np.asarray(R)
+        self.time, self.step_count = float(meta["time"]), int(meta["step"])
+        fs.removed[None] = int(meta["removed"])
+        fs.removed_mass[None] = float(meta["removed_mass"])
+        for p, (used, mass, nxt) in zip(self.pours, meta.get("pours", [])):
+            p.used, p.inserted_mass, p.next_time = int(used), float(mass), float(nxt)
+        self._pose_key = None
+        self._update_wall_pose()
+        self._rebuild()
+
+    def describe(self) -> dict:
+        m = self.material
+        return {"solver": f"DEM ({'Hertz-Mindlin' if m.model == 'hertz' else 'linear spring-dashpot'})",
+                "particles": self.n, "dt": self.dt, "time_step_limit": self.time_step_limit(),
+                "material": dict(m.__dict__), "walls": [type(w).__name__ for w in self.walls],
+                "domain_min": self.lo.tolist(), "domain_max": self.hi.tolist(), "skin": self.skin,
+                "max_neighbors": self.K, "outflow_z": None if self.outflow_z < -1e29 else self.outflow_z}
+
+
+def ti_i32():
+    import taichi as ti
+    return ti.i32

@@ -1,0 +1,232 @@
+"""Differentiable DEM rollouts (PyTorch in, PyTorch out).
+
+    sim = ds.DEMSolver(..., requires_grad=True)          # f64 recommended: ds.init(precision="f64")
+    E = torch.tensor(5e6, dtype=torch.float64, requires_grad=True)
+    out = ds.dem_rollout(sim, 200, params={"E": E}, v0=v0, wall_velocity=wv)
+    loss = out["x"][:, 2].mean(); loss.backward()
+
+Gradients flow to the material parameters (``E``, ``nu``, ``restitution``, ``friction``,
+``rolling_friction``, ``cohesion``, ``stiffness``), the initial positions, velocities and
+angular velocities, and the walls' translation velocities per step (``wall_velocity``,
+(steps, W, 3) m/s; a wall's position is the integral of its velocity, so a loss on the
+spheres "sees" where the wall pushed them).
+
+How: each step is one Taichi kernel that reads state A and writes state B (kinematics,
+contact histories, wall offsets); the forward pass keeps a snapshot of every step's input
+state and of every neighbour-list epoch; the backward pass restores each snapshot, re-runs
+that step's kernel (the per-pair force buffers) and runs its Taichi adjoint. Neighbour
+lists, pair lists and the active set are constants of the backward pass: a contact that
+opens or closes inside the window is differentiated on each side of the event, not across
+it (the gradient of the discrete event itself is not defined). Memory: one state snapshot
+per step, about n (9 + 3 max_neighbors + 3 walls) numbers.
+
+Not differentiable (``NotImplementedError``): density and radii, wall rotation rates, and
+rollouts in which spheres are removed by an outflow region or inserted by a pour.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import runtime
+from .dem import PARAMETERS, DEMSolver
+from .errors import InvalidScene
+from .kernels import dem as kd
+
+_PRM_INDEX = {name: i for i, name in enumerate(PARAMETERS)}  # E, nu, e, mu, mu_r, cohesion, k_n
+
+
+def _grads_zero(S):
+    for f in S.fields().values():
+        f.grad.fill(0)
+
+
+def _state_numpy(S):
+    return {k: f.to_numpy() for k, f in S.fields().items()}
+
+
+def _load_state(S, arrays):
+    for k, f in S.fields().items():
+        f.from_numpy(arrays[k])
+
+
+def _load_grads(S, arrays):
+    for k, f in S.fields().items():
+        f.grad.from_numpy(arrays[k])
+
+
+def _read_grads(S):
+    return {k: f.grad.to_numpy() for k, f in S.fields().items()}
+
+
+_EPOCH_FIELDS = ("nbr", "nbr_n", "rev", "rev_n", "perm", "active")
+
+
+class _Rollout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sim, steps, record_every, wall_velocity, prm, x0, v0, w0):
+        fs = sim.fields
+        n, W = sim.n, fs.n_walls
+        dt = runtime.np_dtype()
+        fs.prm.from_numpy(prm.detach().cpu().numpy().astype(dt))
+        sim._reset_for_rollout(x0.detach().cpu().numpy(), v0.detach().cpu().numpy(), w0.detach().cpu().numpy())
+        wv = None if wall_velocity is None else wall_velocity.detach().cpu().numpy().astype(dt)
+        model = sim.material.model_code
+        g = sim.gravity.tolist()
+        epochs = [{k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}]
+        tape, records = [], []
+        removed0 = int(fs.removed[None])
+        for t in range(steps):
+            sim._update_wall_pose()
+            if wv is not None:
+                vel = fs.w_vel.to_numpy()
+                vel[: wv.shape[1]] = wv[t]
+                fs.w_vel.from_numpy(vel)
+                sim._pose_key = None
+            walls = (fs.w_vel.to_numpy(), fs.w_R.to_numpy(), fs.w_on.to_numpy())
+            tape.append(("step", _state_numpy(sim.state), walls, len(epochs) - 1))
+            kd.step(fs, sim.state, sim.spare, model, W, False, n, *g)
+            sim._swap()
+            sim._advance_walls()
+            sim.time += sim.dt
+            sim.step_count += 1
+            fs.max_disp[None] = 0.0
+            kd.max_displacement(fs, sim.state, n)
+            if fs.max_disp[None] > 0.5 * sim.skin:
+                sim._rebuild()
+                if int(fs.removed[None]) != removed0:
+                    raise NotImplementedError("dem_rollout: spheres left through the outflow region during a "
+                                              "differentiable rollout; removal is not differentiable")
+                epochs.append({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS})
+                tape.append(("remap", len(epochs) - 1))
+            if record_every and (t + 1) % record_every == 0:
+                tape.append(("record", len(records)))
+                records.append(sim.state_tensors())
+        final = sim.state_tensors()
+        ctx.sim, ctx.tape, ctx.epochs, ctx.steps = sim, tape, epochs, steps
+        ctx.has_wall_velocity = wall_velocity is not None
+        ctx.n_walls_given = 0 if wall_velocity is None else wall_velocity.shape[1]
+        ctx.n_records = len(records)
+        out = list(final)
+        for r in records:
+            out += list(r)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        sim, fs = ctx.sim, ctx.sim.fields
+        n, W = sim.n, fs.n_walls
+        dt = runtime.np_dtype()
+        model = sim.material.model_code
+        g = sim.gravity.tolist()
+        A, B = fs.A, fs.B
+        shapes = {k: f.shape for k, f in A.fields().items()}
+
+        def zeros():
+            return {k: np.zeros(s + (3,), dt) for k, s in shapes.items()}
+
+        def add_kinematic(acc, gx, gv, gw):
+            for k, gt in (("x", gx), ("v", gv), ("w", gw)):
+                if gt is not None:
+                    acc[k][:n] += gt.detach().cpu().numpy().astype(dt)
+
+        gs = zeros()
+        add_kinematic(gs, *grads[:3])
+        fs.prm.grad.fill(0)
+        wv_grad = np.zeros((ctx.steps, W, 3), dt)
+        t = ctx.steps
+        epoch_loaded = None
+
+        def load_epoch(e):
+            nonlocal epoch_loaded
+            if epoch_loaded != e:
+                for k in _EPOCH_FIELDS:
+                    getattr(fs, k).from_numpy(ctx.epochs[e][k])
+                epoch_loaded = e
+
+        for entry in reversed(ctx.tape):
+            if entry[0] == "record":
+                k = entry[1]
+                add_kinematic(gs, *grads[3 + 3 * k: 6 + 3 * k])
+            elif entry[0] == "remap":
+                load_epoch(entry[1])
+                _grads_zero(A)
+                _load_grads(B, gs)
+                kd.remap_state.grad(fs, A, B, n, W)
+                gs = _read_grads(A)
+            else:
+                _, snap, (vel, R, on), e = entry
+                t -= 1
+                load_epoch(e)
+                _load_state(A, snap)
+                fs.w_vel.from_numpy(vel)
+                fs.w_R.from_numpy(R)
+                fs.w_on.from_numpy(on)
+                kd.step(fs, A, B, model, W, False, n, *g)  # the pair buffers of this step
+                _grads_zero(A)
+                for f in (fs.pair_f, fs.pair_ti, fs.pair_tj, fs.derived, fs.w_vel):
+                    f.grad.fill(0)
+                _load_grads(B, gs)
+                kd.step.grad(fs, A, B, model, W, False, n, *g)
+                gs = _read_grads(A)
+                wv_grad[t] = fs.w_vel.grad.to_numpy()
+        sim._pose_key = None
+        tdt = runtime.torch_dtype()
+        g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)
+        g_x0, g_v0, g_w0 = (torch.from_numpy(gs[k][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))
+        g_wv = torch.from_numpy(wv_grad[:, : ctx.n_walls_given].astype(np.float64)).to(tdt) \
+            if ctx.has_wall_velocity else None
+        return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0
+
+
+def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None, v0=None, w0=None,
+                wall_velocity=None, record_every: int | None = None) -> dict:
+    """Run ``steps`` DEM steps from t = 0 differentiably (see the module docstring).
+
+    Args:
+        sim: a :class:`DEMSolver` created with ``requires_grad=True``.
+        params: ``{name: tensor}`` overriding the material's ``E``, ``nu``, ``restitution``,
+            ``friction``, ``rolling_friction``, ``cohesion`` or ``stiffness``.
+        x0, v0, w0: initial positions (m), velocities (m/s), angular velocities (rad/s),
+            (n,3) tensors; default: what was added to the solver.
+        wall_velocity: (steps, k, 3) translation velocities (m/s) of the first k walls per
+            step, replacing their own ``velocity``.
+        record_every: also return the state every that many steps.
+
+    Returns ``{"x", "v", "w": (n,3) tensors after the last step, "records": [{"x","v","w"}]}``.
+    """
+    if not isinstance(sim, DEMSolver):
+        raise InvalidScene("dem_rollout needs a DEMSolver")
+    if not sim.requires_grad:
+        raise InvalidScene("dem_rollout needs DEMSolver(..., requires_grad=True) (adjoint fields)")
+    if sim.pours:
+        raise NotImplementedError("dem_rollout: pouring inserts spheres, which is not differentiable")
+    steps = int(steps)
+    if steps < 1:
+        raise InvalidScene("steps must be >= 1")
+    sim.build()
+    dtype = runtime.torch_dtype()
+    params = dict(params or {})
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise InvalidScene(f"unknown DEM parameters {sorted(unknown)}; differentiable ones: {list(PARAMETERS)}")
+    base = torch.tensor(sim.material.vector(sim.dt), dtype=dtype)
+    entries = [params[name].to(dtype).reshape(()) if name in params else base[i]
+               for name, i in _PRM_INDEX.items()]
+    prm = torch.stack(entries + [base[7]])
+    init = sim.initial_arrays()
+    x0, v0, w0 = (torch.as_tensor(init[k], dtype=dtype) if t is None else t.to(dtype)
+                  for k, t in (("x", x0), ("v", v0), ("w", w0)))
+    for name, t in (("x0", x0), ("v0", v0), ("w0", w0)):
+        if tuple(t.shape) != (sim.n, 3):
+            raise InvalidScene(f"{name} must have shape ({sim.n}, 3), got {tuple(t.shape)}")
+    if wall_velocity is not None:
+        wall_velocity = wall_velocity.to(dtype)
+        if wall_velocity.dim() != 3 or wall_velocity.shape[0] != steps or wall_velocity.shape[2] != 3 \
+                or not 1 <= wall_velocity.shape[1] <= len(sim.walls):
+            raise InvalidScene(f"wall_velocity must have shape ({steps}, k <= {len(sim.walls)}, 3), got "
+                               f"{tuple(wall_velocity.shape)}")
+    every = int(record_every or 0)
+    out = _Rollout.apply(sim, steps, every, wall_velocity, prm, x0, v0, w0)
+    records = [dict(zip("xvw", out[3 + 3 * k: 6 + 3 * k])) for k in range((len(out) - 3) // 3)]
+    return {"x": out[0], "v": out[1], "w": out[2], "records": records}

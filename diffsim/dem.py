@@ -36,6 +36,11 @@ class DEMMaterial:
         density: kg/m^3. cohesion: simplified-JKR energy density (J/m^3; 0: dry).
         model: ``"hertz"`` (Hertz-Mindlin, default) or ``"linear"`` (spring-dashpot with
             normal stiffness ``stiffness`` N/m and tangential 2/7 of it).
+        rolling_smoothing: rad/s; 0 (default) is the exact constant-directional-torque
+            model (as LIGGGHTS); w_c > 0 divides by max(|w_rel|, w_c) instead of |w_rel|,
+            i.e. a viscous torque below w_c. The exact model's direction w/|w| chatters
+            around rest and its derivative ~1/|w| is useless for gradients through resting
+            contacts: use w_c a few times mu_r g dt / (0.4 R) there.
     """
     E: float = 5e6
     nu: float = 0.3
@@ -46,11 +51,13 @@ class DEMMaterial:
     cohesion: float = 0.0
     model: str = "hertz"
     stiffness: float = 0.0
+    rolling_smoothing: float = 0.0
 
     def __post_init__(self):
         def bad(msg):
             raise InvalidMaterial(f"DEMMaterial: {msg}")
-        for name in ("E", "nu", "restitution", "friction", "rolling_friction", "density", "cohesion", "stiffness"):
+        for name in ("E", "nu", "restitution", "friction", "rolling_friction", "density", "cohesion", "stiffness",
+                     "rolling_smoothing"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 bad(f"{name} must be a finite number, got {v!r}")
@@ -66,6 +73,8 @@ class DEMMaterial:
             bad(f"density must be > 0 kg/m^3, got {self.density}")
         if self.cohesion < 0:
             bad(f"cohesion must be >= 0 J/m^3, got {self.cohesion}")
+        if self.rolling_smoothing < 0:
+            bad(f"rolling_smoothing must be >= 0 rad/s, got {self.rolling_smoothing}")
         if self.model not in ("hertz", "linear"):
             bad(f"model must be 'hertz' or 'linear', got {self.model!r}")
         if self.model == "linear" and not self.stiffness > 0:
@@ -76,9 +85,9 @@ class DEMMaterial:
         return kd.HERTZ if self.model == "hertz" else kd.LINEAR
 
     def vector(self, dt: float):
-        """The kernels' parameter vector (E, nu, e, mu, mu_r, cohesion, k_n, dt)."""
+        """The kernels' parameter vector (E, nu, e, mu, mu_r, cohesion, k_n, dt, w_c)."""
         return [self.E, self.nu, self.restitution, self.friction, self.rolling_friction, self.cohesion,
-                self.stiffness, dt]
+                self.stiffness, dt, self.rolling_smoothing]
 
     def rayleigh_time(self, radius: float) -> float:
         """Rayleigh time (s) of a sphere of ``radius`` (m)."""

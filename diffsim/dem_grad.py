@@ -22,6 +22,10 @@ per step, about n (9 + 3 max_neighbors + 3 walls) numbers.
 
 Not differentiable (``NotImplementedError``): density and radii, wall rotation rates, and
 rollouts in which spheres are removed by an outflow region or inserted by a pour.
+
+Rolling resistance: the exact constant-directional torque ``-mu_r F R w/|w|`` has a
+derivative ~1/|w| that explodes where spheres rest (w chatters around zero); for
+gradients through resting contacts give the material ``rolling_smoothing`` > 0 (rad/s).
 """
 from __future__ import annotations
 
@@ -213,7 +217,7 @@ def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None,
     base = torch.tensor(sim.material.vector(sim.dt), dtype=dtype)
     entries = [params[name].to(dtype).reshape(()) if name in params else base[i]
                for name, i in _PRM_INDEX.items()]
-    prm = torch.stack(entries + [base[7]])
+    prm = torch.stack(entries + [base[7], base[8]])
     init = sim.initial_arrays()
     x0, v0, w0 = (torch.as_tensor(init[k], dtype=dtype) if t is None else t.to(dtype)
                   for k, t in (("x", x0), ("v", v0), ("w", w0)))

@@ -13,7 +13,8 @@ Contact law, Hertz-Mindlin as LIGGGHTS computes it (DESIGN.md section 5), for an
   current tangent plane) grows by ``v_t dt``; ``F_t = -S_t s - gamma_t v_t`` while
   sticking; when ``|F_t| > mu |F_n|`` the contact slides: ``F_t = -mu |F_n| s / |s|``
   (no damping) and ``s`` is rescaled to ``mu |F_n| / S_t``;
-* rolling resistance (constant directional torque): ``-mu_r F_n,el R* w_rel / |w_rel|``;
+* rolling resistance (constant directional torque): ``-mu_r F_n,el R* w_rel / |w_rel|``
+  (``/ max(|w_rel|, w_c)`` with a smoothing rate ``w_c`` > 0: viscous below ``w_c``);
 * optional cohesion (simplified JKR): an attractive ``k_c A``, contact area
   ``A = pi R* d``, ``k_c`` in J/m^3.
 
@@ -31,7 +32,8 @@ kernel is differentiated for gradients). Walls are rigid: their geometry is stor
 frame of their initial pose; the pose is a rotation ``R`` about the centre ``c`` (set per
 step, not differentiated) and a translation ``o`` (part of the state: ``o += v_wall dt``).
 
-Parameter field ``prm``: (E Pa, nu, e, mu, mu_r, cohesion J/m^3, k_n N/m, -).
+Parameter field ``prm``: (E Pa, nu, e, mu, mu_r, cohesion J/m^3, k_n N/m, dt s, rolling
+smoothing rate rad/s).
 """
 import math
 
@@ -47,7 +49,7 @@ W_CYLINDER = 2   # axis through p along n (unit), radius a: particles inside
 W_MESH = 3       # triangles via the wall's triangle cell grid
 W_BOX = 4        # particles inside the axis-aligned box [p, p + n] (its six faces)
 
-N_PRM = 8
+N_PRM = 9
 
 
 @ti.data_oriented
@@ -139,6 +141,13 @@ class DEMFields:
 
 
 @ti.func
+def safe_norm(v):
+    """|v|, with a zero (not NaN) derivative at v = 0 (Taichi's reverse mode would otherwise
+    multiply a zero adjoint by 0/0)."""
+    return ti.sqrt(ti.max(v.dot(v), 1e-36))
+
+
+@ti.func
 def contact_force(model: ti.template(), d, n, v_rel, w_rel, s_old, R, m, prm, beta, Ys, Gs):
     """Force on i, tangential force, rolling torque and new tangential history for an overlap
     ``d`` > 0 with normal ``n`` (j -> i), relative contact velocity ``v_rel``, relative
@@ -162,27 +171,19 @@ def contact_force(model: ti.template(), d, n, v_rel, w_rel, s_old, R, m, prm, be
     vn = v_rel.dot(n)
     vt = v_rel - vn * n
     fn = fn_el - gn * vn - coh * math.pi * R * d
-    # history: rotate into the tangent plane (keeping its length), then integrate
-    sn = s_old.dot(n)
-    s = s_old - sn * n
-    s_len2 = s.dot(s)
-    if s_len2 > 0.0:
-        s = s * ti.sqrt(s_old.dot(s_old) / s_len2)
+    # history: rotate into the tangent plane (keeping its length), then integrate.
+    # Branch-free (selects, not ifs): Taichi's reverse mode mishandles locals that are
+    # reassigned under a branch inside the neighbour loop.
+    s = s_old - s_old.dot(n) * n
+    s = s * ti.sqrt(ti.max(s_old.dot(s_old), 1e-36) / ti.max(s.dot(s), 1e-36))
     s += vt * prm[7]
     ft = -St * s - gt * vt
     cap = mu * ti.abs(fn)
-    ft_len = ft.norm()
-    if ft_len > cap:
-        s_norm = s.norm()
-        if s_norm > 0.0:
-            ft = -cap * s / s_norm
-            s = (cap / St) * s / s_norm
-        else:
-            ft = ft * (cap / ft_len)
-    tr = ti.Vector.zero(float, 3)
-    wl = w_rel.norm()
-    if wl > 0.0:
-        tr = -mu_r * fn_el * R * w_rel / wl
+    slide = ti.select(safe_norm(ft) > cap, 1.0, 0.0)
+    s_norm = safe_norm(s)
+    ft = ft + slide * (-cap * s / s_norm - ft)
+    s = s + slide * ((cap / St) * s / s_norm - s)
+    tr = -mu_r * fn_el * R * w_rel / ti.max(safe_norm(w_rel), prm[8])  # prm[8] > 0: viscous below that rate
     return fn * n + ft, ft, tr, s
 
 
@@ -255,7 +256,7 @@ def wall_contact_local(fs: ti.template(), k, x, r):
     for e in range(e0, e1):
         tr = fs.tcell_tri[e]
         q = closest_on_triangle(x, fs.tri_a[tr], fs.tri_b[tr], fs.tri_c[tr])
-        dist = (x - q).norm()
+        dist = safe_norm(x - q)
         if dist < best:
             best = dist
             cpt = q
@@ -271,7 +272,7 @@ def wall_contact_local(fs: ti.template(), k, x, r):
     elif t == W_CYLINDER:
         rel = x - p
         radial = rel - rel.dot(nn) * nn
-        rl = radial.norm()
+        rl = safe_norm(radial)
         d = r - (fs.w_a[k] - rl)
         if rl > 0.0:
             n = -radial / rl
@@ -419,39 +420,37 @@ def remap_state(fs: ti.template(), Si: ti.template(), So: ti.template(), n: ti.i
 
 
 @ti.func
-def pair_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), i, prm, beta, Ys,
-                Gs):
-    """Contacts of sphere i with its half-list neighbours j: force on i and the torques on
-    i and j per pair into ``pair_f``, ``pair_ti``, ``pair_tj``; new histories into ``So``."""
+def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), i, q, prm, beta, Ys,
+               Gs):
+    """Contact of sphere i with its q-th half-list neighbour j: force on i and the torques
+    on i and j into ``pair_f``, ``pair_ti``, ``pair_tj``; the new history into ``So``."""
+    j = fs.nbr[i, q]
     xi = Si.x[i]
-    vi = Si.v[i]
-    wi = Si.w[i]
     ri = fs.radius[i]
-    mi = fs.mass[i]
-    for q in range(fs.nbr_n[i] * fs.active[i]):
-        j = fs.nbr[i, q]
-        dx = xi - Si.x[j]
-        dist = dx.norm()
-        rj = fs.radius[j]
-        d = ri + rj - dist
-        s_new = ti.Vector.zero(float, 3)
-        f = ti.Vector.zero(float, 3)
-        ti_ = ti.Vector.zero(float, 3)
-        tj = ti.Vector.zero(float, 3)
-        if d > 0.0 and fs.active[j]:
-            n = dx / dist
-            mj = fs.mass[j]
-            v_rel = vi - Si.v[j] - (ri * wi + rj * Si.w[j]).cross(n)
-            fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - Si.w[j], Si.hist[i, q], ri * rj / (ri + rj),
-                                          mi * mj / (mi + mj), prm, beta, Ys, Gs)
-            s_new = s
-            f = fc
-            ti_ = (-ri * n).cross(ft) + tr
-            tj = (-rj * n).cross(ft) - tr
-        So.hist[i, q] = s_new
-        fs.pair_f[i, q] = f
-        fs.pair_ti[i, q] = ti_
-        fs.pair_tj[i, q] = tj
+    rj = fs.radius[j]
+    dx = xi - Si.x[j]
+    dist = dx.norm()
+    d = ri + rj - dist
+    s_new = ti.Vector.zero(float, 3)
+    f = ti.Vector.zero(float, 3)
+    ti_ = ti.Vector.zero(float, 3)
+    tj = ti.Vector.zero(float, 3)
+    if d > 0.0 and fs.active[j]:
+        n = dx / dist
+        mi = fs.mass[i]
+        mj = fs.mass[j]
+        wi = Si.w[i]
+        v_rel = Si.v[i] - Si.v[j] - (ri * wi + rj * Si.w[j]).cross(n)
+        fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - Si.w[j], Si.hist[i, q], ri * rj / (ri + rj),
+                                      mi * mj / (mi + mj), prm, beta, Ys, Gs)
+        s_new = s
+        f = fc
+        ti_ = (-ri * n).cross(ft) + tr
+        tj = (-rj * n).cross(ft) - tr
+    So.hist[i, q] = s_new
+    fs.pair_f[i, q] = f
+    fs.pair_ti[i, q] = ti_
+    fs.pair_tj[i, q] = tj
 
 
 @ti.func
@@ -499,9 +498,12 @@ def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.temp
         fs.derived[0] = le / ti.sqrt(le * le + math.pi * math.pi)
         fs.derived[1] = E / (2.0 * (1.0 - nu * nu))
         fs.derived[2] = E / (4.0 * (2.0 - nu) * (1.0 + nu))
-    for i in range(n):  # (loops are kept out of branches: Taichi's reverse mode needs that)
-        prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
-        pair_forces(fs, Si, So, model, i, prm, fs.derived[0], fs.derived[1], fs.derived[2])
+    # one flat loop over the pair slots: no inner loop, so no reverse-mode stacks for the
+    # contact law's locals (and loops are kept out of branches: Taichi's reverse mode needs that)
+    for i, q in ti.ndrange(n, fs.K):
+        if q < fs.nbr_n[i] and fs.active[i]:
+            prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
+            pair_force(fs, Si, So, model, i, q, prm, fs.derived[0], fs.derived[1], fs.derived[2])
     for i in range(n):
         prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
         m = fs.mass[i]

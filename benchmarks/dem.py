@@ -1,0 +1,158 @@
+"""DEM benchmarks: one JSON object per case on stdout.
+
+    python benchmarks/dem.py                          # the silo discharge (1.0 s, 50,000 steps)
+    python benchmarks/dem.py --duration 0.4           # shorter
+    python benchmarks/dem.py --beverloo 0.020,0.024,0.028   # + flow rate vs orifice, Beverloo fit
+    python benchmarks/dem.py --arch gpu
+
+Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
+
+* ``silo_settled_15k`` -- the benchmark silo of shared/data/dem_silo from
+  ``settled_state.csv``: 15,000 spheres (R = 2 mm), Hertz-Mindlin with rolling friction,
+  dt = 2e-5 s, the 24 mm orifice of ``plate_orifice.stl`` opens at t = 0; spheres below
+  z = -0.02 m are removed. ``particle_steps_per_s`` = mean spheres in the domain x steps /
+  seconds of time stepping (as LIGGGHTS' figure); ``flow_rate_kg_s`` = least-squares slope
+  of discharged mass over t in [0.2 s, duration]; ``rate_windows_kg_s``: the slope in
+  four equal windows of that interval (constancy).
+* ``silo_orifice_<D>mm`` (with ``--beverloo``) -- the same for other orifice diameters,
+  then ``beverloo_fit``: W = C rho_b sqrt(g) (D0 - k d)^2.5 fitted to the rates (rho_b, the
+  bulk density of the settled bed, measured in its core).
+
+Fields: case, particles, steps, dt, particle_steps_per_s, wall_s (time stepping),
+peak_rss_mb, flow_rate_kg_s, rate_windows_kg_s, threads, arch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def flow_rate(t, m, t0):
+    """Least-squares slope (kg/s) of discharged mass ``m`` over times ``t`` >= ``t0``."""
+    import numpy as np
+    t, m = np.asarray(t), np.asarray(m)
+    k = t >= t0 - 1e-9
+    if k.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(t[k], m[k], 1)[0])
+
+
+def run_silo(orifice, duration, arch, threads):
+    import numpy as np
+    import diffsim as ds
+    ds.init(arch=arch, threads=threads)
+    sc = ds.build_scene(os.path.join(ROOT, "scenes", "dem_silo.py"), {"orifice": orifice, "duration": duration})
+    sim = sc.solver
+    sim.build()
+    every = sc.every
+    steps = sc.steps
+    times, mass, active = [0.0], [0.0], [sim.n]
+    stepping = 0.0
+    done = 0
+    while done < steps:
+        k = min(every, steps - done)
+        t0 = time.perf_counter()
+        sim.step(k)
+        d = sim.diagnostics()  # syncs the device
+        stepping += time.perf_counter() - t0
+        done += k
+        times.append(sim.time)
+        mass.append(d["discharged_mass"])
+        active.append(d["particles_active"])
+    # mean spheres in the domain over the steps (trapezoid over the samples)
+    mean_active = float(np.mean(0.5 * (np.asarray(active[1:]) + np.asarray(active[:-1]))))
+    t_lo = 0.2
+    edges = np.linspace(t_lo, duration, 5)
+    windows = [flow_rate(np.asarray(times)[(np.asarray(times) >= a - 1e-9) & (np.asarray(times) <= b + 1e-9)],
+                         np.asarray(mass)[(np.asarray(times) >= a - 1e-9) & (np.asarray(times) <= b + 1e-9)], a)
+               for a, b in zip(edges[:-1], edges[1:])]
+    name = "silo_settled_15k" if abs(orifice - 0.024) < 1e-9 else f"silo_orifice_{orifice * 1e3:.0f}mm"
+    return {"case": name, "particles": sim.n, "mean_particles": mean_active, "steps": steps, "dt": sim.dt,
+            "orifice_m": orifice, "particle_steps_per_s": mean_active * steps / stepping, "wall_s": stepping,
+            "peak_rss_mb": _peak_rss_mb(), "flow_rate_kg_s": flow_rate(times, mass, t_lo),
+            "rate_windows_kg_s": windows, "discharged_kg": mass[-1], "rebuilds": sim.rebuilds,
+            "threads": threads or os.cpu_count(), "arch": arch,
+            "trace": {"time": [round(t, 6) for t in times], "discharged_mass": mass}}
+
+
+def bulk_density():
+    """Bulk density (kg/m^3) of the settled bed: sphere volume inside a core cylinder
+    (r < 30 mm, 20 mm < z < 120 mm), counting partial spheres by Monte Carlo."""
+    import json as _json
+    import numpy as np
+    sys.path.insert(0, os.path.join(ROOT, "scenes"))
+    from dem_silo import find_data  # noqa: E402
+    path = find_data()
+    P = _json.load(open(os.path.join(path, "params.json")))
+    d = np.loadtxt(os.path.join(path, "settled_state.csv"), delimiter=",", skiprows=1)[:, 1:4]
+    rng = np.random.default_rng(0)
+    a, z0, z1 = 0.03, 0.02, 0.12
+    pts = rng.uniform([-a, -a, z0], [a, a, z1], (400_000, 3))
+    pts = pts[np.hypot(pts[:, 0], pts[:, 1]) < a]
+    from scipy.spatial import cKDTree
+    inside = cKDTree(d).query(pts, distance_upper_bound=P["radius"])[0] < P["radius"]
+    return float(inside.mean() * P["density"]), 2 * P["radius"], P["gravity"]
+
+
+def beverloo_fit(rates, orifices):
+    """Fit W^(2/5) = a (D0 - k d): returns rho_b, C, k and the fit's relative residuals."""
+    import numpy as np
+    rho_b, d, g = bulk_density()
+    W = np.asarray(rates)
+    D = np.asarray(orifices)
+    A = np.stack([D, np.ones_like(D)], 1)
+    (a, b), *_ = np.linalg.lstsq(A, W ** 0.4, rcond=None)
+    k = -b / (a * d)
+    C = a ** 2.5 / (rho_b * np.sqrt(g))
+    pred = C * rho_b * np.sqrt(g) * np.clip(D - k * d, 0, None) ** 2.5
+    return {"case": "beverloo_fit", "rho_b_kg_m3": rho_b, "C": float(C), "k": float(k), "d_m": d,
+            "orifices_m": D.tolist(), "rates_kg_s": W.tolist(), "relative_residuals": ((pred - W) / W).tolist()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=1.0, help="seconds of discharge (default 1.0)")
+    ap.add_argument("--arch", default="cpu", choices=("cpu", "gpu"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--beverloo", default=None, help="comma-separated orifice diameters (m) to fit Beverloo")
+    ap.add_argument("--trace", action="store_true", help="include the discharged-mass trace in the JSON")
+    ap.add_argument("--_one", type=float, default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a._one is not None:
+        r = run_silo(a._one, a.duration, a.arch, a.threads)
+        print(json.dumps(r))
+        return
+    orifices = [0.024]
+    if a.beverloo:
+        orifices = sorted(set(orifices + [float(s) for s in a.beverloo.split(",")]))
+    results = []
+    for D in orifices:
+        cmd = [sys.executable, os.path.abspath(__file__), "--_one", str(D), "--duration", str(a.duration),
+               "--arch", a.arch] + (["--threads", str(a.threads)] if a.threads else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr)
+            raise SystemExit(f"case with orifice {D} m failed")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(r)
+        if not a.trace:
+            r = {k: v for k, v in r.items() if k != "trace"}
+        print(json.dumps(r), flush=True)
+    if a.beverloo:
+        print(json.dumps(beverloo_fit([r["flow_rate_kg_s"] for r in results], orifices)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

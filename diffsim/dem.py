@@ -702,6 +702,10 @@ class DEMSolver:
             raise InvalidScene(f"step {self.step_count}: a sphere has more than max_neighbors = {self.K} "
                                f"neighbours within the skin; raise max_neighbors (or reduce the skin)")
         kd.commit_neighbours(fs, self.n)
+        if fs.overflow[None]:
+            raise InvalidScene(f"step {self.step_count}: a sphere is the neighbour of more than max_neighbors = "
+                               f"{self.K} spheres; raise max_neighbors")
+        self.n_pairs = int(fs.pair_start[self.n])
         kd.remap_state(fs, self.state, self.spare, self.n, fs.n_walls)
         self._swap()
         fs.max_disp[None] = 0.0
@@ -717,7 +721,7 @@ class DEMSolver:
         for _ in range(int(n)):
             self._pour()
             self._update_wall_pose()
-            kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, *g)
+            kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, self.n_pairs, *g)
             self._swap()
             self._advance_walls()
             self.time += self.dt

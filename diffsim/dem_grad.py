@@ -63,7 +63,7 @@ def _read_grads(S):
     return {k: f.grad.to_numpy() for k, f in S.fields().items()}
 
 
-_EPOCH_FIELDS = ("nbr", "nbr_n", "rev", "rev_n", "perm", "active")
+_EPOCH_FIELDS = ("nbr", "nbr_n", "rev", "rev_n", "perm", "active", "pair_i", "pair_q", "pair_start")
 
 
 class _Rollout(torch.autograd.Function):
@@ -77,7 +77,7 @@ class _Rollout(torch.autograd.Function):
         wv = None if wall_velocity is None else wall_velocity.detach().cpu().numpy().astype(dt)
         model = sim.material.model_code
         g = sim.gravity.tolist()
-        epochs = [{k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}]
+        epochs = [dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs)]
         tape, records = [], []
         removed0 = int(fs.removed[None])
         for t in range(steps):
@@ -89,7 +89,7 @@ class _Rollout(torch.autograd.Function):
                 sim._pose_key = None
             walls = (fs.w_vel.to_numpy(), fs.w_R.to_numpy(), fs.w_on.to_numpy())
             tape.append(("step", _state_numpy(sim.state), walls, len(epochs) - 1))
-            kd.step(fs, sim.state, sim.spare, model, W, False, n, *g)
+            kd.step(fs, sim.state, sim.spare, model, W, False, n, sim.n_pairs, *g)
             sim._swap()
             sim._advance_walls()
             sim.time += sim.dt
@@ -101,7 +101,7 @@ class _Rollout(torch.autograd.Function):
                 if int(fs.removed[None]) != removed0:
                     raise NotImplementedError("dem_rollout: spheres left through the outflow region during a "
                                               "differentiable rollout; removal is not differentiable")
-                epochs.append({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS})
+                epochs.append(dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs))
                 tape.append(("remap", len(epochs) - 1))
             if record_every and (t + 1) % record_every == 0:
                 tape.append(("record", len(records)))
@@ -166,12 +166,12 @@ class _Rollout(torch.autograd.Function):
                 fs.w_vel.from_numpy(vel)
                 fs.w_R.from_numpy(R)
                 fs.w_on.from_numpy(on)
-                kd.step(fs, A, B, model, W, False, n, *g)  # the pair buffers of this step
+                kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"], *g)  # this step's pair buffers
                 _grads_zero(A)
                 for f in (fs.pair_f, fs.pair_ti, fs.pair_tj, fs.derived, fs.w_vel):
                     f.grad.fill(0)
                 _load_grads(B, gs)
-                kd.step.grad(fs, A, B, model, W, False, n, *g)
+                kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"], *g)
                 gs = _read_grads(A)
                 wv_grad[t] = fs.w_vel.grad.to_numpy()
         sim._pose_key = None

@@ -96,11 +96,14 @@ class DEMFields:
         self.nbr_n = ti.field(ti.i32, N)
         self.nbr_new = ti.field(ti.i32, (N, K))
         self.nbr_new_n = ti.field(ti.i32, N)
-        self.rev = ti.field(ti.i32, (N, K))    # reverse list: pair slots (i K + q) where j = this sphere
+        self.rev = ti.field(ti.i32, (N, K))    # reverse list: the pairs p where this sphere is j
         self.rev_n = ti.field(ti.i32, N)
-        self.pair_f = ti.Vector.field(3, f, (N, K), needs_grad=needs_grad)   # per pair: force on i
-        self.pair_ti = ti.Vector.field(3, f, (N, K), needs_grad=needs_grad)  # torque on i
-        self.pair_tj = ti.Vector.field(3, f, (N, K), needs_grad=needs_grad)  # torque on j
+        self.pair_f = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)   # per pair p: force on i
+        self.pair_ti = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)  # torque on i
+        self.pair_tj = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)  # torque on j
+        self.pair_start = ti.field(ti.i32, N + 1)
+        self.pair_i = ti.field(ti.i32, N * K)
+        self.pair_q = ti.field(ti.i32, N * K)
         self.perm = ti.field(ti.i32, (N, K))   # old slot of each new pair (-1: new contact)
         self.overflow = ti.field(ti.i32, ())
         # cell grid (counting sort)
@@ -379,18 +382,28 @@ def build_neighbours(fs: ti.template(), S: ti.template(), n: ti.i32, lox: float,
 
 @ti.kernel
 def commit_neighbours(fs: ti.template(), n: ti.i32):
-    """Install the new lists and build the reverse lists (pairs (i, q) with j = nbr[i, q],
-    stored at j as i K + q)."""
-    for i in range(n):
-        fs.rev_n[i] = 0
+    """Install the new lists; number the pairs (i, q) consecutively (p = pair_start[i] + q,
+    ``pair_i``/``pair_q``; n_pairs = pair_start[n]) and build the reverse lists (the
+    pairs p in which a sphere is the j)."""
     for i in range(n):
         fs.nbr_n[i] = fs.nbr_new_n[i]
-        for q in range(fs.nbr_new_n[i]):
+        fs.rev_n[i] = 0
+    ti.loop_config(serialize=True)
+    for i in range(n + 1):
+        if i == 0:
+            fs.pair_start[0] = 0
+        else:
+            fs.pair_start[i] = fs.pair_start[i - 1] + fs.nbr_n[i - 1]
+    for i in range(n):
+        for q in range(fs.nbr_n[i]):
             j = fs.nbr_new[i, q]
             fs.nbr[i, q] = j
+            p = fs.pair_start[i] + q
+            fs.pair_i[p] = i
+            fs.pair_q[p] = q
             slot = ti.atomic_add(fs.rev_n[j], 1)
             if slot < fs.K:
-                fs.rev[j, slot] = i * fs.K + q
+                fs.rev[j, slot] = p
             else:
                 fs.overflow[None] = 1
     for i in range(n):
@@ -420,8 +433,8 @@ def remap_state(fs: ti.template(), Si: ti.template(), So: ti.template(), n: ti.i
 
 
 @ti.func
-def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), i, q, prm, beta, Ys,
-               Gs):
+def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), p, i, q, prm, beta,
+               Ys, Gs):
     """Contact of sphere i with its q-th half-list neighbour j: force on i and the torques
     on i and j into ``pair_f``, ``pair_ti``, ``pair_tj``; the new history into ``So``."""
     j = fs.nbr[i, q]
@@ -448,9 +461,9 @@ def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: t
         ti_ = (-ri * n).cross(ft) + tr
         tj = (-rj * n).cross(ft) - tr
     So.hist[i, q] = s_new
-    fs.pair_f[i, q] = f
-    fs.pair_ti[i, q] = ti_
-    fs.pair_tj[i, q] = tj
+    fs.pair_f[p] = f
+    fs.pair_ti[p] = ti_
+    fs.pair_tj[p] = tj
 
 
 @ti.func
@@ -487,7 +500,7 @@ def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: 
 
 @ti.kernel
 def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), n_walls: ti.template(),
-         track: ti.template(), n: ti.i32, gx: float, gy: float, gz: float):
+         track: ti.template(), n: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
     """One time step ``Si`` -> ``So`` (``prm[7]`` is dt): pair forces once per pair (half
     lists), then per sphere the sum over its own and its reverse pairs, the walls, and the
     leapfrog update. ``track``: record the largest displacement since the last neighbour
@@ -500,25 +513,26 @@ def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.temp
         fs.derived[2] = E / (4.0 * (2.0 - nu) * (1.0 + nu))
     # one flat loop over the pair slots: no inner loop, so no reverse-mode stacks for the
     # contact law's locals (and loops are kept out of branches: Taichi's reverse mode needs that)
-    for i, q in ti.ndrange(n, fs.K):
-        if q < fs.nbr_n[i] and fs.active[i]:
+    for p in range(n_pairs):
+        i = fs.pair_i[p]
+        q = fs.pair_q[p]
+        if fs.active[i]:
             prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
-            pair_force(fs, Si, So, model, i, q, prm, fs.derived[0], fs.derived[1], fs.derived[2])
+            pair_force(fs, Si, So, model, p, i, q, prm, fs.derived[0], fs.derived[1], fs.derived[2])
     for i in range(n):
         prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
         m = fs.mass[i]
         f, tq = wall_forces(fs, Si, So, model, n_walls, i, prm, fs.derived[0], fs.derived[1], fs.derived[2])
         f += m * ti.Vector([gx, gy, gz])
         act = fs.active[i]
+        p0 = fs.pair_start[i]
         for q in range(fs.nbr_n[i] * act):
-            f += fs.pair_f[i, q]
-            tq += fs.pair_ti[i, q]
+            f += fs.pair_f[p0 + q]
+            tq += fs.pair_ti[p0 + q]
         for q in range(fs.rev_n[i] * act):
-            e = fs.rev[i, q]
-            a = e // fs.K
-            b = e % fs.K
-            f -= fs.pair_f[a, b]
-            tq += fs.pair_tj[a, b]
+            p = fs.rev[i, q]
+            f -= fs.pair_f[p]
+            tq += fs.pair_tj[p]
         if act:
             r = fs.radius[i]
             dt = prm[7]

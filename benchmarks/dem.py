@@ -39,19 +39,10 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def flow_rate(t, m, t0):
-    """Least-squares slope (kg/s) of discharged mass ``m`` over times ``t`` >= ``t0``."""
-    import numpy as np
-    t, m = np.asarray(t), np.asarray(m)
-    k = t >= t0 - 1e-9
-    if k.sum() < 2:
-        return float("nan")
-    return float(np.polyfit(t[k], m[k], 1)[0])
-
-
 def run_silo(orifice, duration, arch, threads):
     import numpy as np
     import diffsim as ds
+    from diffsim import granular
     ds.init(arch=arch, threads=threads)
     sc = ds.build_scene(os.path.join(ROOT, "scenes", "dem_silo.py"), {"orifice": orifice, "duration": duration})
     sim = sc.solver
@@ -74,51 +65,29 @@ def run_silo(orifice, duration, arch, threads):
     # mean spheres in the domain over the steps (trapezoid over the samples)
     mean_active = float(np.mean(0.5 * (np.asarray(active[1:]) + np.asarray(active[:-1]))))
     t_lo = 0.2
-    edges = np.linspace(t_lo, duration, 5)
-    windows = [flow_rate(np.asarray(times)[(np.asarray(times) >= a - 1e-9) & (np.asarray(times) <= b + 1e-9)],
-                         np.asarray(mass)[(np.asarray(times) >= a - 1e-9) & (np.asarray(times) <= b + 1e-9)], a)
-               for a, b in zip(edges[:-1], edges[1:])]
     name = "silo_settled_15k" if abs(orifice - 0.024) < 1e-9 else f"silo_orifice_{orifice * 1e3:.0f}mm"
     return {"case": name, "particles": sim.n, "mean_particles": mean_active, "steps": steps, "dt": sim.dt,
             "orifice_m": orifice, "particle_steps_per_s": mean_active * steps / stepping, "wall_s": stepping,
-            "peak_rss_mb": _peak_rss_mb(), "flow_rate_kg_s": flow_rate(times, mass, t_lo),
-            "rate_windows_kg_s": windows, "discharged_kg": mass[-1], "rebuilds": sim.rebuilds,
+            "peak_rss_mb": _peak_rss_mb(), "flow_rate_kg_s": granular.flow_rate(times, mass, t_lo),
+            "rate_windows_kg_s": granular.windowed_rates(times, mass, t_lo, duration), "discharged_kg": mass[-1], "rebuilds": sim.rebuilds,
             "threads": threads or os.cpu_count(), "arch": arch,
             "trace": {"time": [round(t, 6) for t in times], "discharged_mass": mass}}
 
 
-def bulk_density():
-    """Bulk density (kg/m^3) of the settled bed: sphere volume inside a core cylinder
-    (r < 30 mm, 20 mm < z < 120 mm), counting partial spheres by Monte Carlo."""
-    import json as _json
+def silo_beverloo(rates, orifices):
+    """Beverloo fit of the silo's rates; rho_b from the settled bed's core (r < 30 mm,
+    20 mm < z < 120 mm)."""
     import numpy as np
     sys.path.insert(0, os.path.join(ROOT, "scenes"))
     from dem_silo import find_data  # noqa: E402
+    from diffsim import granular
     path = find_data()
-    P = _json.load(open(os.path.join(path, "params.json")))
-    d = np.loadtxt(os.path.join(path, "settled_state.csv"), delimiter=",", skiprows=1)[:, 1:4]
-    rng = np.random.default_rng(0)
-    a, z0, z1 = 0.03, 0.02, 0.12
-    pts = rng.uniform([-a, -a, z0], [a, a, z1], (400_000, 3))
-    pts = pts[np.hypot(pts[:, 0], pts[:, 1]) < a]
-    from scipy.spatial import cKDTree
-    inside = cKDTree(d).query(pts, distance_upper_bound=P["radius"])[0] < P["radius"]
-    return float(inside.mean() * P["density"]), 2 * P["radius"], P["gravity"]
-
-
-def beverloo_fit(rates, orifices):
-    """Fit W^(2/5) = a (D0 - k d): returns rho_b, C, k and the fit's relative residuals."""
-    import numpy as np
-    rho_b, d, g = bulk_density()
-    W = np.asarray(rates)
-    D = np.asarray(orifices)
-    A = np.stack([D, np.ones_like(D)], 1)
-    (a, b), *_ = np.linalg.lstsq(A, W ** 0.4, rcond=None)
-    k = -b / (a * d)
-    C = a ** 2.5 / (rho_b * np.sqrt(g))
-    pred = C * rho_b * np.sqrt(g) * np.clip(D - k * d, 0, None) ** 2.5
-    return {"case": "beverloo_fit", "rho_b_kg_m3": rho_b, "C": float(C), "k": float(k), "d_m": d,
-            "orifices_m": D.tolist(), "rates_kg_s": W.tolist(), "relative_residuals": ((pred - W) / W).tolist()}
+    P = json.load(open(os.path.join(path, "params.json")))
+    x = np.loadtxt(os.path.join(path, "settled_state.csv"), delimiter=",", skiprows=1)[:, 1:4]
+    rho_b = granular.bulk_density(x, P["radius"], P["density"], (-0.03, -0.03, 0.02), (0.03, 0.03, 0.12),
+                                  inside=lambda p: np.hypot(p[:, 0], p[:, 1]) < 0.03)
+    fit = granular.beverloo_fit(rates, orifices, rho_b, 2 * P["radius"], P["gravity"])
+    return dict({"case": "beverloo_fit", "orifices_m": list(orifices), "rates_kg_s": list(rates)}, **fit)
 
 
 def main(argv=None):
@@ -151,7 +120,7 @@ def main(argv=None):
             r = {k: v for k, v in r.items() if k != "trace"}
         print(json.dumps(r), flush=True)
     if a.beverloo:
-        print(json.dumps(beverloo_fit([r["flow_rate_kg_s"] for r in results], orifices)), flush=True)
+        print(json.dumps(silo_beverloo([r["flow_rate_kg_s"] for r in results], orifices)), flush=True)
 
 
 if __name__ == "__main__":

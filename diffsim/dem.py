@@ -616,6 +616,8 @@ class DEMSolver:
         p = np.zeros(kd.N_PRM)
         p[:] = self.material.vector(self.dt)
         self.fields.prm.from_numpy(self._np(p))
+        self.fields.gravity[None] = self.gravity.tolist()
+        kd.derive_constants(self.fields, self.material.model_code)
 
     def _upload_walls(self):
         fs = self.fields
@@ -706,7 +708,7 @@ class DEMSolver:
             raise InvalidScene(f"step {self.step_count}: a sphere is the neighbour of more than max_neighbors = "
                                f"{self.K} spheres; raise max_neighbors")
         self.n_pairs = int(fs.pair_start[self.n])
-        kd.remap_state(fs, self.state, self.spare, self.n, fs.n_walls)
+        kd.remap_state(fs, self.state, self.spare, self.n, self.n_pairs, fs.n_walls)
         self._swap()
         fs.max_disp[None] = 0.0
         self.rebuilds += 1
@@ -716,12 +718,11 @@ class DEMSolver:
         """Advance ``n`` time steps."""
         self.build()
         fs = self.fields
-        g = self.gravity.tolist()
         model = self.material.model_code
         for _ in range(int(n)):
             self._pour()
             self._update_wall_pose()
-            kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, self.n_pairs, *g)
+            kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, self.n_pairs)
             self._swap()
             self._advance_walls()
             self.time += self.dt
@@ -829,13 +830,16 @@ class DEMSolver:
         """(arrays, meta) to resume from (see :meth:`restore`)."""
         self.build()
         fs, S, n = self.fields, self.state, self.n
-        arrays = {k: f.to_numpy()[:n] for k, f in S.fields().items() if k != "w_off"}
+        arrays = {k: f.to_numpy()[:n] for k, f in S.fields().items() if k not in ("w_off", "hist")}
         arrays["w_off"] = S.w_off.to_numpy()
+        arrays["hist"] = S.hist.to_numpy()[: self.n_pairs]
         arrays["x_ref"] = fs.x_ref.to_numpy()[:n]
         arrays["active"] = fs.active.to_numpy()[:n]
         arrays["radius"] = np.concatenate(self._r)
-        arrays["nbr"] = fs.nbr.to_numpy()[:n]
         arrays["nbr_n"] = fs.nbr_n.to_numpy()[:n]
+        arrays["pair_start"] = fs.pair_start.to_numpy()[: n + 1]
+        arrays["pair_i"] = fs.pair_i.to_numpy()[: self.n_pairs]
+        arrays["pair_j"] = fs.pair_j.to_numpy()[: self.n_pairs]
         arrays["wall_rotation"] = np.array([w.rotation for w in self.walls]).reshape(-1, 3, 3)
         meta = {"time": self.time, "step": self.step_count, "n": n, "removed": int(fs.removed[None]),
                 "removed_mass": float(fs.removed_mass[None]),
@@ -854,7 +858,7 @@ class DEMSolver:
             f.from_numpy(full)
         for k, f in S.fields().items():
             put(f, arrays[k])
-        for k in ("x_ref", "active", "nbr", "nbr_n"):
+        for k in ("x_ref", "active", "nbr_n", "pair_start", "pair_i", "pair_j"):
             put(getattr(fs, k), arrays[k])
         self._r = [np.asarray(arrays["radius"], float)]
         self._put(fs.radius, self._r[0])

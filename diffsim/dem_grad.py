@@ -63,7 +63,7 @@ def _read_grads(S):
     return {k: f.grad.to_numpy() for k, f in S.fields().items()}
 
 
-_EPOCH_FIELDS = ("nbr", "nbr_n", "rev", "rev_n", "perm", "active", "pair_i", "pair_q", "pair_start")
+_EPOCH_FIELDS = ("nbr_n", "rev", "rev_n", "active", "pair_i", "pair_j", "pair_perm", "pair_start")
 
 
 class _Rollout(torch.autograd.Function):
@@ -73,10 +73,10 @@ class _Rollout(torch.autograd.Function):
         n, W = sim.n, fs.n_walls
         dt = runtime.np_dtype()
         fs.prm.from_numpy(prm.detach().cpu().numpy().astype(dt))
+        kd.derive_constants(fs, sim.material.model_code)
         sim._reset_for_rollout(x0.detach().cpu().numpy(), v0.detach().cpu().numpy(), w0.detach().cpu().numpy())
         wv = None if wall_velocity is None else wall_velocity.detach().cpu().numpy().astype(dt)
         model = sim.material.model_code
-        g = sim.gravity.tolist()
         epochs = [dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs)]
         tape, records = [], []
         removed0 = int(fs.removed[None])
@@ -89,7 +89,7 @@ class _Rollout(torch.autograd.Function):
                 sim._pose_key = None
             walls = (fs.w_vel.to_numpy(), fs.w_R.to_numpy(), fs.w_on.to_numpy())
             tape.append(("step", _state_numpy(sim.state), walls, len(epochs) - 1))
-            kd.step(fs, sim.state, sim.spare, model, W, False, n, sim.n_pairs, *g)
+            kd.step(fs, sim.state, sim.spare, model, W, False, n, sim.n_pairs)
             sim._swap()
             sim._advance_walls()
             sim.time += sim.dt
@@ -122,7 +122,6 @@ class _Rollout(torch.autograd.Function):
         n, W = sim.n, fs.n_walls
         dt = runtime.np_dtype()
         model = sim.material.model_code
-        g = sim.gravity.tolist()
         A, B = fs.A, fs.B
         shapes = {k: f.shape for k, f in A.fields().items()}
 
@@ -137,6 +136,7 @@ class _Rollout(torch.autograd.Function):
         gs = zeros()
         add_kinematic(gs, *grads[:3])
         fs.prm.grad.fill(0)
+        fs.derived.grad.fill(0)  # accumulates over all steps, mapped to prm at the end
         wv_grad = np.zeros((ctx.steps, W, 3), dt)
         t = ctx.steps
         epoch_loaded = None
@@ -156,7 +156,7 @@ class _Rollout(torch.autograd.Function):
                 load_epoch(entry[1])
                 _grads_zero(A)
                 _load_grads(B, gs)
-                kd.remap_state.grad(fs, A, B, n, W)
+                kd.remap_state.grad(fs, A, B, n, ctx.epochs[entry[1]]["n_pairs"], W)
                 gs = _read_grads(A)
             else:
                 _, snap, (vel, R, on), e = entry
@@ -166,14 +166,15 @@ class _Rollout(torch.autograd.Function):
                 fs.w_vel.from_numpy(vel)
                 fs.w_R.from_numpy(R)
                 fs.w_on.from_numpy(on)
-                kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"], *g)  # this step's pair buffers
+                kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])  # this step's pair buffers
                 _grads_zero(A)
-                for f in (fs.pair_f, fs.pair_ti, fs.pair_tj, fs.derived, fs.w_vel):
+                for f in (fs.pair_f, fs.pair_ti, fs.pair_tj, fs.w_vel):
                     f.grad.fill(0)
                 _load_grads(B, gs)
-                kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"], *g)
+                kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])
                 gs = _read_grads(A)
                 wv_grad[t] = fs.w_vel.grad.to_numpy()
+        kd.derive_constants.grad(fs, model)
         sim._pose_key = None
         tdt = runtime.torch_dtype()
         g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)

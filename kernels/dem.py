@@ -61,7 +61,7 @@ class DEMState:
         self.x = ti.Vector.field(3, dtype, N, **kw)
         self.v = ti.Vector.field(3, dtype, N, **kw)
         self.w = ti.Vector.field(3, dtype, N, **kw)
-        self.hist = ti.Vector.field(3, dtype, (N, K), **kw)
+        self.hist = ti.Vector.field(3, dtype, N * K, **kw)  # per pair p (see DEMFields)
         self.w_hist = ti.Vector.field(3, dtype, (N, W), **kw)
         self.w_off = ti.Vector.field(3, dtype, W, **kw)
 
@@ -86,13 +86,13 @@ class DEMFields:
         self.A = DEMState(N, K, W, f, needs_grad)
         self.B = DEMState(N, K, W, f, needs_grad)
         self.prm = ti.field(f, N_PRM, needs_grad=needs_grad)
-        self.derived = ti.field(f, 3, needs_grad=needs_grad)  # beta, Y*, G*
+        self.derived = ti.field(f, 4, needs_grad=needs_grad)  # beta, Y*, G*, sqrt(S_t / S_n)
+        self.gravity = ti.Vector.field(3, f, ())
         self.radius = ti.field(f, N)
         self.mass = ti.field(f, N)
         self.active = ti.field(ti.i32, N)
         self.x_ref = ti.Vector.field(3, f, N)
         # half neighbour lists (j > i in the list of i) and their reverse
-        self.nbr = ti.field(ti.i32, (N, K))
         self.nbr_n = ti.field(ti.i32, N)
         self.nbr_new = ti.field(ti.i32, (N, K))
         self.nbr_new_n = ti.field(ti.i32, N)
@@ -103,8 +103,9 @@ class DEMFields:
         self.pair_tj = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)  # torque on j
         self.pair_start = ti.field(ti.i32, N + 1)
         self.pair_i = ti.field(ti.i32, N * K)
-        self.pair_q = ti.field(ti.i32, N * K)
-        self.perm = ti.field(ti.i32, (N, K))   # old slot of each new pair (-1: new contact)
+        self.pair_j = ti.field(ti.i32, N * K)
+        self.perm = ti.field(ti.i32, (N, K))       # old pair index of each new pair (-1: new contact)
+        self.pair_perm = ti.field(ti.i32, N * K)   # the same by new pair index
         self.overflow = ti.field(ti.i32, ())
         # cell grid (counting sort)
         C = self.cells[0] * self.cells[1] * self.cells[2]
@@ -151,7 +152,7 @@ def safe_norm(v):
 
 
 @ti.func
-def contact_force(model: ti.template(), d, n, v_rel, w_rel, s_old, R, m, prm, beta, Ys, Gs):
+def contact_force(model: ti.template(), d, n, v_rel, w_rel, s_old, R, m, prm, beta, Ys, Gs, t_ratio):
     """Force on i, tangential force, rolling torque and new tangential history for an overlap
     ``d`` > 0 with normal ``n`` (j -> i), relative contact velocity ``v_rel``, relative
     angular velocity ``w_rel``, history ``s_old``, effective radius ``R`` and mass ``m``."""
@@ -170,7 +171,7 @@ def contact_force(model: ti.template(), d, n, v_rel, w_rel, s_old, R, m, prm, be
         fn_el = Sn * d
     damp = 2.0 * ti.sqrt(5.0 / 6.0) if ti.static(model == HERTZ) else 2.0
     gn = -damp * beta * ti.sqrt(Sn * m)
-    gt = gn * ti.sqrt(St / Sn)
+    gt = gn * t_ratio
     vn = v_rel.dot(n)
     vt = v_rel - vn * n
     fn = fn_el - gn * vn - coh * math.pi * R * d
@@ -350,7 +351,8 @@ def bin_particles(fs: ti.template(), S: ti.template(), n: ti.i32, lox: float, lo
 def build_neighbours(fs: ti.template(), S: ti.template(), n: ti.i32, lox: float, loy: float, loz: float,
                      inv_h: float, skin: float):
     """New half neighbour lists (j > i, closer than r_i + r_j + skin) and, per new pair, the slot
-    it had in the old list (``perm``, -1 for a new pair) so its history carries over."""
+    it had in the old list (``perm``, -1 for a new pair) so its history carries over.
+    Reads the old lists (``pair_start``, ``pair_j``, ``nbr_n``): run before committing."""
     lo = ti.Vector([lox, loy, loz])
     G = ti.static(fs.cells)
     for i in range(n):
@@ -369,9 +371,10 @@ def build_neighbours(fs: ti.template(), S: ti.template(), n: ti.i32, lox: float,
                             if cnt < fs.K:
                                 fs.nbr_new[i, cnt] = j
                                 old = -1
+                                p0 = fs.pair_start[i]
                                 for q in range(fs.nbr_n[i]):
-                                    if fs.nbr[i, q] == j:
-                                        old = q
+                                    if fs.pair_j[p0 + q] == j:
+                                        old = p0 + q
                                 fs.perm[i, cnt] = old
                             else:
                                 fs.overflow[None] = 1
@@ -382,8 +385,8 @@ def build_neighbours(fs: ti.template(), S: ti.template(), n: ti.i32, lox: float,
 
 @ti.kernel
 def commit_neighbours(fs: ti.template(), n: ti.i32):
-    """Install the new lists; number the pairs (i, q) consecutively (p = pair_start[i] + q,
-    ``pair_i``/``pair_q``; n_pairs = pair_start[n]) and build the reverse lists (the
+    """Install the new lists as consecutive pairs p = pair_start[i] + q (``pair_i``,
+    ``pair_j``, ``pair_perm``; n_pairs = pair_start[n]) and build the reverse lists (the
     pairs p in which a sphere is the j)."""
     for i in range(n):
         fs.nbr_n[i] = fs.nbr_new_n[i]
@@ -397,10 +400,10 @@ def commit_neighbours(fs: ti.template(), n: ti.i32):
     for i in range(n):
         for q in range(fs.nbr_n[i]):
             j = fs.nbr_new[i, q]
-            fs.nbr[i, q] = j
             p = fs.pair_start[i] + q
             fs.pair_i[p] = i
-            fs.pair_q[p] = q
+            fs.pair_j[p] = j
+            fs.pair_perm[p] = fs.perm[i, q]
             slot = ti.atomic_add(fs.rev_n[j], 1)
             if slot < fs.K:
                 fs.rev[j, slot] = p
@@ -411,20 +414,20 @@ def commit_neighbours(fs: ti.template(), n: ti.i32):
 
 
 @ti.kernel
-def remap_state(fs: ti.template(), Si: ti.template(), So: ti.template(), n: ti.i32, W: ti.i32):
-    """``So`` = ``Si`` with the pair histories moved to the new neighbour slots (``perm``)."""
+def remap_state(fs: ti.template(), Si: ti.template(), So: ti.template(), n: ti.i32, n_pairs: ti.i32, W: ti.i32):
+    """``So`` = ``Si`` with the pair histories moved to the new pair numbering (``pair_perm``)."""
     for i in range(n):
         So.x[i] = Si.x[i]
         So.v[i] = Si.v[i]
         So.w[i] = Si.w[i]
-        for q in range(fs.nbr_n[i]):
-            h = ti.Vector.zero(float, 3)
-            old = fs.perm[i, q]
-            if old >= 0:
-                h = Si.hist[i, old]
-            So.hist[i, q] = h
         for k in range(W):
             So.w_hist[i, k] = Si.w_hist[i, k]
+    for p in range(n_pairs):
+        h = ti.Vector.zero(float, 3)
+        old = fs.pair_perm[p]
+        if old >= 0:
+            h = Si.hist[old]
+        So.hist[p] = h
     for k in range(W):
         So.w_off[k] = Si.w_off[k]
 
@@ -433,11 +436,11 @@ def remap_state(fs: ti.template(), Si: ti.template(), So: ti.template(), n: ti.i
 
 
 @ti.func
-def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), p, i, q, prm, beta,
-               Ys, Gs):
-    """Contact of sphere i with its q-th half-list neighbour j: force on i and the torques
-    on i and j into ``pair_f``, ``pair_ti``, ``pair_tj``; the new history into ``So``."""
-    j = fs.nbr[i, q]
+def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), p, prm, c):
+    """Contact of pair p = (i, j): force on i and the torques on i and j into ``pair_f``,
+    ``pair_ti``, ``pair_tj``; the new history into ``So``."""
+    i = fs.pair_i[p]
+    j = fs.pair_j[p]
     xi = Si.x[i]
     ri = fs.radius[i]
     rj = fs.radius[j]
@@ -454,13 +457,13 @@ def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: t
         mj = fs.mass[j]
         wi = Si.w[i]
         v_rel = Si.v[i] - Si.v[j] - (ri * wi + rj * Si.w[j]).cross(n)
-        fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - Si.w[j], Si.hist[i, q], ri * rj / (ri + rj),
-                                      mi * mj / (mi + mj), prm, beta, Ys, Gs)
+        fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - Si.w[j], Si.hist[p], ri * rj / (ri + rj),
+                                      mi * mj / (mi + mj), prm, c[0], c[1], c[2], c[3])
         s_new = s
         f = fc
         ti_ = (-ri * n).cross(ft) + tr
         tj = (-rj * n).cross(ft) - tr
-    So.hist[i, q] = s_new
+    So.hist[p] = s_new
     fs.pair_f[p] = f
     fs.pair_ti[p] = ti_
     fs.pair_tj[p] = tj
@@ -468,7 +471,7 @@ def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: t
 
 @ti.func
 def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(),
-                n_walls: ti.template(), i, prm, beta, Ys, Gs):
+                n_walls: ti.template(), i, prm, c):
     """Force and torque of the walls on sphere i; new wall histories into ``So``."""
     xi = Si.x[i]
     vi = Si.v[i]
@@ -480,17 +483,17 @@ def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: 
     for k in ti.static(range(n_walls)):
         s_new = ti.Vector.zero(float, 3)
         R = fs.w_R[k]
-        c = fs.w_c[k]
+        ctr = fs.w_c[k]
         o = Si.w_off[k]
-        xl = R.transpose() @ (xi - c - o) + c
+        xl = R.transpose() @ (xi - ctr - o) + ctr
         d, nl, cl = wall_contact_local(fs, k, xl, ri)
         if fs.w_on[k] and d > 0.0:
             n = R @ nl
-            cpt = R @ (cl - c) + c + o
-            v_wall = fs.w_vel[k] + fs.w_omega[k].cross(cpt - c - o)
+            cpt = R @ (cl - ctr) + ctr + o
+            v_wall = fs.w_vel[k] + fs.w_omega[k].cross(cpt - ctr - o)
             v_rel = vi - v_wall - (ri * wi).cross(n)
             fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - fs.w_omega[k], Si.w_hist[i, k], ri, mi, prm,
-                                          beta, Ys, Gs)
+                                          c[0], c[1], c[2], c[3])
             s_new = s
             f += fc
             tq += (-ri * n).cross(ft) + tr
@@ -499,31 +502,48 @@ def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: 
 
 
 @ti.kernel
-def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), n_walls: ti.template(),
-         track: ti.template(), n: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
-    """One time step ``Si`` -> ``So`` (``prm[7]`` is dt): pair forces once per pair (half
-    lists), then per sphere the sum over its own and its reverse pairs, the walls, and the
-    leapfrog update. ``track``: record the largest displacement since the last neighbour
-    build (forward only)."""
-    for _ in range(1):  # material constants, once per step (differentiable through prm)
+def derive_constants(fs: ti.template(), model: ti.template()):
+    """Material constants from ``prm`` (differentiable): beta, Y*, G*, sqrt(S_t / S_n)."""
+    for _ in range(1):
         le = ti.log(fs.prm[2])
         E, nu = fs.prm[0], fs.prm[1]
         fs.derived[0] = le / ti.sqrt(le * le + math.pi * math.pi)
-        fs.derived[1] = E / (2.0 * (1.0 - nu * nu))
-        fs.derived[2] = E / (4.0 * (2.0 - nu) * (1.0 + nu))
-    # one flat loop over the pair slots: no inner loop, so no reverse-mode stacks for the
+        Ys = E / (2.0 * (1.0 - nu * nu))
+        Gs = E / (4.0 * (2.0 - nu) * (1.0 + nu))
+        fs.derived[1] = Ys
+        fs.derived[2] = Gs
+        if ti.static(model == HERTZ):
+            fs.derived[3] = ti.sqrt(4.0 * Gs / Ys)
+        else:
+            fs.derived[3] = ti.sqrt(2.0 / 7.0)
+
+
+@ti.func
+def constants(fs: ti.template()):
+    prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
+    c = ti.Vector([fs.derived[k] for k in ti.static(range(4))])
+    return prm, c
+
+
+@ti.kernel
+def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(), n_walls: ti.template(),
+         track: ti.template(), n: ti.i32, n_pairs: ti.i32):
+    """One time step ``Si`` -> ``So`` (``prm[7]`` is dt; ``derived`` from
+    :func:`derive_constants`): pair forces once per pair (half lists), then per sphere the
+    sum over its own and its reverse pairs, the walls, gravity and the leapfrog update;
+    wall offsets advance by their velocity. ``track``: record the largest displacement since
+    the last neighbour build (forward only)."""
+    # one flat loop over the pairs: no inner loop, so no reverse-mode stacks for the
     # contact law's locals (and loops are kept out of branches: Taichi's reverse mode needs that)
     for p in range(n_pairs):
-        i = fs.pair_i[p]
-        q = fs.pair_q[p]
-        if fs.active[i]:
-            prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
-            pair_force(fs, Si, So, model, p, i, q, prm, fs.derived[0], fs.derived[1], fs.derived[2])
+        if fs.active[fs.pair_i[p]]:
+            prm, c = constants(fs)
+            pair_force(fs, Si, So, model, p, prm, c)
     for i in range(n):
-        prm = ti.Vector([fs.prm[k] for k in ti.static(range(N_PRM))])
+        prm, c = constants(fs)
         m = fs.mass[i]
-        f, tq = wall_forces(fs, Si, So, model, n_walls, i, prm, fs.derived[0], fs.derived[1], fs.derived[2])
-        f += m * ti.Vector([gx, gy, gz])
+        f, tq = wall_forces(fs, Si, So, model, n_walls, i, prm, c)
+        f += m * fs.gravity[None]
         act = fs.active[i]
         p0 = fs.pair_start[i]
         for q in range(fs.nbr_n[i] * act):

@@ -1,7 +1,7 @@
-"""DEM angle of repose: spheres (R = 2 mm, 2,000 by default) rain from a lattice onto a
-rough round plate (a frictional plane with a ring of glued spheres at its rim would be the
-lab version; here the plate is a mesh disk and spheres that fall off it leave through the
-outflow region) and form a heap whose slope grows with the rolling friction.
+"""DEM angle of repose: a column of spheres (R = 2 mm, 2,000 by default) collapses onto a
+round plate (a mesh disk); spheres that roll off its rim fall into the outflow region and
+are removed, the rest form a heap whose slope grows with the rolling friction
+(``diffsim.granular.heap_angle`` measures it).
 
 Options: rolling_friction (mu_r, default 0.1), friction (0.5), count (2000), plate radius
 (m, 0.04), duration (s, 1.5).
@@ -17,25 +17,6 @@ def plate_mesh(radius, segments=64):
     v = np.concatenate([[[0.0, 0.0, 0.0]], np.stack([radius * np.cos(a), radius * np.sin(a), 0 * a], 1)])
     f = [[0, 1 + i, 1 + (i + 1) % segments] for i in range(segments)]
     return trimesh.Trimesh(v, np.asarray(f), process=False)
-
-
-def heap_angle(x, radius, plate_radius):
-    """Angle of repose (rad) of a heap on a plate: the slope of the heap's upper surface
-    (highest sphere per radial bin) between 20% and 85% of the plate radius, from a
-    least-squares line height(r)."""
-    rr = np.hypot(x[:, 0], x[:, 1])
-    keep = x[:, 2] > 0
-    bins = np.linspace(0.2 * plate_radius, 0.85 * plate_radius, 8)
-    rs, hs = [], []
-    for a, b in zip(bins[:-1], bins[1:]):
-        m = keep & (rr >= a) & (rr < b)
-        if m.sum() >= 3:
-            rs.append(0.5 * (a + b))
-            hs.append(np.sort(x[m, 2])[-3:].mean() + radius)
-    if len(rs) < 3:
-        return float("nan")
-    slope = -np.polyfit(rs, hs, 1)[0]
-    return float(np.arctan(max(slope, 0.0)))
 
 
 def build(rolling_friction=0.1, friction=0.5, count=2000, plate=0.04, duration=1.5, dt=2e-5, seed=0):

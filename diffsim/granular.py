@@ -1,0 +1,70 @@
+"""Analysis of granular flows: discharge rates, the Beverloo law, bulk density, heap slopes."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def flow_rate(t, mass, t_start=0.0, t_end=None) -> float:
+    """Least-squares slope (kg/s) of the discharged ``mass`` (kg) against time ``t`` (s)
+    over [t_start, t_end]."""
+    t, mass = np.asarray(t, float), np.asarray(mass, float)
+    k = (t >= t_start - 1e-12) & (t <= (np.inf if t_end is None else t_end) + 1e-12)
+    if k.sum() < 2:
+        raise ValueError(f"need at least two samples in [{t_start}, {t_end}] s, got {int(k.sum())}")
+    return float(np.polyfit(t[k], mass[k], 1)[0])
+
+
+def windowed_rates(t, mass, t_start, t_end, windows=4) -> list[float]:
+    """Flow rates (kg/s) in ``windows`` equal parts of [t_start, t_end]: constancy check."""
+    edges = np.linspace(t_start, t_end, windows + 1)
+    return [flow_rate(t, mass, a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def beverloo_fit(rates, orifices, rho_b, d, g=9.81) -> dict:
+    """Fit W = C rho_b sqrt(g) (D0 - k d)^2.5 to discharge rates ``rates`` (kg/s) measured
+    for orifice diameters ``orifices`` (m), with bulk density ``rho_b`` (kg/m^3) and grain
+    diameter ``d`` (m). Linear least squares on W^(2/5) = a D0 + b. Returns C, k and the
+    relative residuals of the fitted law."""
+    W = np.asarray(rates, float)
+    D = np.asarray(orifices, float)
+    if len(W) < 2 or np.any(W <= 0):
+        raise ValueError("need at least two positive rates")
+    A = np.stack([D, np.ones_like(D)], 1)
+    (a, b), *_ = np.linalg.lstsq(A, W ** 0.4, rcond=None)
+    k = -b / (a * d)
+    C = a ** 2.5 / (rho_b * np.sqrt(g))
+    pred = C * rho_b * np.sqrt(g) * np.clip(D - k * d, 0, None) ** 2.5
+    return {"C": float(C), "k": float(k), "rho_b": float(rho_b), "d": float(d),
+            "relative_residuals": ((pred - W) / W).tolist()}
+
+
+def bulk_density(x, radius, density, lo, hi, inside=None, samples=400_000, seed=0) -> float:
+    """Bulk density (kg/m^3) of spheres (centres ``x`` (N,3) m, radius scalar m, solid
+    ``density``) in the box [lo, hi], optionally restricted by ``inside(points) -> mask``;
+    partial spheres counted by Monte Carlo (``samples`` points)."""
+    from scipy.spatial import cKDTree
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(lo, hi, (samples, 3))
+    if inside is not None:
+        pts = pts[np.asarray(inside(pts), bool)]
+    dist = cKDTree(np.asarray(x, float)).query(pts, distance_upper_bound=radius)[0]
+    return float((dist < radius).mean() * density)
+
+
+def heap_angle(x, radius, base_radius, r_from=0.2, r_to=0.85, bins=7) -> float:
+    """Angle of repose (rad) of a heap centred on the z axis on a base at z = 0: slope of
+    the heap surface (mean of the 3 highest sphere tops per radial bin) between
+    ``r_from`` and ``r_to`` x ``base_radius``, by a least-squares line."""
+    x = np.asarray(x, float)
+    rr = np.hypot(x[:, 0], x[:, 1])
+    keep = x[:, 2] > 0
+    edges = np.linspace(r_from * base_radius, r_to * base_radius, bins + 1)
+    rs, hs = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        m = keep & (rr >= a) & (rr < b)
+        if m.sum() >= 3:
+            rs.append(0.5 * (a + b))
+            hs.append(np.sort(x[m, 2])[-3:].mean() + radius)
+    if len(rs) < 3:
+        return float("nan")
+    return float(np.arctan(max(-np.polyfit(rs, hs, 1)[0], 0.0)))

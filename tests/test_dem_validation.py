@@ -1,0 +1,70 @@
+"""Long DEM validation (``python -m pytest -m slow tests/test_dem_validation.py``, ~15 min on
+2 cores): silo discharge against the Beverloo law, angle of repose against rolling friction."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import diffsim as ds
+from diffsim import granular
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENES = os.path.join(ROOT, "scenes")
+
+pytestmark = pytest.mark.slow
+
+
+def _discharge(orifice, duration):
+    sc = ds.build_scene(os.path.join(SCENES, "dem_silo.py"), {"orifice": orifice, "duration": duration})
+    sim = sc.solver
+    t, m = [0.0], [0.0]
+    while sim.step_count < sc.steps:
+        sim.step(sc.every)
+        d = sim.diagnostics()
+        t.append(sim.time)
+        m.append(d["discharged_mass"])
+    x = sim.get_state()
+    top = x["x"][x["active"], 2].max()
+    sim.close()
+    return np.asarray(t), np.asarray(m), top
+
+
+def test_silo_discharge_is_steady_and_follows_beverloo():
+    duration = 0.8
+    orifices = (0.020, 0.024, 0.028)
+    rates, windows = [], []
+    for D in orifices:
+        t, m, top = _discharge(D, duration)
+        assert top > 2 * D  # the bed stays above 2 orifice diameters
+        rates.append(granular.flow_rate(t, m, 0.2))
+        windows.append(granular.windowed_rates(t, m, 0.2, duration, windows=2))
+    print("rates kg/s", rates, "windows", windows)
+    # steady: the two halves of [0.2 s, 0.8 s] agree within 10% for the benchmark orifice
+    w = windows[1]
+    assert abs(w[0] - w[1]) < 0.1 * rates[1], windows
+    assert rates[0] < rates[1] < rates[2]
+    path = os.path.join(SCENES, "data", "dem_silo")
+    P = json.load(open(os.path.join(path, "params.json")))
+    x = np.loadtxt(os.path.join(path, "settled_state.csv"), delimiter=",", skiprows=1)[:, 1:4]
+    rho_b = granular.bulk_density(x, P["radius"], P["density"], (-0.03, -0.03, 0.02), (0.03, 0.03, 0.12),
+                                  inside=lambda p: np.hypot(p[:, 0], p[:, 1]) < 0.03)
+    assert 1300 < rho_b < 1600
+    fit = granular.beverloo_fit(rates, orifices, rho_b, 2 * P["radius"], P["gravity"])
+    print("Beverloo fit", fit)
+    assert 1.0 <= fit["k"] <= 3.0 and 0.4 <= fit["C"] <= 0.8, fit
+
+
+def test_angle_of_repose_rises_with_rolling_friction():
+    angles = []
+    for mu_r in (0.0, 0.1, 0.3):
+        sc = ds.build_scene(os.path.join(SCENES, "dem_repose.py"), {"rolling_friction": mu_r})
+        sc.step(sc.steps)
+        st = sc.solver.get_state()
+        d = sc.diagnostics()
+        assert d["max_speed"] < 0.05  # settled
+        angles.append(np.degrees(granular.heap_angle(st["x"][st["active"]], 0.002, 0.04)))
+        sc.solver.close()
+    print("repose angles (deg) for mu_r = 0, 0.1, 0.3:", angles)
+    assert angles[0] < angles[1] < angles[2], angles
+    assert angles[0] > 5 and angles[2] < 60

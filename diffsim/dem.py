@@ -388,7 +388,7 @@ class DEMSolver:
         self.name = name
         self.walls: list[Wall] = []
         self.pours: list[Pour] = []
-        self._x, self._v, self._w, self._r, self._on = [], [], [], [], []
+        self._x, self._v, self._w, self._r, self._on, self._fixed = [], [], [], [], [], []
         self.n = 0
         self.fields = None
         self.time = 0.0
@@ -397,9 +397,11 @@ class DEMSolver:
 
     # ------------------------------------------------------------------ building
     def add_particles(self, positions, radius, velocity=(0, 0, 0), angular_velocity=(0, 0, 0),
-                      check_overlap=True):
+                      check_overlap=True, fixed=False):
         """Add spheres: positions (N,3) m, radius (scalar or (N,)) m, velocities (m/s,
-        rad/s). Overlapping spheres are refused (``check_overlap``). Returns their index slice."""
+        rad/s). Overlapping spheres are refused (``check_overlap``). ``fixed``: glued in
+        place (a rough base; they push on the others and never move; the contact uses the
+        moving sphere's mass as for a wall). Returns their index slice."""
         self._check_open()
         x = np.asarray(positions, float).reshape(-1, 3)
         r = np.broadcast_to(np.asarray(radius, float), (len(x),)).copy()
@@ -421,6 +423,7 @@ class DEMSolver:
         self._v.append(np.broadcast_to(np.asarray(velocity, float), x.shape).copy())
         self._w.append(np.broadcast_to(np.asarray(angular_velocity, float), x.shape).copy())
         self._on.append(np.ones(len(x), np.int32))
+        self._fixed.append(np.full(len(x), int(bool(fixed)), np.int32))
         self.n += len(x)
         return slice(self.n - len(x), self.n)
 
@@ -478,6 +481,7 @@ class DEMSolver:
         self._v.append(np.zeros((count, 3)))
         self._w.append(np.zeros((count, 3)))
         self._on.append(np.zeros(count, np.int32))
+        self._fixed.append(np.zeros(count, np.int32))
         pour.slots = np.arange(self.n, self.n + count)
         pour.used = 0
         self.n += count
@@ -515,7 +519,11 @@ class DEMSolver:
                     f"{self.rayleigh_fraction} x the Rayleigh time")
             raise UnstableTimeStep(f"dt = {self.dt:.3g} s exceeds {what} of the smallest sphere: use dt <= "
                                    f"{limit:.3g} s", dt=self.dt, limit=limit)
-        runtime.ensure_init()
+        cfg = runtime.ensure_init()
+        if cfg.arch == "gpu" and cfg.precision == "f64":
+            raise NotImplementedError(
+                "DEM in float64 on the GPU stops with a CUDA misaligned-address fault in Taichi 1.7.4; "
+                "run DEM on the GPU in f32, or in f64 on the CPU (gradient checks)")
         r = np.concatenate(self._r)
         if self.skin is None:
             self.skin = 0.5 * float(r.min())
@@ -548,14 +556,21 @@ class DEMSolver:
         fs = self.fields
         r = np.concatenate(self._r)
         self._put(fs.radius, r)
-        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * r ** 3)
+        self._put(fs.mass, self._masses(r))
         self._put(fs.active, np.concatenate(self._on))
+        self._put(fs.fixed, np.concatenate(self._fixed))
         fs.nbr_n.fill(0)
         fs.removed.fill(0)
         fs.removed_mass.fill(0)
         self.set_state(np.concatenate(self._x), np.concatenate(self._v), np.concatenate(self._w))
         self._upload_walls()
         self._upload_params()
+
+    def _masses(self, r):
+        """Sphere masses (kg); glued spheres get a huge mass so that m* of their contacts is
+        the moving sphere's (as for a wall)."""
+        m = self.material.density * 4.0 / 3.0 * np.pi * r ** 3
+        return np.where(np.concatenate(self._fixed).astype(bool), 1e20 * m, m)
 
     def _put(self, field, values):
         """Write the first n rows of a 1-D (per-sphere) field."""
@@ -604,6 +619,7 @@ class DEMSolver:
         for p in self.pours:
             p.used, p.inserted_mass, p.next_time = 0, 0.0, p.start
         self._put(fs.active, np.concatenate(self._on))
+        self._put(fs.fixed, np.concatenate(self._fixed))
         fs.nbr_n.fill(0)
         fs.removed.fill(0)
         fs.removed_mass.fill(0)
@@ -766,7 +782,7 @@ class DEMSolver:
         for f, a in ((S.x, X), (S.v, V), (S.w, Wv)):
             self._put(f, a)
         self._put(fs.radius, r_all)
-        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * r_all ** 3)
+        self._put(fs.mass, self._masses(r_all))
         self._put(fs.active, on)
         p.used += k
         p.inserted_mass += float((self.material.density * 4 / 3 * np.pi * r ** 3).sum())
@@ -862,7 +878,7 @@ class DEMSolver:
             put(getattr(fs, k), arrays[k])
         self._r = [np.asarray(arrays["radius"], float)]
         self._put(fs.radius, self._r[0])
-        self._put(fs.mass, self.material.density * 4.0 / 3.0 * np.pi * self._r[0] ** 3)
+        self._put(fs.mass, self._masses(self._r[0]))
         for w, R in zip(self.walls, arrays["wall_rotation"]):
             w.rotation = np.asarray(R)
         self.time, self.step_count = float(meta["time"]), int(meta["step"])

@@ -176,6 +176,13 @@ class _Rollout(torch.autograd.Function):
                 wv_grad[t] = fs.w_vel.grad.to_numpy()
         kd.derive_constants.grad(fs, model)
         sim._pose_key = None
+        bad = [name for name, a in (("parameters", fs.prm.grad.to_numpy()), ("initial state", gs["x"][:n]),
+                                    ("wall velocities", wv_grad)) if not np.all(np.isfinite(a))]
+        if bad:
+            raise FloatingPointError(
+                f"dem_rollout: the gradient of the {', '.join(bad)} is not finite (NaN/inf); in "
+                f"{runtime.config().precision} the contact law's derivatives can overflow: use "
+                f"diffsim.init(precision='f64')")
         tdt = runtime.torch_dtype()
         g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)
         g_x0, g_v0, g_w0 = (torch.from_numpy(gs[k][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))

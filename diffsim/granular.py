@@ -51,20 +51,15 @@ def bulk_density(x, radius, density, lo, hi, inside=None, samples=400_000, seed=
     return float((dist < radius).mean() * density)
 
 
-def heap_angle(x, radius, base_radius, r_from=0.2, r_to=0.85, bins=7) -> float:
-    """Angle of repose (rad) of a heap centred on the z axis on a base at z = 0: slope of
-    the heap surface (mean of the 3 highest sphere tops per radial bin) between
-    ``r_from`` and ``r_to`` x ``base_radius``, by a least-squares line."""
+def heap_angle(x, radius, base_radius, base_height=0.0, core=0.25) -> float:
+    """Angle of repose (rad) of a heap on a round base of ``base_radius`` (m) centred on the
+    z axis whose excess rolled off the rim (a cone with its foot at the rim): atan of the
+    heap height over the base radius. The height is the mean top (centre + ``radius``) of
+    the 3 highest spheres within ``core`` x base_radius of the axis, above
+    ``base_height`` (m)."""
     x = np.asarray(x, float)
-    rr = np.hypot(x[:, 0], x[:, 1])
-    keep = x[:, 2] > 0
-    edges = np.linspace(r_from * base_radius, r_to * base_radius, bins + 1)
-    rs, hs = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        m = keep & (rr >= a) & (rr < b)
-        if m.sum() >= 3:
-            rs.append(0.5 * (a + b))
-            hs.append(np.sort(x[m, 2])[-3:].mean() + radius)
-    if len(rs) < 3:
+    near = np.hypot(x[:, 0], x[:, 1]) < core * base_radius
+    if near.sum() < 3:
         return float("nan")
-    return float(np.arctan(max(-np.polyfit(rs, hs, 1)[0], 0.0)))
+    top = np.sort(x[near, 2])[-3:].mean() + radius
+    return float(np.arctan(max(top - base_height, 0.0) / base_radius))

@@ -83,6 +83,8 @@ class DEMFields:
         self.cells = tuple(int(c) for c in cells)
         self.needs_grad = bool(needs_grad)
         f, N, K, W = dtype, self.capacity, self.K, self.n_walls
+        # Real fields first, integer fields last: Taichi lays fields out one after another
+        # in the root buffer, and an f64 after an odd number of i32 is misaligned on CUDA.
         self.A = DEMState(N, K, W, f, needs_grad)
         self.B = DEMState(N, K, W, f, needs_grad)
         self.prm = ti.field(f, N_PRM, needs_grad=needs_grad)
@@ -90,33 +92,11 @@ class DEMFields:
         self.gravity = ti.Vector.field(3, f, ())
         self.radius = ti.field(f, N)
         self.mass = ti.field(f, N)
-        self.active = ti.field(ti.i32, N)
         self.x_ref = ti.Vector.field(3, f, N)
-        # half neighbour lists (j > i in the list of i) and their reverse
-        self.nbr_n = ti.field(ti.i32, N)
-        self.nbr_new = ti.field(ti.i32, (N, K))
-        self.nbr_new_n = ti.field(ti.i32, N)
-        self.rev = ti.field(ti.i32, (N, K))    # reverse list: the pairs p where this sphere is j
-        self.rev_n = ti.field(ti.i32, N)
         self.pair_f = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)   # per pair p: force on i
         self.pair_ti = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)  # torque on i
         self.pair_tj = ti.Vector.field(3, f, N * K, needs_grad=needs_grad)  # torque on j
-        self.pair_start = ti.field(ti.i32, N + 1)
-        self.pair_i = ti.field(ti.i32, N * K)
-        self.pair_j = ti.field(ti.i32, N * K)
-        self.perm = ti.field(ti.i32, (N, K))       # old pair index of each new pair (-1: new contact)
-        self.pair_perm = ti.field(ti.i32, N * K)   # the same by new pair index
-        self.overflow = ti.field(ti.i32, ())
-        # cell grid (counting sort)
-        C = self.cells[0] * self.cells[1] * self.cells[2]
-        self.n_cells = C
-        self.cell_count = ti.field(ti.i32, C)
-        self.cell_start = ti.field(ti.i32, C + 1)
-        self.cell_fill = ti.field(ti.i32, C)
-        self.sorted = ti.field(ti.i32, N)
         # walls (geometry in the frame of the initial pose)
-        self.w_type = ti.field(ti.i32, W)
-        self.w_on = ti.field(ti.i32, W)
         self.w_p = ti.Vector.field(3, f, W)
         self.w_n = ti.Vector.field(3, f, W)
         self.w_a = ti.field(f, W)
@@ -130,15 +110,39 @@ class DEMFields:
         self.tri_c = ti.Vector.field(3, f, max(n_tris, 1))
         self.mg_lo = ti.Vector.field(3, f, W)
         self.mg_inv_h = ti.field(f, W)
+        # diagnostics
+        self.max_disp = ti.field(f, ())
+        self.removed_mass = ti.field(f, ())
+        self.stats = ti.Vector.field(8, f, ())
+        # --- integer fields
+        self.active = ti.field(ti.i32, N)
+        self.fixed = ti.field(ti.i32, N)  # glued spheres: contacts act on others, they do not move
+        # half neighbour lists (j > i in the list of i), numbered pairs, reverse lists
+        self.nbr_n = ti.field(ti.i32, N)
+        self.nbr_new = ti.field(ti.i32, (N, K))
+        self.nbr_new_n = ti.field(ti.i32, N)
+        self.rev = ti.field(ti.i32, (N, K))    # reverse list: the pairs p where this sphere is j
+        self.rev_n = ti.field(ti.i32, N)
+        self.pair_start = ti.field(ti.i32, N + 1)
+        self.pair_i = ti.field(ti.i32, N * K)
+        self.pair_j = ti.field(ti.i32, N * K)
+        self.perm = ti.field(ti.i32, (N, K))       # old pair index of each new pair (-1: new contact)
+        self.pair_perm = ti.field(ti.i32, N * K)   # the same by new pair index
+        self.overflow = ti.field(ti.i32, ())
+        # cell grid (counting sort)
+        C = self.cells[0] * self.cells[1] * self.cells[2]
+        self.n_cells = C
+        self.cell_count = ti.field(ti.i32, C)
+        self.cell_start = ti.field(ti.i32, C + 1)
+        self.cell_fill = ti.field(ti.i32, C)
+        self.sorted = ti.field(ti.i32, N)
+        self.w_type = ti.field(ti.i32, W)
+        self.w_on = ti.field(ti.i32, W)
         self.mg_dims = ti.Vector.field(3, ti.i32, W)
         self.mg_cell0 = ti.field(ti.i32, W)
         self.tcell_start = ti.field(ti.i32, max(n_tri_cells, 1) + 1)
         self.tcell_tri = ti.field(ti.i32, max(n_tri_refs, 1))
-        # diagnostics
-        self.max_disp = ti.field(f, ())
-        self.removed_mass = ti.field(f, ())
         self.removed = ti.field(ti.i32, ())
-        self.stats = ti.Vector.field(8, f, ())
 
 
 # ----------------------------------------------------------------------------- contact law
@@ -553,7 +557,7 @@ def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.temp
             p = fs.rev[i, q]
             f -= fs.pair_f[p]
             tq += fs.pair_tj[p]
-        if act:
+        if act and not fs.fixed[i]:
             r = fs.radius[i]
             dt = prm[7]
             v = Si.v[i] + f / m * dt
@@ -585,6 +589,8 @@ def diagnostics(fs: ti.template(), S: ti.template(), n: ti.i32, gx: float, gy: f
     fs.stats[None] = ti.Vector.zero(float, 8)
     for i in range(n):
         if fs.active[i]:
+            fs.stats[None][6] += 1.0
+        if fs.active[i] and not fs.fixed[i]:
             m = fs.mass[i]
             r = fs.radius[i]
             v = S.v[i]
@@ -594,5 +600,4 @@ def diagnostics(fs: ti.template(), S: ti.template(), n: ti.i32, gx: float, gy: f
             fs.stats[None][3] += m * v[0]
             fs.stats[None][4] += m * v[1]
             fs.stats[None][5] += m * v[2]
-            fs.stats[None][6] += 1.0
             ti.atomic_max(fs.stats[None][7], v.norm())

@@ -1,10 +1,11 @@
-"""DEM angle of repose: a column of spheres (R = 2 mm, 2,000 by default) collapses onto a
-round plate (a mesh disk); spheres that roll off its rim fall into the outflow region and
-are removed, the rest form a heap whose slope grows with the rolling friction
-(``diffsim.granular.heap_angle`` measures it).
+"""DEM angle of repose: spheres (R = 2 mm) are poured slowly onto the centre of a round
+plate (a mesh disk, radius 20 mm by default) made rough by a layer of glued spheres, and
+build a heap; spheres that roll off the rim fall into the outflow region and are
+removed. The heap's slope grows with the rolling friction (``diffsim.granular.heap_angle``
+measures it from the heap height: atan(H / plate radius)).
 
-Options: rolling_friction (mu_r, default 0.1), friction (0.5), count (2000), plate radius
-(m, 0.04), duration (s, 1.5).
+Options: rolling_friction (mu_r, default 0.2), friction (0.5), plate (radius m, 0.02),
+rate (spheres per second, 800), pour_time (s, 1.5), settle (s, 0.5).
 """
 import numpy as np
 
@@ -19,24 +20,21 @@ def plate_mesh(radius, segments=64):
     return trimesh.Trimesh(v, np.asarray(f), process=False)
 
 
-def build(rolling_friction=0.1, friction=0.5, count=2000, plate=0.04, duration=1.5, dt=2e-5, seed=0):
+def build(rolling_friction=0.2, friction=0.5, plate=0.02, rate=800.0, pour_time=1.5, settle=0.5, dt=2e-5, seed=0):
     R = 0.002
     mat = ds.DEMMaterial(E=5e6, nu=0.3, restitution=0.3, friction=friction, rolling_friction=rolling_friction,
                          density=2500.0)
-    sim = ds.DEMSolver((-plate - 0.02, -plate - 0.02, -0.03), (plate + 0.02, plate + 0.02, 0.2), mat, dt=dt,
+    sim = ds.DEMSolver((-plate - 0.02, -plate - 0.02, -0.03), (plate + 0.02, plate + 0.02, 0.1), mat, dt=dt,
                        skin=1e-3, outflow_z=-0.02, name="spheres")
     sim.add_wall(ds.MeshWall(plate_mesh(plate), name="plate"))
-    # a jittered lattice column of ``count`` spheres above the plate centre, released at once
-    side, spacing = 0.032, 2.2 * R
-    g = np.arange(-side / 2 + R, side / 2 - R + 1e-9, spacing)
-    layers = int(np.ceil(count / len(g) ** 2))
-    z = 0.005 + R + spacing * np.arange(layers)
-    x = np.stack(np.meshgrid(g, g, z, indexing="ij"), -1).reshape(-1, 3)
-    x = x[np.lexsort((x[:, 1], x[:, 0], x[:, 2]))][:count]
-    x += np.random.default_rng(seed).uniform(-0.1, 0.1, x.shape) * (spacing - 2 * R)
-    if x[:, 2].max() + R > 0.2:
-        raise ds.InvalidScene(f"count {count} does not fit in the release column")
-    sim.add_particles(x, R)
+    g = np.arange(-plate, plate + 1e-9, 2.1 * R)
+    base = np.stack(np.meshgrid(g, g, [R], indexing="ij"), -1).reshape(-1, 3)
+    base = base[np.hypot(base[:, 0], base[:, 1]) <= plate - R]
+    sim.add_particles(base, R, fixed=True)  # the rough base
+    m = mat.density * 4 / 3 * np.pi * R ** 3
+    sim.add_pour(ds.Pour((-0.006, -0.006, 0.06), (0.006, 0.006, 0.08), R, mass_rate=rate * m, start=0.0,
+                         stop=pour_time, interval=0.02, velocity=(0, 0, -0.3), seed=seed))
+    duration = pour_time + settle
     return ds.Scene(sim, description=__doc__, steps=int(round(duration / dt)), every=int(round(0.05 / dt)),
                     camera=(15.0, -60.0),
-                    options=dict(rolling_friction=rolling_friction, friction=friction, plate=plate))
+                    options=dict(rolling_friction=rolling_friction, friction=friction, plate=plate, rate=rate))

@@ -67,6 +67,23 @@ def test_static_hertz_overlap_under_gravity():
     assert abs(d - d_exact) < 1e-3 * d_exact, (d, d_exact)
 
 
+def test_cohesion_deepens_the_static_overlap():
+    """With simplified JKR cohesion k_c: m g + k_c pi R d = 4/3 Y* sqrt(R) d^1.5 at rest."""
+    E, nu, rho, kc = 1e6, 0.3, 2500.0, 3e6
+    sim = _solver(0.2, gravity=(0, 0, -9.81), dt=2e-6, walls=[ds.PlaneWall((0, 0, 0), (0, 0, 1))], E=E, cohesion=kc)
+    sim.add_particles([[0, 0, R]], R)
+    sim.step(20000)
+    m = rho * 4 / 3 * math.pi * R ** 3
+    Ys = E / (2 * (1 - nu ** 2))
+    d = 1e-6
+    for _ in range(100):  # fixed point of the force balance
+        d = ((m * 9.81 + kc * math.pi * R * d) / (4 / 3 * Ys * math.sqrt(R))) ** (2 / 3)
+    d_sim = R - sim.get_state()["x"][0, 2]
+    d_dry = (m * 9.81 / (4 / 3 * Ys * math.sqrt(R))) ** (2 / 3)
+    assert d > 1.05 * d_dry
+    assert abs(d_sim - d) < 1e-3 * d, (d_sim, d)
+
+
 def test_sliding_sphere_starts_rolling_at_five_sevenths():
     """A sphere launched sliding (no spin) on a frictional wall ends rolling at 5/7 v0."""
     v0 = 0.2

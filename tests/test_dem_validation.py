@@ -1,5 +1,6 @@
-"""Long DEM validation (``python -m pytest -m slow tests/test_dem_validation.py``, ~15 min on
-2 cores): silo discharge against the Beverloo law, angle of repose against rolling friction."""
+"""Long DEM validation (``python -m pytest -m slow tests/test_dem_validation.py``, ~20 min on
+2 cores, in f64 like the whole test session): silo discharge against the Beverloo law,
+angle of repose against rolling friction."""
 import json
 import os
 
@@ -31,7 +32,7 @@ def _discharge(orifice, duration):
 
 
 def test_silo_discharge_is_steady_and_follows_beverloo():
-    duration = 0.8
+    duration = 1.0
     orifices = (0.020, 0.024, 0.028)
     rates, windows = [], []
     for D in orifices:
@@ -40,7 +41,7 @@ def test_silo_discharge_is_steady_and_follows_beverloo():
         rates.append(granular.flow_rate(t, m, 0.2))
         windows.append(granular.windowed_rates(t, m, 0.2, duration, windows=2))
     print("rates kg/s", rates, "windows", windows)
-    # steady: the two halves of [0.2 s, 0.8 s] agree within 10% for the benchmark orifice
+    # steady: the two halves of [0.2 s, 1.0 s] agree within 10% for the benchmark orifice
     w = windows[1]
     assert abs(w[0] - w[1]) < 0.1 * rates[1], windows
     assert rates[0] < rates[1] < rates[2]
@@ -56,15 +57,17 @@ def test_silo_discharge_is_steady_and_follows_beverloo():
 
 
 def test_angle_of_repose_rises_with_rolling_friction():
+    """Heaps poured on a rough 20 mm plate (glued spheres): steeper with more rolling
+    friction (measured: 28.1, 30.2, 35.4 deg for mu_r = 0.05, 0.15, 0.4 in f64)."""
     angles = []
-    for mu_r in (0.0, 0.1, 0.3):
+    for mu_r in (0.05, 0.15, 0.4):
         sc = ds.build_scene(os.path.join(SCENES, "dem_repose.py"), {"rolling_friction": mu_r})
         sc.step(sc.steps)
         st = sc.solver.get_state()
-        d = sc.diagnostics()
-        assert d["max_speed"] < 0.05  # settled
-        angles.append(np.degrees(granular.heap_angle(st["x"][st["active"]], 0.002, 0.04)))
+        x, v = st["x"][st["active"]], st["v"][st["active"]]
+        assert (np.linalg.norm(v, axis=1) > 0.05).sum() <= 3  # settled
+        angles.append(np.degrees(granular.heap_angle(x, 0.002, 0.02, base_height=0.004)))
         sc.solver.close()
-    print("repose angles (deg) for mu_r = 0, 0.1, 0.3:", angles)
+    print("repose angles (deg) for mu_r = 0.05, 0.15, 0.4:", angles)
     assert angles[0] < angles[1] < angles[2], angles
-    assert angles[0] > 5 and angles[2] < 60
+    assert 10 < angles[0] and angles[2] < 60, angles

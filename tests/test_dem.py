@@ -255,6 +255,11 @@ def test_skin_outrun_warns():
 # ----------------------------------------------------------------------------- gradients
 
 
+def T(value, **kw):
+    """A float64 tensor (the global torch default dtype is left alone)."""
+    return torch.tensor(value, dtype=torch.float64, **kw)
+
+
 def _grad_scene():
     """13 spheres in sustained contact under gravity: a 3 x 3 base on the floor (gaps of
     0.3 R between them), 4 spheres in its hollows, a wall pressing on the first column.
@@ -274,16 +279,15 @@ def _grad_scene():
 
 
 def test_gradients_match_central_differences_through_120_steps():
-    torch.set_default_dtype(torch.float64)
     sim = _grad_scene()
     steps = 120
     n = sim.n
     rng = np.random.default_rng(0)
-    v0 = torch.tensor(rng.normal(0, 1e-3, (n, 3)))
-    w0 = torch.tensor(rng.normal(0, 5.0, (n, 3)))
-    wv = torch.zeros(steps, 2, 3)
+    v0 = T(rng.normal(0, 1e-3, (n, 3)))
+    w0 = T(rng.normal(0, 5.0, (n, 3)))
+    wv = torch.zeros(steps, 2, 3, dtype=torch.float64)
     wv[:, 1, 0] = 0.03  # 72 um in the window, less than the 0.3 mm gaps
-    weights = torch.tensor(rng.normal(size=(n, 3)))
+    weights = T(rng.normal(size=(n, 3)))
     base = dict(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05)
 
     def loss(params, v0_, wv_):
@@ -291,7 +295,7 @@ def test_gradients_match_central_differences_through_120_steps():
         return (out["x"] * weights).sum() * 1e2 + 1e-4 * (out["w"] ** 2).sum() + \
             (out["records"][0]["v"][:, 0]).sum()
 
-    P = {k: torch.tensor(v, requires_grad=True) for k, v in base.items()}
+    P = {k: T(v, requires_grad=True) for k, v in base.items()}
     v0r, wvr = v0.clone().requires_grad_(True), wv.clone().requires_grad_(True)
     L = loss(P, v0r, wvr)
     L.backward()
@@ -303,21 +307,21 @@ def test_gradients_match_central_differences_through_120_steps():
     with torch.no_grad():
         for k, val in base.items():
             def f(eps, k=k, val=val):
-                Q = {kk: torch.tensor(vv) for kk, vv in base.items()}
-                Q[k] = torch.tensor(val + eps)
+                Q = {kk: T(vv) for kk, vv in base.items()}
+                Q[k] = T(val + eps)
                 return float(loss(Q, v0, wv))
             g = fd(f, 1e-6 * val)
             assert abs(g) > 1e-12, k
             print(f"{k}: analytic {float(P[k].grad):.6e} FD {g:.6e} rel {abs(float(P[k].grad) - g) / abs(g):.1e}")
             assert abs(float(P[k].grad) - g) <= 1e-3 * abs(g), (k, float(P[k].grad), g)
-        dv = torch.tensor(rng.normal(size=(n, 3)))
-        g = fd(lambda eps: float(loss({k: torch.tensor(v) for k, v in base.items()}, v0 + eps * dv, wv)), 1e-6)
+        dv = T(rng.normal(size=(n, 3)))
+        g = fd(lambda eps: float(loss({k: T(v) for k, v in base.items()}, v0 + eps * dv, wv)), 1e-6)
         an = float((v0r.grad * dv).sum())
         print(f"v0: analytic {an:.6e} FD {g:.6e} rel {abs(an - g) / abs(g):.1e}")
         assert abs(an - g) <= 1e-3 * abs(g), (an, g)
-        dw = torch.zeros(steps, 2, 3)
+        dw = torch.zeros(steps, 2, 3, dtype=torch.float64)
         dw[:, 1, 0] = 1.0
-        g = fd(lambda eps: float(loss({k: torch.tensor(v) for k, v in base.items()}, v0, wv + eps * dw)), 1e-6)
+        g = fd(lambda eps: float(loss({k: T(v) for k, v in base.items()}, v0, wv + eps * dw)), 1e-6)
         an = float((wvr.grad * dw).sum())
         print(f"wall velocity: analytic {an:.6e} FD {g:.6e} rel {abs(an - g) / abs(g):.1e}")
         assert abs(an - g) <= 1e-3 * abs(g), (an, g)
@@ -330,4 +334,4 @@ def test_rollout_refuses_what_it_cannot_differentiate():
         ds.dem_rollout(sim, 10)
     g = _grad_scene()
     with pytest.raises(ds.InvalidScene, match="unknown DEM parameters"):
-        ds.dem_rollout(g, 10, params={"density": torch.tensor(1.0)})
+        ds.dem_rollout(g, 10, params={"density": T(1.0)})

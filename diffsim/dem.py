@@ -394,6 +394,7 @@ class DEMSolver:
         self.time = 0.0
         self.step_count = 0
         self.rebuilds = 0
+        self._pose_key = None
 
     # ------------------------------------------------------------------ building
     def add_particles(self, positions, radius, velocity=(0, 0, 0), angular_velocity=(0, 0, 0),
@@ -677,11 +678,17 @@ class DEMSolver:
             rf[:roff] = np.concatenate(refs)
             fs.tcell_tri.from_numpy(rf)
         self._moving = [i for i, w in enumerate(self.walls) if w.moving()]
-        self._pose_dirty = True
+        self._walls_dynamic = any(callable(w.velocity) or w.rotating() for w in self.walls)
+        self._pose_key = None
         self._update_wall_pose()
 
     def _update_wall_pose(self):
-        """Per-step wall data: on/off, translation velocity, rotation (host -> device)."""
+        """Per-step wall data: on/off, translation velocity, rotation (host -> device).
+        Skipped while nothing can have changed (static walls between removal times)."""
+        if self._pose_key is not None and not self._walls_dynamic and self.time < self._next_removal:
+            return
+        later = [w.remove_at for w in self.walls if w.remove_at is not None and w.remove_at > self.time]
+        self._next_removal = min(later) if later else math.inf
         fs = self.fields
         W = fs.n_walls
         on = np.zeros(W, np.int32)
@@ -692,7 +699,7 @@ class DEMSolver:
             om[i] = w.angular_velocity
             R[i] = w.rotation
         key = (on.tobytes(), vel.tobytes(), R.tobytes())
-        if key == getattr(self, "_pose_key", None):
+        if key == self._pose_key:
             return
         self._pose_key = key
         fs.w_on.from_numpy(on)
@@ -736,7 +743,8 @@ class DEMSolver:
         fs = self.fields
         model = self.material.model_code
         for _ in range(int(n)):
-            self._pour()
+            if self.pours:
+                self._pour()
             self._update_wall_pose()
             kd.step(fs, self.state, self.spare, model, fs.n_walls, True, self.n, self.n_pairs)
             self._swap()

@@ -252,21 +252,6 @@ class MeshWall(Wall):
         return v, self.faces
 
 
-def _unit_cylinder_surface(w: CylinderWall, z_range, segments=48):
-    """A side mesh of a cylinder wall over ``z_range`` along its axis (for output only)."""
-    a = np.linspace(0, 2 * np.pi, segments, endpoint=False)
-    e1 = np.cross(w.axis, [1, 0, 0] if abs(w.axis[0]) < 0.9 else [0, 1, 0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(w.axis, e1)
-    ring = w.radius * (np.cos(a)[:, None] * e1 + np.sin(a)[:, None] * e2)
-    v = np.concatenate([w.point + ring + z * w.axis for z in z_range])
-    f = []
-    for i in range(segments):
-        j = (i + 1) % segments
-        f += [[i, j, segments + i], [j, segments + j, segments + i]]
-    return v, np.asarray(f)
-
-
 # ----------------------------------------------------------------------------- insertion
 
 
@@ -839,15 +824,9 @@ class DEMSolver:
         data = {"body": np.zeros(int(keep.sum()), np.int32), "radius": st["radius"][keep].astype(np.float32),
                 "velocity": st["v"][keep].astype(np.float32)}
         off = self.wall_offsets()
-        meshes = {}
-        for i, w in enumerate(self.walls):
-            if not w.on_at(self.time):
-                continue
-            if isinstance(w, CylinderWall):
-                ax = np.abs(w.axis)
-                meshes[w.name] = _unit_cylinder_surface(w, (float(self.lo @ ax), float(self.hi @ ax)))
-            elif w.surface() is not None:
-                meshes[w.name] = w.surface(off[i])
+        # finite mesh walls only: planes, boxes and cylinders would hide the spheres in previews
+        meshes = {w.name: w.surface(off[i]) for i, w in enumerate(self.walls)
+                  if w.on_at(self.time) and w.surface() is not None}
         return {"particles": (st["x"][keep], data), "meshes": meshes}
 
     def checkpoint(self):

@@ -26,6 +26,7 @@ setup(
     extras_require={
         "test": ["pytest"],
         "video": ["imageio"],
+        "mesh": ["tetgen"],  # tetrahedralize surface meshes (diffsim.tetrahedralize)
     },
     entry_points={"console_scripts": ["diffsim=diffsim.cli:main"]},
 )

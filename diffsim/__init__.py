@@ -29,6 +29,8 @@ from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, Plane
                   Wall as DEMWall)
 from .autodiff import MPMState, initial_state, parameter_tensor, rollout
 from .dem_grad import dem_rollout
+from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, load_tet_mesh,
+                      tetrahedralize)
 from .scene import Scene, build_scene
 from .runner import run_scene
 from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory
@@ -43,6 +45,7 @@ __all__ = [
     "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",
     "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
     "initial_state", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
-    "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "Scene", "build_scene", "run_scene", "Trajectory",
+    "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "TetMesh", "box_tet_mesh",
+    "check_tet_mesh", "dome_pad", "flat_pad", "load_tet_mesh", "tetrahedralize", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

@@ -108,6 +108,7 @@ class _Rollout(torch.autograd.Function):
                 records.append(sim.state_tensors())
         final = sim.state_tensors()
         ctx.sim, ctx.tape, ctx.epochs, ctx.steps = sim, tape, epochs, steps
+        ctx.prm = fs.prm.to_numpy()  # restored in backward (another rollout may run in between)
         ctx.has_wall_velocity = wall_velocity is not None
         ctx.n_walls_given = 0 if wall_velocity is None else wall_velocity.shape[1]
         ctx.n_records = len(records)
@@ -135,6 +136,8 @@ class _Rollout(torch.autograd.Function):
 
         gs = zeros()
         add_kinematic(gs, *grads[:3])
+        fs.prm.from_numpy(ctx.prm)
+        kd.derive_constants(fs, model)
         fs.prm.grad.fill(0)
         fs.derived.grad.fill(0)  # accumulates over all steps, mapped to prm at the end
         wv_grad = np.zeros((ctx.steps, W, 3), dt)

@@ -327,6 +327,19 @@ def test_gradients_match_central_differences_through_120_steps():
         assert abs(an - g) <= 1e-3 * abs(g), (an, g)
 
 
+def test_backward_after_another_rollout_uses_its_own_parameters():
+    sim = _grad_scene()
+    E = T(1e6, requires_grad=True)
+    ds.dem_rollout(sim, 20, params={"E": E})["x"].sum().backward()
+    clean = float(E.grad)
+    E.grad = None
+    out = ds.dem_rollout(sim, 20, params={"E": E})
+    with torch.no_grad():
+        ds.dem_rollout(sim, 20, params={"E": T(3e6)})  # overwrites the solver's parameters
+    out["x"].sum().backward()
+    assert float(E.grad) == pytest.approx(clean, rel=1e-12)
+
+
 def test_rollout_refuses_what_it_cannot_differentiate():
     sim = _solver()
     sim.add_particles([[0, 0, 0]], R)

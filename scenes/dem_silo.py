@@ -1,4 +1,4 @@
-"""DEM silo discharge: the benchmark silo of shared/data/dem_silo (15,000 glass-like spheres,
+"""DEM silo discharge: the project's benchmark silo (scenes/data/dem_silo: 15,000 spheres,
 R = 2 mm, in a flat-bottomed cylinder of radius 40 mm); the orifice in the bottom plate
 (a triangle mesh) opens at t = 0 and the spheres drain; those below z = -0.02 m are removed
 and the discharged mass is traced against time (summary.json: traces.discharged_mass).

@@ -102,6 +102,11 @@ def ensure_init() -> RuntimeConfig:
     return _config
 
 
+def initialized() -> bool:
+    """Whether :func:`init` has run in this process."""
+    return _config is not None
+
+
 def config() -> RuntimeConfig:
     """The active configuration (initialising with defaults if needed)."""
     return ensure_init()

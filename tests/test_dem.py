@@ -340,6 +340,16 @@ def test_backward_after_another_rollout_uses_its_own_parameters():
     assert float(E.grad) == pytest.approx(clean, rel=1e-12)
 
 
+def test_demo_recovers_friction_and_restitution():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fit_dem_friction", os.path.join(ROOT, "demos", "fit_dem_friction.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    fitted = demo.main(["--iterations", "30"])
+    for k, v in demo.HIDDEN.items():
+        assert abs(fitted[k] - v) < 1e-3 * v, (k, fitted[k], v)
+
+
 def test_rollout_refuses_what_it_cannot_differentiate():
     sim = _solver()
     sim.add_particles([[0, 0, 0]], R)

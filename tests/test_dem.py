@@ -260,22 +260,20 @@ def T(value, **kw):
     return torch.tensor(value, dtype=torch.float64, **kw)
 
 
+def _demo():
+    """demos/fit_dem_friction.py as a module (its pile is the gradient tests' scene too)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fit_dem_friction", os.path.join(ROOT, "demos", "fit_dem_friction.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
 def _grad_scene():
     """13 spheres in sustained contact under gravity: a 3 x 3 base on the floor (gaps of
     0.3 R between them), 4 spheres in its hollows, a wall pressing on the first column.
     Contacts neither open nor close in the window (the gradients are smooth there)."""
-    mat = ds.DEMMaterial(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05, density=2500.0,
-                         rolling_smoothing=1.0)
-    sim = ds.DEMSolver((-0.01, -0.01, -0.002), (0.01, 0.01, 0.01), mat, dt=2e-5, skin=1e-3, requires_grad=True)
-    sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
-    a = 2.3 * R
-    sim.add_wall(ds.PlaneWall((-a - R + 2e-6, 0, 0), (1, 0, 0), name="pusher"))
-    g = np.array([-a, 0.0, a])
-    base = np.stack(np.meshgrid(g, g, [R - 2e-6], indexing="ij"), -1).reshape(-1, 3)
-    h = np.sqrt((2 * R) ** 2 - 2 * (a / 2) ** 2) - 3e-6
-    top = np.stack(np.meshgrid(g[:2] + a / 2, g[:2] + a / 2, [R - 2e-6 + h], indexing="ij"), -1).reshape(-1, 3)
-    sim.add_particles(np.concatenate([base, top]), R, check_overlap=False)
-    return sim
+    return _demo().build()
 
 
 def test_gradients_match_central_differences_through_120_steps():
@@ -341,10 +339,7 @@ def test_backward_after_another_rollout_uses_its_own_parameters():
 
 
 def test_demo_recovers_friction_and_restitution():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("fit_dem_friction", os.path.join(ROOT, "demos", "fit_dem_friction.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _demo()
     fitted = demo.main(["--iterations", "30"])
     for k, v in demo.HIDDEN.items():
         assert abs(fitted[k] - v) < 1e-3 * v, (k, fitted[k], v)

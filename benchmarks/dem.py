@@ -29,7 +29,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -46,22 +45,9 @@ def run_silo(orifice, duration, arch, threads):
     ds.init(arch=arch, threads=threads)
     sc = ds.build_scene(os.path.join(ROOT, "scenes", "dem_silo.py"), {"orifice": orifice, "duration": duration})
     sim = sc.solver
-    sim.build()
-    every = sc.every
     steps = sc.steps
-    times, mass, active = [0.0], [0.0], [sim.n]
-    stepping = 0.0
-    done = 0
-    while done < steps:
-        k = min(every, steps - done)
-        t0 = time.perf_counter()
-        sim.step(k)
-        d = sim.diagnostics()  # syncs the device
-        stepping += time.perf_counter() - t0
-        done += k
-        times.append(sim.time)
-        mass.append(d["discharged_mass"])
-        active.append(d["particles_active"])
+    rec = granular.record_discharge(sim, steps, sc.every)
+    times, mass, active, stepping = rec["time"], rec["discharged_mass"], rec["particles_active"], rec["stepping_s"]
     # mean spheres in the domain over the steps (trapezoid over the samples)
     mean_active = float(np.mean(0.5 * (np.asarray(active[1:]) + np.asarray(active[:-1]))))
     t_lo = 0.2
@@ -69,9 +55,10 @@ def run_silo(orifice, duration, arch, threads):
     return {"case": name, "particles": sim.n, "mean_particles": mean_active, "steps": steps, "dt": sim.dt,
             "orifice_m": orifice, "particle_steps_per_s": mean_active * steps / stepping, "wall_s": stepping,
             "peak_rss_mb": _peak_rss_mb(), "flow_rate_kg_s": granular.flow_rate(times, mass, t_lo),
-            "rate_windows_kg_s": granular.windowed_rates(times, mass, t_lo, duration), "discharged_kg": mass[-1], "rebuilds": sim.rebuilds,
+            "rate_windows_kg_s": granular.windowed_rates(times, mass, t_lo, duration),
+            "discharged_kg": float(mass[-1]), "rebuilds": sim.rebuilds,
             "threads": threads or os.cpu_count(), "arch": arch,
-            "trace": {"time": [round(t, 6) for t in times], "discharged_mass": mass}}
+            "trace": {"time": [round(float(t), 6) for t in times], "discharged_mass": mass.tolist()}}
 
 
 def silo_beverloo(rates, orifices):

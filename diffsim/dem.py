@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import taichi as ti
 
 from . import pool, runtime
 from .colliders import rotation_step
@@ -89,6 +90,10 @@ class DEMMaterial:
         return [self.E, self.nu, self.restitution, self.friction, self.rolling_friction, self.cohesion,
                 self.stiffness, dt, self.rolling_smoothing]
 
+    def sphere_mass(self, radius):
+        """Mass (kg) of spheres of ``radius`` (m; a number or an array)."""
+        return self.density * 4.0 / 3.0 * np.pi * np.asarray(radius, float) ** 3
+
     def rayleigh_time(self, radius: float) -> float:
         """Rayleigh time (s) of a sphere of ``radius`` (m)."""
         G = self.E / (2 * (1 + self.nu))
@@ -96,8 +101,7 @@ class DEMMaterial:
 
     def contact_time(self, radius: float) -> float:
         """Linear model: duration (s) of an undamped sphere-sphere contact, pi sqrt(m*/k_n)."""
-        m = self.density * 4.0 / 3.0 * math.pi * radius ** 3
-        return math.pi * math.sqrt(0.5 * m / self.stiffness)
+        return math.pi * math.sqrt(0.5 * float(self.sphere_mass(radius)) / self.stiffness)
 
 
 PARAMETERS = ("E", "nu", "restitution", "friction", "rolling_friction", "cohesion", "stiffness")
@@ -131,9 +135,6 @@ class Wall:
         if v.shape != (3,) or not np.all(np.isfinite(v)):
             raise InvalidScene(f"wall {self.name}: velocity must be a finite 3-vector, got {v}")
         return v
-
-    def moving(self) -> bool:
-        return callable(self.velocity) or bool(np.any(self.velocity) or np.any(self.angular_velocity))
 
     def rotating(self) -> bool:
         return bool(np.any(self.angular_velocity))
@@ -271,9 +272,6 @@ class Pour:
         self.inserted_mass = 0.0
         self.next_time = self.start
 
-    def mean_radius(self):
-        return float(np.mean(self.radius))
-
 
 def random_packing(lo, hi, radius, count, rng, obstacles=None, max_rounds=200):
     """Random sequential addition: up to ``count`` non-overlapping spheres in [lo, hi] (m),
@@ -322,8 +320,6 @@ def random_packing(lo, hi, radius, count, rng, obstacles=None, max_rounds=200):
                 rs.append(r)
                 if len(xs) == count:
                     break
-        else:
-            continue
     return np.asarray(xs).reshape(-1, 3), np.asarray(rs)
 
 
@@ -458,7 +454,7 @@ class DEMSolver:
         """Reserve room for a :class:`Pour` (inactive spheres until inserted)."""
         self._check_open()
         rmax = float(np.max(pour.radius))
-        m_min = self.material.density * 4 / 3 * np.pi * float(np.min(pour.radius)) ** 3
+        m_min = float(self.material.sphere_mass(np.min(pour.radius)))
         count = int(math.ceil(pour.mass_rate * (pour.stop - pour.start) / m_min)) + 1
         park = np.tile(self.lo + rmax, (count, 1))
         self._x.append(park)
@@ -555,18 +551,18 @@ class DEMSolver:
     def _masses(self, r):
         """Sphere masses (kg); glued spheres get a huge mass so that m* of their contacts is
         the moving sphere's (as for a wall)."""
-        m = self.material.density * 4.0 / 3.0 * np.pi * r ** 3
+        m = self.material.sphere_mass(r)
         return np.where(np.concatenate(self._fixed).astype(bool), 1e20 * m, m)
 
     def _put(self, field, values):
         """Write the first n rows of a 1-D (per-sphere) field."""
         from .kernels import mpm as km
-        v = np.ascontiguousarray(values, np.int32 if field.dtype == ti_i32() else runtime.np_dtype())
+        v = np.ascontiguousarray(values, np.int32 if field.dtype == ti.i32 else runtime.np_dtype())
         km.copy_in(field, v, len(v))
 
     def _get(self, field, shape_tail=(3,)):
         from .kernels import mpm as km
-        a = np.empty((self.n,) + shape_tail, np.int32 if field.dtype == ti_i32() else runtime.np_dtype())
+        a = np.empty((self.n,) + shape_tail, np.int32 if field.dtype == ti.i32 else runtime.np_dtype())
         km.copy_out(field, a, self.n)
         return a
 
@@ -662,8 +658,8 @@ class DEMSolver:
             rf = np.zeros(fs.tcell_tri.shape[0], np.int32)
             rf[:roff] = np.concatenate(refs)
             fs.tcell_tri.from_numpy(rf)
-        self._moving = [i for i, w in enumerate(self.walls) if w.moving()]
-        self._walls_dynamic = any(callable(w.velocity) or w.rotating() for w in self.walls)
+        self._rotating = [w for w in self.walls if w.rotating()]
+        self._walls_dynamic = bool(self._rotating) or any(callable(w.velocity) for w in self.walls)
         self._pose_key = None
         self._update_wall_pose()
 
@@ -694,10 +690,8 @@ class DEMSolver:
 
     def _advance_walls(self):
         """Rotate the rotating walls over one step (translation is integrated on the device)."""
-        for i in self._moving:
-            w = self.walls[i]
-            if w.rotating():
-                w.rotation = rotation_step(w.rotation, w.angular_velocity, self.dt)
+        for w in self._rotating:
+            w.rotation = rotation_step(w.rotation, w.angular_velocity, self.dt)
 
     def _swap(self):
         self.state, self.spare = self.spare, self.state
@@ -750,7 +744,7 @@ class DEMSolver:
         target = p.mass_rate * (min(self.time + p.interval, p.stop) - p.start)
         slots = p.slots[p.used:]
         r_all = np.concatenate(self._r)
-        m = self.material.density * 4 / 3 * np.pi * r_all ** 3
+        m = self.material.sphere_mass(r_all)
         k = 0
         while k < len(slots) and p.inserted_mass + m[slots[:k + 1]].sum() <= target + 0.5 * m[slots[k]]:
             k += 1
@@ -778,7 +772,7 @@ class DEMSolver:
         self._put(fs.mass, self._masses(r_all))
         self._put(fs.active, on)
         p.used += k
-        p.inserted_mass += float((self.material.density * 4 / 3 * np.pi * r ** 3).sum())
+        p.inserted_mass += float(self.material.sphere_mass(r).sum())
         self._rebuild()
 
     # ------------------------------------------------------------------ state and output
@@ -885,7 +879,3 @@ class DEMSolver:
                 "domain_min": self.lo.tolist(), "domain_max": self.hi.tolist(), "skin": self.skin,
                 "max_neighbors": self.K, "outflow_z": None if self.outflow_z < -1e29 else self.outflow_z}
 
-
-def ti_i32():
-    import taichi as ti
-    return ti.i32

@@ -19,16 +19,11 @@ pytestmark = pytest.mark.slow
 def _discharge(orifice, duration):
     sc = ds.build_scene(os.path.join(SCENES, "dem_silo.py"), {"orifice": orifice, "duration": duration})
     sim = sc.solver
-    t, m = [0.0], [0.0]
-    while sim.step_count < sc.steps:
-        sim.step(sc.every)
-        d = sim.diagnostics()
-        t.append(sim.time)
-        m.append(d["discharged_mass"])
+    rec = granular.record_discharge(sim, sc.steps, sc.every)
     x = sim.get_state()
     top = x["x"][x["active"], 2].max()
     sim.close()
-    return np.asarray(t), np.asarray(m), top
+    return rec["time"], rec["discharged_mass"], top
 
 
 def test_silo_discharge_is_steady_and_follows_beverloo():

@@ -1,4 +1,4 @@
-"""diffsim: a differentiable physics simulator (MLS-MPM and DEM today; FEM next) with
+"""diffsim: a differentiable physics simulator (MLS-MPM, FEM soft bodies and DEM) with
 pluggable PyTorch materials.
 
 Public API (everything a scene script or a user needs)::
@@ -29,8 +29,12 @@ from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, Plane
                   Wall as DEMWall)
 from .autodiff import MPMState, initial_state, parameter_tensor, rollout
 from .dem_grad import dem_rollout
-from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, load_tet_mesh,
-                      tetrahedralize)
+from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, grid_tet_mesh,
+                      load_tet_mesh, tetrahedralize)
+from .fem import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
+from .fem_grad import fem_rollout
+from .cameras import FisheyeCamera, PinholeCamera, look_at
+from .markers import detect_markers, grid_markers, marker_flow_image, read_png
 from .scene import Scene, build_scene
 from .runner import run_scene
 from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory
@@ -46,6 +50,8 @@ __all__ = [
     "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
     "initial_state", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
     "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "TetMesh", "box_tet_mesh",
-    "check_tet_mesh", "dome_pad", "flat_pad", "load_tet_mesh", "tetrahedralize", "Scene", "build_scene", "run_scene", "Trajectory",
+    "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize",
+    "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "fem_rollout", "PinholeCamera",
+    "FisheyeCamera", "look_at", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

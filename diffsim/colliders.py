@@ -252,3 +252,46 @@ class MeshCollider(Collider):
 
     def _local_surface(self):
         return _trimesh_surface(self.mesh)
+
+
+def pack_colliders(colliders, n_slots: int, sdf_capacity: int) -> dict:
+    """The static description of ``colliders`` as the kernels read it (one slot each).
+
+    Returns numpy arrays ``code`` (S,) int32 (:mod:`diffsim.kernels.sdf` codes), ``kind``
+    (S,) int32, ``friction`` (S,), ``shape`` (S, 4) and ``mesh`` (S, 4) int32 (offset and
+    size of a mesh collider's SDF grid in the flat ``sdf`` array), and ``sdf``
+    (``sdf_capacity``,) or None when no collider is a mesh.
+    """
+    S = int(n_slots)
+    if len(colliders) > S:
+        raise InvalidScene(f"{len(colliders)} colliders but only {S} slots")
+    code = np.zeros(S, np.int32)
+    kind = np.zeros(S, np.int32)
+    friction = np.zeros(S)
+    shape = np.zeros((S, 4))
+    mesh = np.zeros((S, 4), np.int32)
+    offset = 0
+    grids = []
+    for i, c in enumerate(colliders):
+        code[i] = c.code
+        kind[i] = KINDS[c.kind]
+        friction[i] = c.friction
+        shape[i] = c.shape_vector()
+        g = c.sdf_grid()
+        if g is not None:
+            vals = np.asarray(g[0], dtype=np.float64)
+            mesh[i] = (offset, *vals.shape)
+            grids.append(vals.reshape(-1))
+            offset += vals.size
+    sdf = None
+    if grids:
+        if offset > sdf_capacity:
+            raise InvalidScene(f"mesh collider SDF grids need {offset} values, capacity {sdf_capacity}")
+        sdf = np.zeros(int(sdf_capacity))
+        sdf[:offset] = np.concatenate(grids)
+    return {"code": code, "kind": kind, "friction": friction, "shape": shape, "mesh": mesh, "sdf": sdf}
+
+
+def sdf_size(colliders) -> int:
+    """Number of SDF grid values all mesh colliders need."""
+    return sum(int(np.prod(c.sdf_grid()[0].shape)) for c in colliders if c.sdf_grid() is not None)

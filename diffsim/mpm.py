@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import pool, runtime
-from .colliders import KINDS, Collider
+from .colliders import KINDS, Collider, pack_colliders, sdf_size as collider_sdf_size
 from .errors import InvalidScene, SimulationDiverged, UnstableTimeStep
 from .materials import Material, NeuralMaterial
 
@@ -233,7 +233,7 @@ class MPMSolver:
         runtime.ensure_init()
         from .kernels.mpm import MPMFields
 
-        sdf_size = sum(int(np.prod(c.sdf_grid()[0].shape)) for c in self.colliders if c.sdf_grid() is not None)
+        sdf_size = collider_sdf_size(self.colliders)
         key = ("mpm", pool.bucket(self.n), self.grid_shape, max(4, 1 << (len(self.colliders) - 1).bit_length()),
                pool.bucket(sdf_size, 1) if sdf_size else 1, max(16, len(self.bodies)), runtime.config().precision)
         dtype = runtime.real_dtype()
@@ -286,35 +286,14 @@ class MPMSolver:
 
     def _upload_static_colliders(self):
         fs = self.fields
-        S = fs.n_slots
-        ctype = np.zeros(S, np.int32)
-        kind = np.zeros(S, np.int32)
-        mu = np.zeros(S)
-        shape = np.zeros((S, 4))
-        meta = np.zeros((S, 4), np.int32)
-        offset = 0
-        sdf_all = []
-        for i, c in enumerate(self.colliders):
-            ctype[i] = c.code
-            kind[i] = KINDS[c.kind]
-            mu[i] = c.friction
-            shape[i] = c.shape_vector()
-            g = c.sdf_grid()
-            if g is not None:
-                vals = np.asarray(g[0], dtype=np.float64)
-                meta[i] = (offset, *vals.shape)
-                sdf_all.append(vals.reshape(-1))
-                offset += vals.size
-        fs.c_type.from_numpy(ctype)
-        fs.c_kind.from_numpy(kind)
-        fs.c_mu.from_numpy(self._np(mu))
-        fs.c_shape.from_numpy(self._np(shape))
-        fs.c_mesh.from_numpy(meta)
-        if sdf_all:
-            buf = np.zeros(fs.sdf_capacity)
-            flat = np.concatenate(sdf_all)
-            buf[:flat.size] = flat
-            fs.sdf.from_numpy(self._np(buf))
+        packed = pack_colliders(self.colliders, fs.n_slots, fs.sdf_capacity)
+        fs.c_type.from_numpy(packed["code"])
+        fs.c_kind.from_numpy(packed["kind"])
+        fs.c_mu.from_numpy(self._np(packed["friction"]))
+        fs.c_shape.from_numpy(self._np(packed["shape"]))
+        fs.c_mesh.from_numpy(packed["mesh"])
+        if packed["sdf"] is not None:
+            fs.sdf.from_numpy(self._np(packed["sdf"]))
         self._kinematic = [c for c in self.colliders if not c.is_static]
 
     def collider_state(self):

@@ -159,8 +159,18 @@ def box_tet_mesh(size, cells, origin=(0.0, 0.0, 0.0)) -> TetMesh:
     n = np.asarray(cells, int)
     if size.shape != (3,) or np.any(size <= 0) or n.shape != (3,) or np.any(n < 1):
         raise InvalidMesh("box_tet_mesh needs size > 0 (3) and cells >= 1 (3)")
-    axes = [np.linspace(0, s, k + 1) for s, k in zip(size, n)]
-    v = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3) + np.asarray(origin, float)
+    o = np.asarray(origin, float)
+    return grid_tet_mesh(*[o[a] + np.linspace(0, size[a], n[a] + 1) for a in range(3)])
+
+
+def grid_tet_mesh(xs, ys, zs) -> TetMesh:
+    """A rectilinear grid with node coordinates ``xs``, ``ys``, ``zs`` (m, increasing; the
+    spacing may vary, e.g. graded towards a contact), each cell split into 6 tets (Kuhn)."""
+    axes = [np.asarray(a, float) for a in (xs, ys, zs)]
+    if any(a.ndim != 1 or a.size < 2 or np.any(np.diff(a) <= 0) for a in axes):
+        raise InvalidMesh("grid_tet_mesh needs three increasing coordinate arrays of >= 2 values")
+    n = np.array([a.size - 1 for a in axes])
+    v = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
     def vid(i, j, k):
         return (i * (n[1] + 1) + j) * (n[2] + 1) + k
@@ -179,7 +189,7 @@ def box_tet_mesh(size, cells, origin=(0.0, 0.0, 0.0)) -> TetMesh:
         if odd:  # an odd permutation of the axes: swap two vertices for positive volume
             path[2], path[3] = path[3], path[2]
         tets.append(np.stack(path, 1))
-    return check_tet_mesh(v, np.concatenate(tets), name="box_tet_mesh")
+    return check_tet_mesh(v, np.concatenate(tets), name="grid_tet_mesh")
 
 
 def flat_pad(width=0.02, depth=0.02, thickness=0.003, resolution=0.001) -> TetMesh:

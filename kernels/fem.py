@@ -1,0 +1,261 @@
+"""FEM kernels: linear tetrahedra, explicit symplectic Euler, penalty contact with rigid
+SDF colliders (``@ti.kernel``).
+
+Tape layout. A chunk of ``K`` substeps keeps every state: ``x[t, i]``, ``v[t, i]`` for
+``t = 0..K`` and the internal forces ``f[t, i]``. Substep ``t`` reads row ``t`` and writes row
+``t + 1``, so no field element is ever overwritten inside a chunk and Taichi's reverse mode
+differentiates :func:`substep` as it is (``substep.grad`` walks the same rows backwards).
+Kinematic drivers and colliders are given as poses per row (``drv_t``/``drv_R``,
+``col_p``/``col_R``): their gradients are the gradients of those poses.
+
+One substep (one kernel, two parallel loops):
+
+1. per tet: ``F = Ds Dm^-1``, first Piola stress ``P(F)`` of the body's model plus the
+   stiffness-proportional (Rayleigh) damping stress ``beta (mu (Fd + Fd^T) + lam tr(Fd) I)``
+   with ``Fd = Vs Dm^-1``; nodal forces ``-V0 P Dm^-T`` scattered with atomic adds;
+2. per node: driven nodes follow their driver's pose; free nodes get
+   ``v* = (v + dt ((f + f_ext)/m + g)) / (1 + alpha dt)`` (mass-proportional damping, implicit), then
+   for every collider a penalty force on the node's surface area ``A``, linearly implicit
+   in the node's own motion so that any stiffness is stable:
+   ``f_n = k max(d + dt v_n*, 0) / (1 + dt^2 k / m)`` with ``k = k_n A (1 + c max(v_n*, 0))``
+   (``d`` the penetration depth, ``v_n*`` the approach speed, ``c`` the Hunt-Crossley
+   damping); at rest this is ``k_n A d`` (penetration = pressure / ``k_n``), and as
+   ``k_n`` grows it tends to the non-penetration projection. Then a Coulomb friction
+   impulse removes at most ``dt mu f_n / m`` of the tangential relative speed (exact stick,
+   no regularisation speed); ``x += dt v``.
+
+The contact law is branch-free (``max``/``min``), which keeps Taichi's adjoint exact.
+"""
+import taichi as ti
+
+from . import sdf
+
+# per-body material parameters prm[b, :]
+P_E, P_NU, P_ALPHA, P_BETA = 0, 1, 2, 3
+N_PRM = 4
+# per-body contact parameters cprm[b, :]
+C_KN, C_DAMP, C_MU = 0, 1, 2
+N_CPRM = 3
+# constitutive models
+NEO_HOOKEAN = 0
+COROTATED = 1
+
+
+@ti.data_oriented
+class FEMFields:
+    """Every field of one FEM scene (allocated once, reused through the pool)."""
+
+    def __init__(self, n_nodes, n_tets, n_bodies, n_drivers, n_slots, sdf_size, rows, records, dtype):
+        N, T, B, D, S, K = n_nodes, n_tets, n_bodies, max(n_drivers, 1), max(n_slots, 1), rows
+        self.capacity = (N, T, B, D, S, K, records)
+        self.n_records = records
+        # tape (differentiable)
+        self.x = ti.Vector.field(3, dtype, shape=(K + 1, N), needs_grad=True)
+        self.v = ti.Vector.field(3, dtype, shape=(K + 1, N), needs_grad=True)
+        self.f = ti.Vector.field(3, dtype, shape=(K, N), needs_grad=True)
+        self.fc = ti.Vector.field(3, dtype, shape=(records, N), needs_grad=True)  # mean contact force per record (N)
+        self.prm = ti.field(dtype, shape=(B, N_PRM), needs_grad=True)
+        self.cprm = ti.field(dtype, shape=(B, N_CPRM), needs_grad=True)
+        self.drv_t = ti.Vector.field(3, dtype, shape=(K + 1, D), needs_grad=True)
+        self.drv_R = ti.Matrix.field(3, 3, dtype, shape=(K + 1, D), needs_grad=True)
+        self.col_p = ti.Vector.field(3, dtype, shape=(K + 1, S), needs_grad=True)
+        self.col_R = ti.Matrix.field(3, 3, dtype, shape=(K + 1, S), needs_grad=True)
+        # constants of the scene
+        self.X = ti.Vector.field(3, dtype, shape=N)          # rest positions (m)
+        self.mass = ti.field(dtype, shape=N)                 # lumped node mass (kg)
+        self.f_ext = ti.Vector.field(3, dtype, shape=N)      # constant external load (N)
+        self.area = ti.field(dtype, shape=N)                 # lumped surface area (m^2), 0 inside
+        self.node_body = ti.field(ti.i32, shape=N)
+        self.driver = ti.field(ti.i32, shape=N)              # driver index or -1
+        self.drv_c = ti.Vector.field(3, dtype, shape=D)      # driver pivot at rest (m)
+        self.tet = ti.Vector.field(4, ti.i32, shape=T)
+        self.Dm_inv = ti.Matrix.field(3, 3, dtype, shape=T)
+        self.vol = ti.field(dtype, shape=T)                  # rest volume (m^3)
+        self.tet_body = ti.field(ti.i32, shape=T)
+        self.model = ti.field(ti.i32, shape=B)
+        self.c_shape = ti.Vector.field(4, dtype, shape=S)
+        self.c_mesh = ti.Vector.field(4, ti.i32, shape=S)
+        self.sdf = ti.field(dtype, shape=max(int(sdf_size), 1))
+        # forward-only diagnostics
+        self.pen = ti.field(dtype, shape=K)                  # deepest penetration per substep (m)
+
+    def tape_fields(self):
+        return (self.x, self.v, self.f, self.fc, self.prm, self.cprm, self.drv_t, self.drv_R,
+                self.col_p, self.col_R)
+
+
+@ti.func
+def _lame(E, nu):
+    return E / (2.0 * (1.0 + nu)), E * nu / ((1.0 + nu) * (1.0 - 2.0 * nu))
+
+
+@ti.func
+def _inverse_transpose(M):
+    return M.inverse().transpose()
+
+
+@ti.func
+def polar_rotation_newton(F):
+    """Rotation of ``F = R S`` by 10 unrolled Newton steps ``R <- (R + R^-T) / 2`` (plain
+    arithmetic, so Taichi differentiates it; converges to machine precision for stretches
+    within ~[0.2, 5]; assumes ``det F > 0``)."""
+    R = F
+    for _ in ti.static(range(10)):
+        R = 0.5 * (R + _inverse_transpose(R))
+    return R
+
+
+@ti.func
+def first_piola(F, mu, lam, model, models: ti.template()):
+    """First Piola-Kirchhoff stress (Pa).
+
+    * NEO_HOOKEAN: stable Neo-Hookean (Smith et al. 2018, without the log term)
+      ``Psi = mu/2 (I_C - 3) + lam_s/2 (J - a)^2``, ``lam_s = lam + mu``, ``a = 1 + mu/lam_s``;
+      ``P = mu F + lam_s (J - a) cof(F)``: rest-stable, linearises to ``lam``, ``mu``, and
+      defined for inverted elements.
+    * COROTATED: fixed corotated ``P = 2 mu (F - R) + lam (J - 1) cof(F)``.
+    """
+    J = F.determinant()
+    c0 = ti.Vector([F[0, 1], F[1, 1], F[2, 1]]).cross(ti.Vector([F[0, 2], F[1, 2], F[2, 2]]))
+    c1 = ti.Vector([F[0, 2], F[1, 2], F[2, 2]]).cross(ti.Vector([F[0, 0], F[1, 0], F[2, 0]]))
+    c2 = ti.Vector([F[0, 0], F[1, 0], F[2, 0]]).cross(ti.Vector([F[0, 1], F[1, 1], F[2, 1]]))
+    cof = ti.Matrix.cols([c0, c1, c2])
+    P = ti.Matrix.zero(float, 3, 3)
+    if ti.static(models == 1 << NEO_HOOKEAN):
+        P = _neo_hookean(F, J, cof, mu, lam)
+    elif ti.static(models == 1 << COROTATED):
+        P = _corotated(F, J, cof, mu, lam)
+    elif model == COROTATED:
+        P = _corotated(F, J, cof, mu, lam)
+    else:
+        P = _neo_hookean(F, J, cof, mu, lam)
+    return P
+
+
+@ti.func
+def _neo_hookean(F, J, cof, mu, lam):
+    lam_s = lam + mu
+    return mu * F + lam_s * (J - 1.0 - mu / lam_s) * cof
+
+
+@ti.func
+def _corotated(F, J, cof, mu, lam):
+    return 2.0 * mu * (F - polar_rotation_newton(F)) + lam * (J - 1.0) * cof
+
+
+@ti.func
+def _columns(a, b, c, d):
+    return ti.Matrix.cols([b - a, c - a, d - a])
+
+
+@ti.kernel
+def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti.i32, rec: ti.i32, inv_rec: float, dt: float,
+            n_nodes: ti.i32, n_tets: ti.i32, gx: float, gy: float, gz: float):
+    """Rows ``t -> t + 1`` of the tape; contact forces accumulate into ``fc[rec]`` times
+    ``inv_rec`` (1 / substeps per record). ``cols``: collider codes per slot; ``models``:
+    bit mask of the constitutive models present (both compile-time)."""
+    for e in range(n_tets):
+        ids = fs.tet[e]
+        b = fs.tet_body[e]
+        mu, lam = _lame(fs.prm[b, P_E], fs.prm[b, P_NU])
+        Dinv = fs.Dm_inv[e]
+        F = _columns(fs.x[t, ids[0]], fs.x[t, ids[1]], fs.x[t, ids[2]], fs.x[t, ids[3]]) @ Dinv
+        Fd = _columns(fs.v[t, ids[0]], fs.v[t, ids[1]], fs.v[t, ids[2]], fs.v[t, ids[3]]) @ Dinv
+        P = first_piola(F, mu, lam, fs.model[b], models)
+        P += fs.prm[b, P_BETA] * (mu * (Fd + Fd.transpose()) + lam * Fd.trace() * ti.Matrix.identity(float, 3))
+        H = -fs.vol[e] * P @ Dinv.transpose()
+        for k in ti.static(range(3)):
+            h = ti.Vector([H[0, k], H[1, k], H[2, k]])
+            fs.f[t, ids[k + 1]] += h
+            fs.f[t, ids[0]] -= h
+    for i in range(n_nodes):
+        gravity = ti.Vector([gx, gy, gz])
+        d = fs.driver[i]
+        xi = fs.x[t, i]
+        if d >= 0:
+            c = fs.drv_c[d]
+            target = fs.drv_R[t + 1, d] @ (fs.X[i] - c) + c + fs.drv_t[t + 1, d]
+            fs.x[t + 1, i] = target
+            fs.v[t + 1, i] = (target - xi) / dt
+        else:
+            m = fs.mass[i]
+            b = fs.node_body[i]
+            vn = (fs.v[t, i] + dt * ((fs.f[t, i] + fs.f_ext[i]) / m + gravity)) / (1.0 + dt * fs.prm[b, P_ALPHA])
+            area = fs.area[i]
+            if area > 0.0:
+                v_free = vn
+                for s in ti.static(range(len(cols))):
+                    R0 = fs.col_R[t, s]
+                    q = R0.transpose() @ (xi - fs.col_p[t, s])
+                    phi, n_loc = sdf.collider_sdf(fs.sdf, cols[s], q, fs.c_shape[s], fs.c_mesh[s])
+                    n = R0 @ n_loc
+                    depth = ti.max(-phi, 0.0)
+                    ti.atomic_max(fs.pen[t], depth)
+                    # velocity of the collider's material point under the node over this substep
+                    v_wall = (fs.col_R[t + 1, s] @ q + fs.col_p[t + 1, s] - xi) / dt
+                    rel = vn - v_wall
+                    vrn = rel.dot(n)
+                    k_eff = area * fs.cprm[b, C_KN] * (1.0 + fs.cprm[b, C_DAMP] * ti.max(-vrn, 0.0))
+                    fn = k_eff * ti.max(-phi - dt * vrn, 0.0) / (1.0 + dt * dt * k_eff / m)
+                    rel += (dt * fn / m) * n
+                    vt = rel - rel.dot(n) * n
+                    vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
+                    slip = ti.min(vt_len, dt * fs.cprm[b, C_MU] * fn / m)
+                    rel -= (slip / vt_len) * vt
+                    vn = rel + v_wall
+                fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free)
+            fs.x[t + 1, i] = xi + dt * vn
+            fs.v[t + 1, i] = vn
+
+
+@ti.kernel
+def copy_row(fs: ti.template(), src: ti.i32, dst: ti.i32, n_nodes: ti.i32):
+    """State row ``src`` -> row ``dst`` (start the next chunk from the last state)."""
+    for i in range(n_nodes):
+        fs.x[dst, i] = fs.x[src, i]
+        fs.v[dst, i] = fs.v[src, i]
+
+
+@ti.kernel
+def load_state(fs: ti.template(), x: ti.types.ndarray(), v: ti.types.ndarray(), row: ti.i32, n_nodes: ti.i32):
+    for i in range(n_nodes):
+        for k in ti.static(range(3)):
+            fs.x[row, i][k] = x[i, k]
+            fs.v[row, i][k] = v[i, k]
+
+
+@ti.kernel
+def read_rows(field: ti.template(), rows: ti.types.ndarray(), out: ti.types.ndarray(), n: ti.i32):
+    """``out[r] = field[rows[r], :n]`` for (rows x n x 3) vector fields."""
+    for r, i in ti.ndrange(rows.shape[0], n):
+        for k in ti.static(range(3)):
+            out[r, i, k] = field[rows[r], i][k]
+
+
+@ti.kernel
+def write_rows(field: ti.template(), rows: ti.types.ndarray(), src: ti.types.ndarray(), n: ti.i32):
+    for r, i in ti.ndrange(rows.shape[0], n):
+        for k in ti.static(range(3)):
+            field[rows[r], i][k] = src[r, i, k]
+
+
+@ti.kernel
+def elastic_energy(fs: ti.template(), row: ti.i32, n_tets: ti.i32) -> float:
+    """Total strain energy (J) of the state in ``row``."""
+    total = 0.0
+    for e in range(n_tets):
+        ids = fs.tet[e]
+        b = fs.tet_body[e]
+        mu, lam = _lame(fs.prm[b, P_E], fs.prm[b, P_NU])
+        F = _columns(fs.x[row, ids[0]], fs.x[row, ids[1]], fs.x[row, ids[2]], fs.x[row, ids[3]]) @ fs.Dm_inv[e]
+        J = F.determinant()
+        psi = 0.0
+        if fs.model[b] == COROTATED:
+            R = polar_rotation_newton(F)
+            psi = mu * (F - R).norm_sqr() + 0.5 * lam * (J - 1.0) ** 2
+        else:
+            lam_s = lam + mu
+            a = 1.0 + mu / lam_s
+            psi = 0.5 * mu * ((F.transpose() @ F).trace() - 3.0) + 0.5 * lam_s * ((J - a) ** 2 - (1.0 - a) ** 2)
+        total += fs.vol[e] * psi
+    return total

@@ -1,0 +1,218 @@
+"""FEM soft bodies: statics against closed forms, contact balance, energy, gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import diffsim as ds
+from diffsim.errors import InvalidMaterial, InvalidMesh, InvalidScene, UnstableTimeStep
+
+
+def T(v, **kw):
+    return torch.tensor(v, dtype=torch.float64, **kw)
+
+
+def _settle(sim, periods, period):
+    sim.step(int(math.ceil(periods * period / sim.dt)))
+
+
+@pytest.mark.parametrize("model", ["neo_hookean", "corotated"])
+def test_uniaxial_bar_stretches_by_FL_over_EA(model):
+    """nu = 0: a bar fixed at one end and pulled by a uniform traction at the other is in
+    uniform uniaxial stress; linear tets are exact, so the elongation is F L / (E A) up to
+    the geometric nonlinearity (strain 1e-3)."""
+    L, a, E, rho = 0.05, 0.01, 1e5, 1000.0
+    mesh = ds.box_tet_mesh((L, a, a), (10, 2, 2))
+    c = math.sqrt(E / rho)
+    sim = ds.FEMSolver(dt=1.0, gravity=(0, 0, 0), tape_substeps=200)
+    body = sim.add_body(mesh, ds.FEMMaterial(E=E, nu=0.0, density=rho, model=model,
+                                             mass_damping=2 * (math.pi * c / (2 * L))))
+    sim.dt = 0.9 * sim.stable_dt()
+    sim.fix_nodes(body, body.nodes_where(lambda X: X[:, 0] < 1e-9))
+    end = body.nodes_where(lambda X: X[:, 0] > L - 1e-9)
+    F = 1e-3 * E * a * a
+    sim.add_load(end, (F, 0, 0))
+    _settle(sim, 12, 4 * L / c)
+    # measured mid-length, away from the loaded end's local (Saint-Venant) disturbance
+    mid = body.nodes_where(lambda X: np.abs(X[:, 0] - L / 2) < 1e-9)
+    stretch = (sim.positions()[mid, 0] - L / 2).mean()
+    assert stretch == pytest.approx(F * L / 2 / (E * a * a), rel=1e-3)
+
+
+def test_block_resting_on_plane_carries_its_weight_with_penetration_p_over_k():
+    mesh = ds.box_tet_mesh((0.02, 0.02, 0.01), (4, 4, 2), origin=(-0.01, -0.01, 0.0))
+    k_n = 1e8
+    sim = ds.FEMSolver(dt=2e-5, gravity=(0, 0, -9.81), tape_substeps=250)
+    sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000, mass_damping=100),
+                 contact=ds.PenaltyContact(stiffness=k_n, friction=0.5))
+    sim.add_collider(ds.PlaneCollider(point=(0, 0, 0), normal=(0, 0, 1)))
+    sim.step(10000)
+    weight = mesh.volume * 1000 * 9.81
+    force = sim.contact_forces().sum(0)
+    assert force[2] == pytest.approx(weight, rel=2e-3)
+    assert abs(force[0]) + abs(force[1]) < 1e-6 * weight
+    pressure = weight / 0.02 ** 2
+    sink = -sim.positions()[:, 2].min()
+    assert sink == pytest.approx(pressure / k_n, rel=0.2)   # lumped areas: corner nodes carry less
+    d = sim.diagnostics()
+    assert d["max_penetration"] == pytest.approx(sink, rel=0.05)
+    assert d["contact_force"][2] == pytest.approx(weight, rel=2e-3)
+
+
+def test_free_vibration_conserves_energy_without_damping():
+    mesh = ds.box_tet_mesh((0.04, 0.01, 0.01), (8, 2, 2))
+    sim = ds.FEMSolver(dt=1.0, gravity=(0, 0, 0), tape_substeps=100)
+    sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000))
+    sim.dt = 0.05 * sim.stable_dt()   # symplectic Euler: energy oscillates by ~ omega dt
+    sim.build()
+    x, v = sim.rest_state()
+    x = x.copy()
+    x[:, 0] *= 1.01                      # stretched 1 %, released
+    sim.set_state(x, v)
+    e0 = sim.diagnostics()["energy"]
+    assert e0 > 0
+    energies = []
+    for _ in range(40):
+        sim.step(100)
+        energies.append(sim.diagnostics()["energy"])
+    assert max(abs(e - e0) for e in energies) < 0.01 * e0
+    assert sim.time > 3 * 2 * 0.04 / math.sqrt(1e5 / 1000)     # three periods of the axial mode
+    assert np.allclose(sim.diagnostics()["momentum"], 0, atol=1e-9)
+
+
+def test_driven_plate_rotates_rigidly():
+    mesh = ds.box_tet_mesh((0.01, 0.01, 0.004), (2, 2, 2), origin=(-0.005, -0.005, 0))
+    sim = ds.FEMSolver(dt=1e-5, gravity=(0, 0, 0), tape_substeps=100)
+    body = sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000, mass_damping=200))
+    plate = body.nodes_where(lambda X: X[:, 2] < 1e-9)
+    sim.add_driver(body, plate, velocity=(0.01, 0, 0), angular_velocity=(0, 0, 2.0), center=(0, 0, 0))
+    sim.step(500)                                    # 5 ms: 0.01 rad, 50 um
+    th = 2.0 * 5e-3
+    Rz = np.array([[math.cos(th), -math.sin(th), 0], [math.sin(th), math.cos(th), 0], [0, 0, 1]])
+    expect = mesh.vertices[plate] @ Rz.T + [0.01 * 5e-3, 0, 0]
+    assert np.allclose(sim.positions()[plate], expect, atol=1e-12)
+
+
+def test_checkpoint_resume_is_identical():
+    mesh = ds.box_tet_mesh((0.01, 0.01, 0.004), (2, 2, 2), origin=(-0.005, -0.005, 0.001))
+
+    def make():
+        sim = ds.FEMSolver(dt=2e-5, tape_substeps=50)
+        sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000),
+                     contact=ds.PenaltyContact(stiffness=1e9, friction=0.5))
+        sim.add_collider(ds.PlaneCollider(point=(0, 0, 0), normal=(0, 0.2, 1)))
+        return sim
+    a = make()
+    a.step(300)
+    arrays, meta = a.checkpoint()
+    a.step(300)
+    b = make()
+    b.restore(arrays, meta)
+    b.step(300)
+    assert np.array_equal(a.positions(), b.positions())
+    assert b.step_count == 600 and b.time == pytest.approx(a.time)
+
+
+def test_bad_input_is_refused_with_clear_errors():
+    with pytest.raises(InvalidMaterial, match="Young"):
+        ds.FEMMaterial(E=-1.0)
+    with pytest.raises(InvalidMaterial, match="Poisson"):
+        ds.FEMMaterial(nu=0.5)
+    with pytest.raises(InvalidMaterial, match="model"):
+        ds.FEMMaterial(model="linear")
+    with pytest.raises(InvalidMaterial, match="stiffness"):
+        ds.PenaltyContact(stiffness=0)
+    with pytest.raises(InvalidMaterial, match="friction"):
+        ds.PenaltyContact(friction=-0.1)
+    mesh = ds.box_tet_mesh((0.01, 0.01, 0.01), (2, 2, 2))
+    sim = ds.FEMSolver(dt=1e-3)
+    sim.add_body(mesh, ds.FEMMaterial(E=1e6, density=1000))
+    with pytest.raises(UnstableTimeStep, match="dt <="):
+        sim.build()
+    with pytest.raises(InvalidScene, match="TetMesh"):
+        ds.FEMSolver(dt=1e-5).add_body(mesh.vertices, ds.FEMMaterial())
+    flipped = ds.TetMesh(mesh.vertices, mesh.tets.copy())
+    flipped.tets[0, [0, 1]] = flipped.tets[0, [1, 0]]
+    with pytest.raises(InvalidMesh):
+        ds.FEMSolver(dt=1e-5).add_body(flipped, ds.FEMMaterial())
+    sim = ds.FEMSolver(dt=1e-6)
+    b = sim.add_body(mesh, ds.FEMMaterial())
+    with pytest.raises(InvalidScene, match="no nodes"):
+        sim.add_driver(b, [])
+    with pytest.raises(InvalidScene, match="node indices"):
+        sim.add_load([10 ** 6], (0, 0, 1))
+
+
+def _press_scene():
+    """A 6 x 6 x 2 mm pad on a driven back plate, pressed 0.1 mm into a sphere from the
+    first substep and then pushed, slid and twisted: contact stays active throughout."""
+    mesh = ds.box_tet_mesh((0.006, 0.006, 0.002), (6, 6, 2), origin=(-0.003, -0.003, 0.0))
+    sim = ds.FEMSolver(dt=2e-5, gravity=(0, 0, 0), tape_substeps=40)
+    body = sim.add_body(mesh, ds.FEMMaterial(E=5e4, nu=0.4, density=1000, mass_damping=20,
+                                             stiffness_damping=1e-5),
+                        contact=ds.PenaltyContact(stiffness=2e9, friction=0.6, damping=1.0))
+    sim.add_driver(body, body.nodes_where(lambda X: X[:, 2] < 1e-9))
+    sim.add_collider(ds.SphereCollider(center=(0, 0, 0.002 + 0.004 - 0.0001), radius=0.004))
+    return sim
+
+
+def test_gradients_match_central_differences_through_80_substeps_of_contact():
+    sim = _press_scene()
+    R, rec = 4, 20
+    vel0 = torch.zeros((R, 1, 6), dtype=torch.float64)
+    vel0[:, 0, 2], vel0[:, 0, 0], vel0[:, 0, 3] = 0.2, 0.1, 3.0
+    base = dict(E=5e4, nu=0.4, contact_stiffness=2e9, friction=0.6)
+    weights = torch.linspace(0.3, 1.0, 3, dtype=torch.float64)[:, None, None]
+
+    def loss(params, vel):
+        out = ds.fem_rollout(sim, R * rec, rec, params=params, driver_velocity=vel)
+        return ((out["x"][-1] ** 2).sum() * 1e4 + (out["force"][1:] * weights).sum() * 10
+                + out["force"][-1, :, 0].sum() * 30), out
+
+    P = {k: T(v, requires_grad=True) for k, v in base.items()}
+    vel = vel0.clone().requires_grad_(True)
+    L, out = loss(P, vel)
+    L.backward()
+    # contact carries load in every record interval, and friction acts (shear force)
+    fz = out["force"][:, :, 2].sum(1)
+    assert torch.all(fz < -1e-2)
+    assert abs(float(out["force"][-1, :, 0].sum())) > 1e-3
+    with torch.no_grad():
+        for k, val in base.items():
+            h = val * 1e-6
+            up = {kk: (vv + h if kk == k else vv) for kk, vv in base.items()}
+            dn = {kk: (vv - h if kk == k else vv) for kk, vv in base.items()}
+            fd = (loss(up, vel0)[0] - loss(dn, vel0)[0]).item() / (2 * h)
+            assert P[k].grad.item() == pytest.approx(fd, rel=1e-4), k
+        for idx in [(1, 0, 2), (2, 0, 0), (0, 0, 3), (3, 0, 4)]:
+            h = 1e-6
+            vp, vm = vel0.clone(), vel0.clone()
+            vp[idx] += h
+            vm[idx] -= h
+            fd = (loss(base, vp)[0] - loss(base, vm)[0]).item() / (2 * h)
+            assert vel.grad[idx].item() == pytest.approx(fd, rel=1e-4), idx
+
+
+def test_rollout_matches_forward_stepping_and_recomputes_overwritten_chunks():
+    """A rollout longer than the tape (3 chunks) equals sim.step, and its gradient with
+    respect to the initial velocity matches finite differences (chunks recomputed)."""
+    sim = _press_scene()
+    out = ds.fem_rollout(sim, 120, 20)
+    sim.reset()
+    sim.step(120)
+    assert np.allclose(out["x_final"].numpy(), sim.positions(), rtol=0, atol=1e-15)
+    # not from rest: at v = 0 the Hunt-Crossley factor max(approach speed, 0) sits on its kink
+    v0 = torch.from_numpy(np.random.default_rng(0).normal(0.0, 1e-2, size=(sim.n, 3)))
+    w = torch.from_numpy(np.random.default_rng(1).normal(size=(sim.n, 3)))
+
+    def loss(v):
+        o = ds.fem_rollout(sim, 120, 20, v0=v)
+        return (o["x"][1] * w).sum() + (o["x_final"] * w).sum()
+    v = v0.clone().requires_grad_(True)
+    loss(v).backward()
+    d = torch.from_numpy(np.random.default_rng(2).normal(size=(sim.n, 3)))
+    h = 1e-4
+    with torch.no_grad():
+        fd = (loss(v0 + h * d) - loss(v0 - h * d)).item() / (2 * h)
+    assert float((v.grad * d).sum()) == pytest.approx(fd, rel=1e-5)

@@ -197,6 +197,7 @@ class FEMSolver:
         self.drivers: list[Driver] = []
         self.colliders: list[Collider] = []
         self._loads = []
+        self.sensors = []          # TactileSensor objects register themselves here
         self.fields = None
         self._pool_token = None
         self.time = 0.0
@@ -562,8 +563,18 @@ class FEMSolver:
         return {"time": self.time, "step": self.step_count, "kinetic": kinetic, "potential": potential,
                 "elastic": elastic, "energy": kinetic + potential + elastic,
                 "momentum": (m[free, None] * st["v"][free]).sum(0).tolist(), "max_speed": speed,
-                "contact_force": fc.sum(0).tolist(), "max_penetration": self.penetration_trace[-1]
-                if self.penetration_trace else 0.0}
+                "contact_force": fc.sum(0).tolist(),
+                "max_penetration": self.penetration_trace[-1] if self.penetration_trace else 0.0,
+                **self._sensor_readings(st["x"], fc)}
+
+    def _sensor_readings(self, x, fc) -> dict:
+        out = {}
+        for s in self.sensors:
+            r = s.read(x, fc)
+            out[f"{s.name}_normal_force"] = float(r["normal_force"])
+            out[f"{s.name}_shear_force"] = [float(v) for v in r["shear_force"]]
+            out[f"{s.name}_max_marker_px"] = float(np.abs(r["displacement_px"]).max())
+        return out
 
     def frame(self) -> dict:
         st = self.get_state()
@@ -571,8 +582,8 @@ class FEMSolver:
         data = {"body": body, "velocity": st["v"].astype(np.float32),
                 "contact_force": self._contact_force.astype(np.float32)}
         meshes = {f"collider{i}": c.surface() for i, c in enumerate(self.colliders)}
-        return {"particles": (st["x"], data), "meshes": meshes,
-                "surfaces": {b.name: (st["x"], b.surface) for b in self.bodies}}
+        images = {f"{s.name}_markers": s.flow_image(st["x"]) for s in self.sensors}
+        return {"particles": (st["x"], data), "meshes": meshes, "images": images}
 
     def checkpoint(self):
         st = self.get_state()
@@ -613,4 +624,5 @@ class FEMSolver:
                            for b in self.bodies],
                 "drivers": [d.describe() for d in self.drivers],
                 "colliders": [c.describe() for c in self.colliders],
+                "sensors": [s.describe() for s in self.sensors],
                 "max_penetration": self.max_penetration}

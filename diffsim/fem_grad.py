@@ -165,7 +165,8 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
 
     Returns a dict of tensors: ``x`` (R, N, 3) node positions at the end of each record
     interval, ``force`` (R, N, 3) mean contact force on each node over each interval (N),
-    ``x_final``/``v_final`` (N, 3), ``driver_translation`` (R, D, 3) and
+    ``x_final``/``v_final`` (N, 3), the drivers' poses at the end of each interval
+    ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
     ``max_penetration`` (float, m, not differentiable).
     """
     sim.build()
@@ -204,7 +205,7 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
     trans = torch.zeros((Dp, 3), dtype=dtype)
     rot = torch.eye(3, dtype=dtype).expand(Dp, 3, 3)
     j = torch.arange(rec + 1, dtype=dtype)
-    xs, fcs, trans_out = [], [], []
+    xs, fcs, trans_out, rot_out = [], [], [], []
     per_chunk = sim.K // rec
     r = 0
     max_pen = 0.0
@@ -221,6 +222,7 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
             R_rows.append(dR @ rot[None])
             trans, rot = t_rows[-1][-1], R_rows[-1][-1]
             trans_out.append(trans)
+            rot_out.append(rot)
         drv_t = torch.cat(t_rows)
         drv_R = torch.cat(R_rows)
         cp, cR = (torch.from_numpy(a) for a in sim.collider_rows(k))
@@ -231,5 +233,6 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
         fcs.append(fr_)
         r += nrec
     return {"x": torch.cat(xs), "force": torch.cat(fcs), "x_final": x, "v_final": v,
-            "driver_translation": torch.stack(trans_out)[:, :D], "max_penetration": max_pen}
+            "driver_translation": torch.stack(trans_out)[:, :D], "driver_rotation": torch.stack(rot_out)[:, :D],
+            "max_penetration": max_pen}
 

@@ -4,6 +4,7 @@ Output folder layout::
 
     OUT/frames/particles_000000.ply   particle cloud per frame (body id, velocity, J)
     OUT/frames/colliders_000000.vtu   collider surfaces per frame (when there are colliders)
+    OUT/frames/NAME_000000.png        images per frame (a tactile sensor's marker flow)
     OUT/preview.png                   four snapshots side by side
     OUT/animation.gif                 all frames (only when imageio is installed)
     OUT/summary.json                  run summary with energy and momentum traces
@@ -22,18 +23,24 @@ import numpy as np
 from . import io as dio
 from .errors import InvalidScene, SimulationDiverged
 from .progress import Progress
+from .render import write_png
 
 FORMAT = 1
 
 
-_OPTIONAL_TRACES = ("particles_active", "discharged_mass")  # DEM: spheres left, mass discharged (kg)
+_OPTIONAL_TRACES = ("particles_active", "discharged_mass",   # DEM: spheres left, mass discharged (kg)
+                    "max_penetration", "contact_force")       # FEM: deepest penetration (m), total force (N)
+
+
+def _is_sensor_trace(key: str) -> bool:
+    return key.endswith(("_normal_force", "_shear_force", "_max_marker_px"))
 
 
 def _trace_row(d: dict) -> dict:
     row = {"time": float(d["time"]), "step": int(d["step"]), "kinetic": float(d["kinetic"]),
            "potential": float(d["potential"]), "elastic": float(d["elastic"]), "energy": float(d["energy"]),
            "momentum": [float(m) for m in d["momentum"]], "max_speed": float(d["max_speed"])}
-    row.update({k: d[k] for k in _OPTIONAL_TRACES if k in d})
+    row.update({k: d[k] for k in d if k in _OPTIONAL_TRACES or _is_sensor_trace(k)})
     return row
 
 
@@ -55,6 +62,10 @@ def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:
         name = dio.frame_name("colliders", index, "vtu")
         dio.write_vtu(frames_dir / name, np.concatenate(verts), {"triangle": np.concatenate(faces)},
                       cell_data={"collider": np.concatenate(owner)})
+        names.append(name)
+    for key, image in frame.get("images", {}).items():   # e.g. a tactile sensor's marker flow
+        name = dio.frame_name(key, index, "png")
+        write_png(frames_dir / name, image)
         names.append(name)
     return names
 
@@ -99,7 +110,8 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
         if scene.step_count >= steps:
             steps = scene.step_count
     else:
-        for old in list(frames_dir.glob("particles_*.ply")) + list(frames_dir.glob("colliders_*.vtu")):
+        for old in (list(frames_dir.glob("particles_*.ply")) + list(frames_dir.glob("colliders_*.vtu"))
+                    + list(frames_dir.glob("*_[0-9][0-9][0-9][0-9][0-9][0-9].png"))):
             old.unlink()
         if ckpt_path.exists():
             ckpt_path.unlink()

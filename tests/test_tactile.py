@@ -1,0 +1,109 @@
+"""Tactile sensor: markers, forces and maps of an FEM pad pressed by a rigid sphere."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import diffsim as ds
+from diffsim.tactile import TactileSensor
+
+R_SPHERE = 0.004
+
+
+def _rot(axis, angle):
+    a = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+
+
+def _press(Rw=np.eye(3), pw=np.zeros(3), E=1e5, markers="grid", steps_per_chunk=50):
+    """A flat 12 x 12 x 3 mm pad on a back plate moving along its normal into a sphere
+    (0.1 mm apart at rest), all placed by the rigid motion (Rw, pw)."""
+    mesh = ds.flat_pad(width=0.012, depth=0.012, thickness=0.003, resolution=0.001)
+    sim = ds.FEMSolver(dt=4e-6, gravity=tuple(Rw @ [0, 0, -9.81]), tape_substeps=steps_per_chunk)
+    pad = sim.add_body(mesh, ds.FEMMaterial(E=E, nu=0.45, density=1100, mass_damping=300),
+                       contact=ds.PenaltyContact(stiffness=1e10, friction=0.8), position=pw, rotation=Rw)
+    plate = sim.add_driver(pad, pad.nodes_where(lambda X: np.abs((X - pw) @ Rw[:, 2]) < 1e-9),
+                           velocity=tuple(Rw @ [0.0, 0.0, 0.05]), center=pw)
+    sim.add_collider(ds.SphereCollider(center=tuple(Rw @ [0.001, 0.0, 0.003 + R_SPHERE + 1e-4] + pw),
+                                       radius=R_SPHERE))
+    sensor = TactileSensor(sim, pad, plate, frame=Rw, markers=markers, map_resolution=(48, 48))
+    return sim, sensor
+
+
+def test_pressed_pad_reads_consistent_forces_markers_and_depth():
+    sim, sensor = _press()
+    sim.step(2000)                                  # 8 ms: the plate rose 0.4 mm, 0.3 mm into the sphere
+    r = sensor.read(sim.positions(), sim.contact_forces())
+    fz = sim.contact_forces()[:, 2].sum()
+    assert r["normal_force"] == pytest.approx(-fz, rel=1e-12) and r["normal_force"] > 0.05
+    # the marker motion is largest near the contact point (x = 1 mm)
+    m0 = sensor._marker_points(sensor.X)
+    m1 = sensor._marker_points(sensor.to_sensor_frame(sim.positions()))
+    biggest = np.argmax(np.linalg.norm(m1 - m0, axis=1))
+    assert np.linalg.norm(m0[biggest, :2] - [0.001, 0.0]) < 0.003
+    assert np.abs(r["displacement_px"]).max() > 0.5
+    # the depth map peaks under the sphere at the plate's travel beyond first touch
+    depth = r["depth"]
+    i, j = np.unravel_index(np.argmax(depth), depth.shape)
+    u = np.linspace(sensor.uv_lo[0], sensor.uv_hi[0], 48)[j]
+    assert abs(u - 0.001) < 0.0008
+    travel = sim.time * 0.05 - 1e-4
+    assert depth.max() == pytest.approx(travel, rel=0.15)
+    # the pressure map integrates to the normal force
+    cell = np.prod((sensor.uv_hi - sensor.uv_lo) / 47)
+    assert r["pressure"].sum() * cell == pytest.approx(r["normal_force"], rel=0.1)
+    d = sim.diagnostics()
+    assert d["sensor_normal_force"] == pytest.approx(r["normal_force"])
+    img = sensor.flow_image(scale=5.0)
+    assert img.shape == (480, 640, 3) and img.dtype == np.uint8
+
+
+def test_markers_detected_in_the_reference_image_land_on_the_dome():
+    sim = ds.FEMSolver(dt=1e-6, gravity=(0, 0, 0))
+    pad = sim.add_body(ds.dome_pad(), ds.FEMMaterial(E=3e5, nu=0.45))
+    plate = sim.add_driver(pad, pad.nodes_where(lambda X: X[:, 2] < 1e-9))
+    sensor = TactileSensor(sim, pad, plate, markers="image")
+    assert sensor.marker_count == 137 and sensor.markers_dropped == 0
+    # cast through the camera: each marker re-projects onto its detected pixel
+    from diffsim.markers import detect_markers
+    from diffsim.tactile import default_marker_image
+    px = detect_markers(default_marker_image())
+    assert np.allclose(sensor.ref_px, px, atol=1e-6)
+    pts = sensor._marker_points(sensor.X)
+    assert np.all(pts[:, 2] > 0.002 - 1e-9)          # on the cap side, above the base layer
+
+
+def test_readings_are_invariant_to_a_rigid_motion_of_the_whole_scene():
+    a_sim, a = _press()
+    Rw, pw = _rot((1.0, -2.0, 0.5), 0.9), np.array([0.3, -0.2, 0.1])
+    b_sim, b = _press(Rw, pw)
+    a_sim.step(1500)
+    b_sim.step(1500)
+    ra = a.read(a_sim.positions(), a_sim.contact_forces())
+    rb = b.read(b_sim.positions(), b_sim.contact_forces())
+    assert ra["normal_force"] > 0.02
+    assert rb["normal_force"] == pytest.approx(ra["normal_force"], rel=1e-6)
+    assert np.allclose(rb["shear_force"], ra["shear_force"], atol=1e-6 * ra["normal_force"])
+    assert np.allclose(rb["displacement_px"], ra["displacement_px"], atol=1e-6)
+    assert np.allclose(rb["depth"], ra["depth"], atol=1e-10)
+    assert np.allclose(rb["force_field"], ra["force_field"], atol=1e-8)
+
+
+def test_sensor_readings_are_differentiable_through_the_press():
+    sim, sensor = _press(steps_per_chunk=100)
+
+    def loss(E):
+        out = ds.fem_rollout(sim, 1000, 100, params={"E": E})
+        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
+                        out["driver_rotation"][-1, 0])
+        return (r["displacement_px"] ** 2).sum() + 10 * r["normal_force"]
+    E = torch.tensor(1e5, dtype=torch.float64, requires_grad=True)
+    L = loss(E)
+    L.backward()
+    h = 1e5 * 1e-6
+    with torch.no_grad():
+        fd = (loss(torch.tensor(1e5 + h, dtype=torch.float64)) - loss(torch.tensor(1e5 - h, dtype=torch.float64))) / (2 * h)
+    assert float(L) > 0
+    assert E.grad.item() == pytest.approx(fd.item(), rel=1e-4)

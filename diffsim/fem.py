@@ -182,9 +182,13 @@ class FEMSolver:
             and recomputes chunks that were overwritten). Memory ~ 18 floats per node
             and substep.
         cfl: safety factor on the elastic time step limit.
+        contact_margin: body-body contact pairs are formed, once per chunk, between
+            surface nodes and triangles of other bodies closer than this (m); default
+            twice the largest mean edge length of the bodies.
     """
 
-    def __init__(self, dt: float, gravity=(0.0, 0.0, -9.81), tape_substeps: int = 100, cfl: float = 0.5):
+    def __init__(self, dt: float, gravity=(0.0, 0.0, -9.81), tape_substeps: int = 100, cfl: float = 0.5,
+                 contact_margin: float | None = None):
         if not (math.isfinite(dt) and dt > 0):
             raise UnstableTimeStep(f"dt must be > 0 s, got {dt}", dt=dt)
         if int(tape_substeps) < 1:
@@ -193,6 +197,7 @@ class FEMSolver:
         self.gravity = np.asarray(gravity, np.float64).reshape(3)
         self.K = int(tape_substeps)
         self.cfl = float(cfl)
+        self._margin = contact_margin
         self.bodies: list[FEMBody] = []
         self.drivers: list[Driver] = []
         self.colliders: list[Collider] = []
@@ -302,6 +307,12 @@ class FEMSolver:
         self.colliders.append(collider)
         return collider
 
+    @property
+    def contact_margin(self) -> float:
+        if self._margin is not None:
+            return float(self._margin)
+        return 2.0 * max((b.mesh.edge_length() for b in self.bodies), default=0.0)
+
     def _rest_positions(self) -> np.ndarray:
         return np.concatenate([b.mesh.vertices for b in self.bodies]) if self.bodies else np.zeros((0, 3))
 
@@ -356,11 +367,12 @@ class FEMSolver:
         from .kernels.fem import FEMFields
         S = len(self.colliders)
         sdf = sdf_size(self.colliders)
+        self.pair_capacity = sum(len(np.unique(b.surface)) for b in self.bodies) if len(self.bodies) > 1 else 0
         key = ("fem", self.n, self.n_tets, len(self.bodies), max(1, len(self.drivers)), S, sdf, self.K,
-               runtime.config().precision)
+               self.pair_capacity, runtime.config().precision)
         self.fields, self._pool_token = pool.acquire(
             key, lambda: FEMFields(self.n, self.n_tets, len(self.bodies), len(self.drivers), S, sdf, self.K,
-                                   self.K, runtime.real_dtype()), self)
+                                   self.K, self.pair_capacity, runtime.real_dtype()), self)
         self._upload_mesh()
         self.cols = tuple(int(c.code) for c in self.colliders)
         self.models = sum({1 << MODELS[b.material.model] for b in self.bodies})
@@ -392,6 +404,9 @@ class FEMSolver:
         fs.X.from_numpy(self._np(X))
         self._upload_loads()
         fs.mass.from_numpy(self._np(mass))
+        inv_mass = 1.0 / mass
+        inv_mass[driver >= 0] = 0.0
+        fs.inv_mass.from_numpy(self._np(inv_mass))
         fs.area.from_numpy(self._np(area))
         fs.node_body.from_numpy(node_body)
         fs.driver.from_numpy(driver)
@@ -503,18 +518,99 @@ class FEMSolver:
         fs.col_R.from_numpy(pad(cR, True))
 
     # ------------------------------------------------------------------------ stepping
-    def run_chunk(self, k: int, record_every: int):
-        """Substeps rows 0 -> k (poses uploaded by the caller); contact forces averaged per
-        ``record_every`` substeps into ``fc``."""
+    def contact_pairs(self, x):
+        """Body-body contact pairs for a chunk that starts at node positions ``x`` (N,3).
+
+        Every free surface node is paired with the closest surface triangle of any other
+        body within ``contact_margin`` among the triangles that *face* it (triangle normal
+        against the node's normal, cosine < -0.2): a node near a corner is not pushed out
+        sideways through a side face. Candidates come from a KD-tree over triangle
+        centroids. Returns ``(nodes (P,), triangles (P,3), bary (P,3))``.
+        """
+        from scipy.spatial import cKDTree
+
+        from .markers import closest_on_triangles
+        empty = (np.zeros(0, np.int32), np.zeros((0, 3), np.int32), np.zeros((0, 3)))
+        if len(self.bodies) < 2:
+            return empty
+        x = np.asarray(x, np.float64)
+        free = np.ones(self.n, bool)
+        for d in self.drivers:
+            free[d.nodes] = False
+        tri_n, node_n = {}, np.zeros((self.n, 3))
+        for B in self.bodies:
+            t = x[B.surface]
+            cr = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+            np.add.at(node_n, B.surface.ravel(), np.repeat(cr, 3, axis=0))
+            tri_n[B.name] = cr / np.maximum(np.linalg.norm(cr, axis=1, keepdims=True), 1e-300)
+        node_n /= np.maximum(np.linalg.norm(node_n, axis=1, keepdims=True), 1e-300)
+        margin = self.contact_margin
+        nodes, tris, bary = [], [], []
+        for A in self.bodies:
+            na = np.unique(A.surface)
+            na = na[free[na]]
+            best = np.full(len(na), np.inf)
+            tri = np.zeros((len(na), 3), np.int64)
+            bc = np.zeros((len(na), 3))
+            for B in self.bodies:
+                if B is A or len(na) == 0:
+                    continue
+                t = x[B.surface]
+                cent = t.mean(1)
+                reach = margin + float(np.linalg.norm(t - cent[:, None], axis=2).max())
+                cand = cKDTree(cent).query_ball_point(x[na], reach)
+                pi = np.repeat(np.arange(len(na)), [len(c) for c in cand])
+                if pi.size == 0:
+                    continue
+                fi = np.concatenate([np.asarray(c, np.int64) for c in cand])
+                ok = np.einsum("ij,ij->i", tri_n[B.name][fi], node_n[na[pi]]) < -0.2
+                pi, fi = pi[ok], fi[ok]
+                b = closest_on_triangles(x[na[pi]], t[fi, 0], t[fi, 1], t[fi, 2])
+                d = np.linalg.norm(np.einsum("ki,kij->kj", b, t[fi]) - x[na[pi]], axis=1)
+                order = np.lexsort((fi, d, pi))
+                first = order[np.r_[True, pi[order][1:] != pi[order][:-1]]] if order.size else order
+                sel = first[d[first] < best[pi[first]]]
+                best[pi[sel]], tri[pi[sel]], bc[pi[sel]] = d[sel], B.surface[fi[sel]], b[sel]
+            keep = best < margin
+            nodes.append(na[keep])
+            tris.append(tri[keep])
+            bary.append(bc[keep])
+        return (np.concatenate(nodes).astype(np.int32), np.concatenate(tris).astype(np.int32),
+                np.concatenate(bary))
+
+    def upload_pairs(self, pairs) -> int:
+        nodes, tris, bary = pairs
+        P = len(nodes)
+        if P:
+            fs = self.fields
+            share = np.zeros(self.n)
+            np.add.at(share, nodes, 1.0)
+            np.add.at(share, tris[bary > 1e-12], 1.0)
+            fs.pair_share.from_numpy(self._np(np.maximum(share, 1.0)))
+            cap = fs.pair_node.shape[0]
+
+            def pad(a, dtype):
+                out = np.zeros((cap,) + a.shape[1:], dtype)
+                out[:P] = a
+                return out
+            fs.pair_node.from_numpy(pad(nodes, np.int32))
+            fs.pair_tri.from_numpy(pad(tris, np.int32))
+        return P
+
+    def run_chunk(self, k: int, record_every: int, n_pairs: int = 0):
+        """Substeps rows 0 -> k (poses and contact pairs uploaded by the caller); contact
+        forces averaged per ``record_every`` substeps into ``fc``."""
         from .kernels import fem as kf
         fs = self.fields
         fs.f.fill(0)
+        fs.fp.fill(0)
         fs.fc.fill(0)
         fs.pen.fill(0)
         g = self.gravity
         inv = 1.0 / record_every
         for t in range(k):
-            kf.substep(fs, self.cols, self.models, t, t // record_every, inv, self.dt, self.n, self.n_tets, g[0], g[1], g[2])
+            kf.substep(fs, self.cols, self.models, t, t // record_every, inv, self.dt, self.n, self.n_tets, n_pairs,
+                       g[0], g[1], g[2])
 
     def step(self, n: int = 1):
         """Advance ``n`` substeps (in chunks of at most ``tape_substeps``)."""
@@ -524,7 +620,8 @@ class FEMSolver:
         while n > 0:
             k = min(n, self.K)
             self._upload_poses(*self._pose_rows(k))
-            self.run_chunk(k, k)
+            pairs = self.upload_pairs(self.contact_pairs(self._row(self.fields.x, 0))) if self.pair_capacity else 0
+            self.run_chunk(k, k, pairs)
             x_end = self._row(self.fields.x, k)
             if not np.all(np.isfinite(x_end)):
                 bad = int(np.nonzero(~np.isfinite(x_end).all(1))[0][0])

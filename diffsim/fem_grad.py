@@ -71,10 +71,10 @@ class _Chunk(torch.autograd.Function):
     the node positions at its end and the mean contact force over it."""
 
     @staticmethod
-    def forward(ctx, sim, k, rec, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
-        ctx.sim, ctx.k, ctx.rec = sim, k, rec
+    def forward(ctx, sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
+        ctx.sim, ctx.k, ctx.rec, ctx.pairs = sim, k, rec, pairs
         ctx.save_for_backward(x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
-        _run(sim, k, rec, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
+        _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
         ctx.token = object()
         sim._tape_owner = ctx.token
         rows = np.array([k] + [(r + 1) * rec for r in range(k // rec)], np.int32)
@@ -90,7 +90,7 @@ class _Chunk(torch.autograd.Function):
         saved = ctx.saved_tensors
         fs = sim.fields
         if getattr(sim, "_tape_owner", None) is not ctx.token:
-            _run(sim, k, rec, *saved)
+            _run(sim, k, rec, ctx.pairs, *saved)
             sim._tape_owner = ctx.token
         for f in fs.tape_fields():
             f.grad.fill(0)
@@ -113,7 +113,8 @@ class _Chunk(torch.autograd.Function):
             fs.fc.grad.from_numpy(gf)
         g = sim.gravity
         for t in reversed(range(k)):
-            kf.substep.grad(fs, sim.cols, sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets, g[0], g[1], g[2])
+            kf.substep.grad(fs, sim.cols, sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets,
+                            len(ctx.pairs[0]), g[0], g[1], g[2])
         x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = saved
 
         gx0 = torch.from_numpy(fs.x.grad.to_numpy()[0]).to(x0.dtype)
@@ -122,7 +123,7 @@ class _Chunk(torch.autograd.Function):
         gcprm = torch.from_numpy(fs.cprm.grad.to_numpy()).to(cprm.dtype)
         gdt = torch.from_numpy(fs.drv_t.grad.to_numpy()[: k + 1, : drv_t.shape[1]]).to(drv_t.dtype)
         gdR = torch.from_numpy(fs.drv_R.grad.to_numpy()[: k + 1, : drv_R.shape[1]]).to(drv_R.dtype)
-        return (None, None, None, gx0, gv0, gprm, gcprm, gdt, gdR, None, None)
+        return (None, None, None, None, gx0, gv0, gprm, gcprm, gdt, gdR, None, None)
 
 
 def _tensor(a, dtype):
@@ -137,7 +138,7 @@ def _read(sim, fld, rows, dtype):
     return torch.from_numpy(out).to(dtype)
 
 
-def _run(sim, k, rec, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
+def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
     from .kernels import fem as kf
     fs = sim.fields
     np_ = sim._np
@@ -146,7 +147,7 @@ def _run(sim, k, rec, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
     fs.cprm.from_numpy(np_(cprm.detach().cpu().numpy()))
     sim._upload_poses(drv_t.detach().cpu().numpy(), drv_R.detach().cpu().numpy(),
                       col_p.detach().cpu().numpy(), col_R.detach().cpu().numpy())
-    sim.run_chunk(k, rec)
+    sim.run_chunk(k, rec, sim.upload_pairs(pairs))
 
 
 def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
@@ -227,7 +228,8 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
         drv_R = torch.cat(R_rows)
         cp, cR = (torch.from_numpy(a) for a in sim.collider_rows(k))
         sim.time += k * sim.dt
-        x, v, xr_, fr_ = _Chunk.apply(sim, k, rec, x, v, prm, cprm, drv_t, drv_R, cp, cR)
+        pairs = sim.contact_pairs(x.detach().cpu().numpy().astype(np.float64))
+        x, v, xr_, fr_ = _Chunk.apply(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
         max_pen = max(max_pen, float(sim.fields.pen.to_numpy()[:k].max()))
         xs.append(xr_)
         fcs.append(fr_)

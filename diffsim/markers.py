@@ -431,7 +431,7 @@ def _check_points(points, name):
     return p
 
 
-def _closest_on_triangles(p, a, b, c):
+def closest_on_triangles(p, a, b, c):
     """Barycentric coordinates ``(K, 3)`` of the closest point to ``p`` on triangles abc.
 
     All inputs ``(K, 3)``. Voronoi-region classification of the triangle's vertices, edges
@@ -501,7 +501,7 @@ def bind_to_surface(points, vertices, faces, chunk_pairs: int = 1_000_000):
         pi = np.repeat(np.arange(start, stop), counts[start:stop])
         fi = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand[start:stop]])
         t = tri[fi]
-        bary = _closest_on_triangles(p[pi], t[:, 0], t[:, 1], t[:, 2])
+        bary = closest_on_triangles(p[pi], t[:, 0], t[:, 1], t[:, 2])
         d = np.linalg.norm(np.einsum("ki,kij->kj", bary, t) - p[pi], axis=1)
         d[~np.isfinite(d)] = np.inf
         order = np.lexsort((fi, d, pi))  # per point: smallest distance, then lowest face

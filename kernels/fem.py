@@ -22,9 +22,18 @@ One substep (one kernel, two parallel loops):
    damping); at rest this is ``k_n A d`` (penetration = pressure / ``k_n``), and as
    ``k_n`` grows it tends to the non-penetration projection. Then a Coulomb friction
    impulse removes at most ``dt mu f_n / m`` of the tangential relative speed (exact stick,
-   no regularisation speed); ``x += dt v``.
+   no regularisation speed; written as the fraction ``min(1, dt mu f_n / (m |v_t|))`` so
+   that a sticking node's adjoint has no ``1/|v_t|``); ``x += dt v``.
 
-The contact law is branch-free (``max``/``min``), which keeps Taichi's adjoint exact.
+Between bodies (a finger and an object, both FEM), each surface node is paired with the
+closest facing surface triangle of the other bodies at the start of a chunk (a KD-tree
+over triangle centroids: no all-pairs search); the pair keeps its triangle for the chunk,
+the penetration is the node's distance to the triangle's current plane, the contact point
+its projection there,
+and the same implicit penalty and Coulomb law act with the pair's effective mass
+(equal and opposite forces, the triangle's share split by the barycentric weights).
+
+The contact laws are branch-free (``max``/``min``), which keeps Taichi's adjoint exact.
 """
 import taichi as ti
 
@@ -45,7 +54,7 @@ COROTATED = 1
 class FEMFields:
     """Every field of one FEM scene (allocated once, reused through the pool)."""
 
-    def __init__(self, n_nodes, n_tets, n_bodies, n_drivers, n_slots, sdf_size, rows, records, dtype):
+    def __init__(self, n_nodes, n_tets, n_bodies, n_drivers, n_slots, sdf_size, rows, records, n_pairs, dtype):
         N, T, B, D, S, K = n_nodes, n_tets, n_bodies, max(n_drivers, 1), max(n_slots, 1), rows
         self.capacity = (N, T, B, D, S, K, records)
         self.n_records = records
@@ -53,6 +62,7 @@ class FEMFields:
         self.x = ti.Vector.field(3, dtype, shape=(K + 1, N), needs_grad=True)
         self.v = ti.Vector.field(3, dtype, shape=(K + 1, N), needs_grad=True)
         self.f = ti.Vector.field(3, dtype, shape=(K, N), needs_grad=True)
+        self.fp = ti.Vector.field(3, dtype, shape=(K, N), needs_grad=True)   # body-body contact forces (N)
         self.fc = ti.Vector.field(3, dtype, shape=(records, N), needs_grad=True)  # mean contact force per record (N)
         self.prm = ti.field(dtype, shape=(B, N_PRM), needs_grad=True)
         self.cprm = ti.field(dtype, shape=(B, N_CPRM), needs_grad=True)
@@ -68,6 +78,11 @@ class FEMFields:
         self.node_body = ti.field(ti.i32, shape=N)
         self.driver = ti.field(ti.i32, shape=N)              # driver index or -1
         self.drv_c = ti.Vector.field(3, dtype, shape=D)      # driver pivot at rest (m)
+        self.inv_mass = ti.field(dtype, shape=N)             # 1/kg, 0 for driven nodes
+        P = max(int(n_pairs), 1)
+        self.pair_node = ti.field(ti.i32, shape=P)           # body-body contact: node ...
+        self.pair_tri = ti.Vector.field(3, ti.i32, shape=P)  # ... against a triangle of another body (per chunk)
+        self.pair_share = ti.field(dtype, shape=N)           # pairs each node takes part in (>= 1)
         self.tet = ti.Vector.field(4, ti.i32, shape=T)
         self.Dm_inv = ti.Matrix.field(3, 3, dtype, shape=T)
         self.vol = ti.field(dtype, shape=T)                  # rest volume (m^3)
@@ -80,7 +95,7 @@ class FEMFields:
         self.pen = ti.field(dtype, shape=K)                  # deepest penetration per substep (m)
 
     def tape_fields(self):
-        return (self.x, self.v, self.f, self.fc, self.prm, self.cprm, self.drv_t, self.drv_R,
+        return (self.x, self.v, self.f, self.fp, self.fc, self.prm, self.cprm, self.drv_t, self.drv_R,
                 self.col_p, self.col_R)
 
 
@@ -148,9 +163,61 @@ def _columns(a, b, c, d):
     return ti.Matrix.cols([b - a, c - a, d - a])
 
 
+@ti.func
+def _predicted_velocity(fs: ti.template(), t, i, dt, gravity):
+    """Velocity of node ``i`` after this substep's internal and external forces (driven
+    nodes have inv_mass 0 and keep their velocity)."""
+    free = ti.select(fs.inv_mass[i] > 0.0, 1.0, 0.0)
+    return fs.v[t, i] + dt * fs.inv_mass[i] * (fs.f[t, i] + fs.f_ext[i]) + (free * dt) * gravity
+
+
+@ti.func
+def _pair_contact(fs: ti.template(), p, t, dt, gravity):
+    """Node ``i`` of one body against a surface triangle of another (outward normal ``n``):
+    the same implicit penalty and Coulomb law as for colliders, with the pair's effective
+    mass ``1 / (c_i/m_i + sum_k b_k^2 c_k/m_k)``, where ``c`` counts the pairs a node
+    takes part in (its mass is split between them, so that pairs acting on one node
+    together stay stable); equal and opposite forces go to ``fp`` (the triangle's share
+    by the barycentric weights ``b``)."""
+    i = fs.pair_node[p]
+    tri = fs.pair_tri[p]
+    xa, xb, xc = fs.x[t, tri[0]], fs.x[t, tri[1]], fs.x[t, tri[2]]
+    e1, e2, q = xb - xa, xc - xa, fs.x[t, i] - xa
+    cr = e1.cross(e2)
+    n = cr / ti.sqrt(cr.dot(cr) + 1e-60)
+    gap = q.dot(n)
+    # barycentric coordinates of the node's projection on the triangle's plane (smooth,
+    # not clamped: a node sliding off its triangle within a chunk extrapolates the plane)
+    a11, a12, a22 = e1.dot(e1), e1.dot(e2), e2.dot(e2)
+    r1, r2 = q.dot(e1), q.dot(e2)
+    det = a11 * a22 - a12 * a12
+    u = (a22 * r1 - a12 * r2) / det
+    v = (a11 * r2 - a12 * r1) / det
+    w = ti.Vector([1.0 - u - v, u, v])
+    v_tri = ti.Vector([0.0, 0.0, 0.0])
+    inv_m = fs.inv_mass[i] * fs.pair_share[i]
+    for k in ti.static(range(3)):
+        v_tri += w[k] * _predicted_velocity(fs, t, tri[k], dt, gravity)
+        inv_m += w[k] * w[k] * fs.inv_mass[tri[k]] * fs.pair_share[tri[k]]
+    m_eff = 1.0 / ti.max(inv_m, 1e-30)
+    b = fs.node_body[i]
+    rel = _predicted_velocity(fs, t, i, dt, gravity) - v_tri
+    vrn = rel.dot(n)
+    k_eff = fs.area[i] * fs.cprm[b, C_KN] * (1.0 + fs.cprm[b, C_DAMP] * ti.max(-vrn, 0.0))
+    fn = k_eff * ti.max(-gap - dt * vrn, 0.0) / (1.0 + dt * dt * k_eff / m_eff)
+    rel += (dt * fn / m_eff) * n
+    vt = rel - rel.dot(n) * n
+    vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
+    stick = ti.min(1.0, dt * fs.cprm[b, C_MU] * fn / (m_eff * vt_len))   # 1: sticking, a constant
+    force = fn * n - (m_eff * stick / dt) * vt
+    fs.fp[t, i] += force
+    for k in ti.static(range(3)):
+        fs.fp[t, tri[k]] -= w[k] * force
+
+
 @ti.kernel
 def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti.i32, rec: ti.i32, inv_rec: float, dt: float,
-            n_nodes: ti.i32, n_tets: ti.i32, gx: float, gy: float, gz: float):
+            n_nodes: ti.i32, n_tets: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
     """Rows ``t -> t + 1`` of the tape; contact forces accumulate into ``fc[rec]`` times
     ``inv_rec`` (1 / substeps per record). ``cols``: collider codes per slot; ``models``:
     bit mask of the constitutive models present (both compile-time)."""
@@ -168,6 +235,8 @@ def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti
             h = ti.Vector([H[0, k], H[1, k], H[2, k]])
             fs.f[t, ids[k + 1]] += h
             fs.f[t, ids[0]] -= h
+    for p in range(n_pairs):
+        _pair_contact(fs, p, t, dt, ti.Vector([gx, gy, gz]))
     for i in range(n_nodes):
         gravity = ti.Vector([gx, gy, gz])
         d = fs.driver[i]
@@ -180,7 +249,7 @@ def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti
         else:
             m = fs.mass[i]
             b = fs.node_body[i]
-            vn = (fs.v[t, i] + dt * ((fs.f[t, i] + fs.f_ext[i]) / m + gravity)) / (1.0 + dt * fs.prm[b, P_ALPHA])
+            vn = (fs.v[t, i] + dt * ((fs.f[t, i] + fs.fp[t, i] + fs.f_ext[i]) / m + gravity)) / (1.0 + dt * fs.prm[b, P_ALPHA])
             area = fs.area[i]
             if area > 0.0:
                 v_free = vn
@@ -200,10 +269,9 @@ def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti
                     rel += (dt * fn / m) * n
                     vt = rel - rel.dot(n) * n
                     vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
-                    slip = ti.min(vt_len, dt * fs.cprm[b, C_MU] * fn / m)
-                    rel -= (slip / vt_len) * vt
+                    rel -= ti.min(1.0, dt * fs.cprm[b, C_MU] * fn / (m * vt_len)) * vt  # stick: 1
                     vn = rel + v_wall
-                fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free)
+                fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free) + inv_rec * fs.fp[t, i]
             fs.x[t + 1, i] = xi + dt * vn
             fs.v[t + 1, i] = vn
 

@@ -30,10 +30,11 @@ from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, Plane
 from .autodiff import MPMState, initial_state, parameter_tensor, rollout
 from .dem_grad import dem_rollout
 from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, grid_tet_mesh,
-                      load_tet_mesh, tetrahedralize)
+                      load_tet_mesh, tetrahedralize, voxel_tet_mesh)
 from .fem import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
 from .fem_grad import fem_rollout
 from .cameras import FisheyeCamera, PinholeCamera, look_at
+from .tactile import TactileSensor, mount_sensor
 from .markers import detect_markers, grid_markers, marker_flow_image, read_png
 from .scene import Scene, build_scene
 from .runner import run_scene
@@ -50,8 +51,8 @@ __all__ = [
     "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
     "initial_state", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
     "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "TetMesh", "box_tet_mesh",
-    "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize",
+    "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
     "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "fem_rollout", "PinholeCamera",
-    "FisheyeCamera", "look_at", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
+    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

@@ -313,6 +313,21 @@ class FEMSolver:
             return float(self._margin)
         return 2.0 * max((b.mesh.edge_length() for b in self.bodies), default=0.0)
 
+    @property
+    def lo(self) -> np.ndarray:
+        """Lower corner of a box around the scene at rest (m), for previews."""
+        return self._view_box()[0]
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self._view_box()[1]
+
+    def _view_box(self):
+        X = self._rest_positions()
+        lo, hi = X.min(0), X.max(0)
+        pad = 0.15 * float(np.max(hi - lo))
+        return lo - pad, hi + pad
+
     def _rest_positions(self) -> np.ndarray:
         return np.concatenate([b.mesh.vertices for b in self.bodies]) if self.bodies else np.zeros((0, 3))
 

@@ -275,3 +275,22 @@ def default_marker_image():
             return str(cand)
     raise InvalidScene("no marker image given and the DiffTactile reference image was not found; pass "
                        "marker_image=PATH or use markers='grid'")
+
+
+FACING_DOWN = np.diag([1.0, -1.0, -1.0])     # a pad's +z (its contact side) turned to -z
+
+
+def mount_sensor(sim, mesh, material, contact=None, apex=(0.0, 0.0, 0.0), velocity=(0, 0, 0),
+                 angular_velocity=(0, 0, 0), name="sensor", **sensor_options):
+    """Add a pad (built with its back plate at z = 0 and contact side up, as
+    :func:`~diffsim.dome_pad` / :func:`~diffsim.flat_pad`) to ``sim`` facing down, its
+    lowest contact point at ``apex``; drive its back plate with ``velocity`` /
+    ``angular_velocity`` (constants or functions of time) and attach a
+    :class:`TactileSensor`. Returns ``(body, driver, sensor)``."""
+    h = float(mesh.vertices[:, 2].max())
+    apex = np.asarray(apex, np.float64).reshape(3)
+    body = sim.add_body(mesh, material, contact=contact, position=apex + [0.0, 0.0, h], rotation=FACING_DOWN,
+                        name=name)
+    plate = body.nodes_where(lambda X: X[:, 2] > apex[2] + h - 1e-9)
+    driver = sim.add_driver(body, plate, velocity=velocity, angular_velocity=angular_velocity, name=f"{name}_plate")
+    return body, driver, TactileSensor(sim, body, driver, frame=FACING_DOWN, name=name, **sensor_options)

@@ -192,6 +192,31 @@ def grid_tet_mesh(xs, ys, zs) -> TetMesh:
     return check_tet_mesh(v, np.concatenate(tets), name="grid_tet_mesh")
 
 
+def voxel_tet_mesh(shape, cell: float) -> TetMesh:
+    """A tet mesh of a solid without a mesher: the cubes of a ``cell``-sized grid (m) whose
+    centres lie inside ``shape`` (any :mod:`diffsim.geometry` shape, e.g. a
+    :class:`~diffsim.MeshShape` of a watertight STL/OBJ), each split into 6 tets (Kuhn, so
+    the mesh is conforming). The boundary is a staircase of ``cell``; vertices shared by
+    cubes are merged and unused ones dropped."""
+    if not cell > 0:
+        raise InvalidMesh(f"voxel_tet_mesh: cell must be > 0 m, got {cell}")
+    lo, hi = (np.asarray(b, float) for b in shape.bounds)
+    n = np.maximum(1, np.ceil((hi - lo) / cell).astype(int))
+    lo = 0.5 * (lo + hi) - 0.5 * n * cell
+    grid = grid_tet_mesh(*[lo[a] + cell * np.arange(n[a] + 1) for a in range(3)])
+    centres = grid.vertices[grid.tets].mean(1)
+    # a cube's 6 tets share its centre: classify cubes by their centre
+    idx = np.floor((centres - lo) / cell).astype(int)
+    cube = (idx[:, 0] * n[1] + idx[:, 1]) * n[2] + idx[:, 2]
+    cc = lo + cell * (np.stack(np.unravel_index(np.arange(n.prod()), tuple(n)), 1) + 0.5)
+    inside = np.asarray(shape.contains(cc), bool)
+    tets = grid.tets[inside[cube]]
+    if len(tets) == 0:
+        raise InvalidMesh(f"voxel_tet_mesh: no {cell} m cell has its centre inside the shape; use a smaller cell")
+    used, inv = np.unique(tets, return_inverse=True)
+    return check_tet_mesh(grid.vertices[used], inv.reshape(-1, 4), name="voxel_tet_mesh")
+
+
 def flat_pad(width=0.02, depth=0.02, thickness=0.003, resolution=0.001) -> TetMesh:
     """A flat GelSight-style elastomer pad (m): ``width`` x ``depth`` footprint centred on
     the z axis, from z = 0 (the back plate) up to z = ``thickness`` (the contact surface)."""
@@ -199,15 +224,17 @@ def flat_pad(width=0.02, depth=0.02, thickness=0.003, resolution=0.001) -> TetMe
     return box_tet_mesh((width, depth, thickness), cells, origin=(-width / 2, -depth / 2, 0.0))
 
 
-def dome_pad(width=0.02, thickness=0.002, cap_height=0.004, cap_radius=0.02, resolution=0.001) -> TetMesh:
+def dome_pad(width=0.02, thickness=0.002, cap_height=0.004, cap_radius=0.02, resolution=0.001,
+             layers: int | None = None) -> TetMesh:
     """A DiffTactile-like dome elastomer (m): a square ``width`` footprint centred on the z
     axis, a base layer of ``thickness`` from z = 0 (back plate), topped by a spherical cap of
     radius ``cap_radius`` rising ``cap_height`` at the centre. Built from a box mesh by the
-    orientation-preserving map z -> z h(x, y)."""
+    orientation-preserving map z -> z h(x, y); ``layers`` tets through the thickness
+    (default ``(thickness + cap_height) / resolution``)."""
     if not (width > 0 and thickness > 0 and cap_height >= 0 and cap_radius > cap_height):
         raise InvalidMesh("dome_pad needs width, thickness > 0 and cap_radius > cap_height >= 0")
     nxy = max(2, int(round(width / resolution)))
-    nz = max(2, int(round((thickness + cap_height) / resolution)))
+    nz = int(layers) if layers else max(2, int(round((thickness + cap_height) / resolution)))
     box = box_tet_mesh((width, width, 1.0), (nxy, nxy, nz), origin=(-width / 2, -width / 2, 0.0))
     v = box.vertices.copy()
     r2 = v[:, 0] ** 2 + v[:, 1] ** 2

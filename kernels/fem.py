@@ -186,6 +186,7 @@ def _pair_contact(fs: ti.template(), p, t, dt, gravity):
     cr = e1.cross(e2)
     n = cr / ti.sqrt(cr.dot(cr) + 1e-60)
     gap = q.dot(n)
+    ti.atomic_max(fs.pen[t], -gap)
     # barycentric coordinates of the node's projection on the triangle's plane (smooth,
     # not clamped: a node sliding off its triangle within a chunk extrapolates the plane)
     a11, a12, a22 = e1.dot(e1), e1.dot(e2), e2.dot(e2)

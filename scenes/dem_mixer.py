@@ -8,7 +8,6 @@ duration (s, 1.0).
 import os
 import tempfile
 
-import numpy as np
 
 import diffsim as ds
 

@@ -10,7 +10,6 @@ initial_positions.csv, settling for fill_time s behind a closed gate first), ori
 discharge, default 1.0), data (folder of the silo files).
 """
 import json
-import math
 import os
 
 import numpy as np

@@ -1,0 +1,113 @@
+"""Tactile sensor benchmarks: one JSON object per case on stdout.
+
+    python benchmarks/tactile.py                 # all cases, CPU, float32
+    python benchmarks/tactile.py --case rigid --arch gpu
+
+Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
+
+* ``dome_rigid_press_slide`` -- a DiffTactile-sized dome sensor (1,792 nodes, 8,100
+  linear tets, stable Neo-Hookean, markers from the reference image) presses 0.5 mm into
+  the rigid object J03_2.obj (scaled from mm; a 96^3 signed-distance grid: each surface
+  node looks its distance up, no triangle search) and slides 2 mm along x with friction.
+  ``ms_per_substep`` = median over 5 runs of 400 forward substeps (``FEMSolver.step``);
+  ``backward_over_forward`` = the backward pass of a 400-substep differentiable rollout
+  (``fem_rollout``, loss on the final marker pixels and the contact forces) over its
+  forward pass (median of 3).
+
+Fields: case, tets, nodes, particles (MPM particles; 0 here), substeps, dt,
+ms_per_substep, backward_over_forward, peak_rss_mb, threads, arch, precision.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CASES = {"rigid": "dome_rigid_press_slide"}
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _dome_over_rigid(dt, substeps):
+    import diffsim as ds
+    from diffsim.tactile import mount_sensor
+    sim = ds.FEMSolver(dt=dt, gravity=(0, 0, 0), tape_substeps=substeps)
+    obj = sim.add_collider(ds.MeshCollider(os.path.join(ROOT, "scenes", "data", "difftactile", "J03_2.obj"),
+                                           scale=1e-3, resolution=96, name="object"))
+    top = float(obj.mesh.vertices[:, 2].max())
+    c = obj.mesh.vertices[obj.mesh.vertices[:, 2] > top - 1e-4].mean(0)
+    press, slide = 0.5e-3 / (substeps * dt / 2), 2e-3 / (substeps * dt / 2)
+    t_half = substeps * dt / 2
+    pad, plate, sensor = mount_sensor(
+        sim, ds.dome_pad(width=0.02, resolution=0.02 / 15, layers=6),
+        ds.FEMMaterial(E=3e5, nu=0.45, density=1100, mass_damping=300),
+        ds.PenaltyContact(stiffness=1e9, friction=0.8), apex=(c[0], c[1], top),
+        velocity=lambda t: (0.0, 0.0, -press) if t < t_half else (slide, 0.0, 0.0), markers="image")
+    return sim, sensor
+
+
+def run_rigid(arch, threads, precision, substeps=400, dt=4e-6):
+    import torch
+    import diffsim as ds
+    ds.init(arch=arch, threads=threads, precision=precision)
+    sim, sensor = _dome_over_rigid(dt, substeps)
+    sim.build()
+    sim.step(substeps)                          # compile
+    forward = []
+    for _ in range(5):
+        sim.reset()
+        t0 = time.perf_counter()
+        sim.step(substeps)
+        forward.append(time.perf_counter() - t0)
+    d = sim.diagnostics()
+
+    def rollout():
+        E = torch.tensor(3e5, dtype=ds.runtime.torch_dtype(), requires_grad=True)
+        t0 = time.perf_counter()
+        out = ds.fem_rollout(sim, substeps, substeps // 4, params={"E": E})
+        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
+                        out["driver_rotation"][-1, 0])
+        loss = (r["displacement_px"] ** 2).sum() + r["normal_force"]
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+    rollout()                                   # compile the adjoint
+    ratios = [b / f for f, b in (rollout() for _ in range(3))]
+    return {"case": CASES["rigid"], "tets": sim.n_tets, "nodes": sim.n, "particles": 0, "substeps": substeps,
+            "dt": dt, "ms_per_substep": 1e3 * statistics.median(forward) / substeps,
+            "backward_over_forward": statistics.median(ratios), "normal_force_n": d["sensor_normal_force"],
+            "max_penetration_m": sim.max_penetration, "peak_rss_mb": _peak_rss_mb(),
+            "threads": threads or os.cpu_count(), "arch": arch, "precision": precision}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=sorted(CASES) + ["all"], default="all")
+    ap.add_argument("--arch", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", choices=["f32", "f64"], default="f32")
+    ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    cases = sorted(CASES) if a.case == "all" else [a.case]
+    if a.inline:
+        for c in cases:
+            print(json.dumps({"rigid": run_rigid}[c](a.arch, a.threads, a.precision)), flush=True)
+        return
+    for c in cases:  # one process per case: peak memory is the case's own
+        cmd = [sys.executable, os.path.abspath(__file__), "--inline", "--case", c, "--arch", a.arch,
+               "--precision", a.precision] + (["--threads", str(a.threads)] if a.threads else [])
+        subprocess.run(cmd, check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -424,6 +424,7 @@ class FEMSolver:
         fs.inv_mass.from_numpy(self._np(inv_mass))
         fs.area.from_numpy(self._np(area))
         fs.node_body.from_numpy(node_body)
+        self._node_body, self._tet_body = node_body, tet_body
         fs.driver.from_numpy(driver)
         fs.drv_c.from_numpy(self._np(centers))
         fs.tet.from_numpy(tets)
@@ -593,6 +594,20 @@ class FEMSolver:
         return (np.concatenate(nodes).astype(np.int32), np.concatenate(tris).astype(np.int32),
                 np.concatenate(bary))
 
+    def body_parameter_grads(self):
+        """Gradients of the per-body material (B,4) and contact (B,3) parameters, summed
+        from the per-tet and per-node copies the substep kernel reads."""
+        from .kernels import fem as kf
+        fs = self.fields
+        B = len(self.bodies)
+        tg = fs.tet_prm.grad.to_numpy().astype(np.float64)
+        ng = fs.node_prm.grad.to_numpy().astype(np.float64)
+        gprm = np.stack([np.bincount(self._tet_body, tg[:, k], minlength=B) for k in range(kf.N_PRM)], 1)
+        gprm[:, kf.P_ALPHA] += np.bincount(self._node_body, ng[:, kf.N_ALPHA], minlength=B)
+        gcprm = np.stack([np.bincount(self._node_body, ng[:, k], minlength=B)
+                          for k in (kf.N_KN, kf.N_DAMP, kf.N_MU)], 1)
+        return gprm, gcprm
+
     def upload_pairs(self, pairs) -> int:
         nodes, tris, bary = pairs
         P = len(nodes)
@@ -617,6 +632,7 @@ class FEMSolver:
         forces averaged per ``record_every`` substeps into ``fc``."""
         from .kernels import fem as kf
         fs = self.fields
+        kf.spread_params(fs, self.n, self.n_tets)
         fs.f.fill(0)
         fs.fp.fill(0)
         fs.fc.fill(0)

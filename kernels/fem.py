@@ -45,6 +45,8 @@ N_PRM = 4
 # per-body contact parameters cprm[b, :]
 C_KN, C_DAMP, C_MU = 0, 1, 2
 N_CPRM = 3
+# per-node copy: mass damping and contact parameters node_prm[i]
+N_ALPHA, N_KN, N_DAMP, N_MU = 0, 1, 2, 3
 # constitutive models
 NEO_HOOKEAN = 0
 COROTATED = 1
@@ -64,8 +66,12 @@ class FEMFields:
         self.f = ti.Vector.field(3, dtype, shape=(K, N), needs_grad=True)
         self.fp = ti.Vector.field(3, dtype, shape=(K, N), needs_grad=True)   # body-body contact forces (N)
         self.fc = ti.Vector.field(3, dtype, shape=(records, N), needs_grad=True)  # mean contact force per record (N)
-        self.prm = ti.field(dtype, shape=(B, N_PRM), needs_grad=True)
-        self.cprm = ti.field(dtype, shape=(B, N_CPRM), needs_grad=True)
+        self.prm = ti.field(dtype, shape=(B, N_PRM))                # per body (the source)
+        self.cprm = ti.field(dtype, shape=(B, N_CPRM))
+        # per-tet and per-node copies read by the substep: their gradients accumulate
+        # without contention (summed per body afterwards)
+        self.tet_prm = ti.Vector.field(N_PRM, dtype, shape=T, needs_grad=True)
+        self.node_prm = ti.Vector.field(4, dtype, shape=N, needs_grad=True)
         self.drv_t = ti.Vector.field(3, dtype, shape=(K + 1, D), needs_grad=True)
         self.drv_R = ti.Matrix.field(3, 3, dtype, shape=(K + 1, D), needs_grad=True)
         self.col_p = ti.Vector.field(3, dtype, shape=(K + 1, S), needs_grad=True)
@@ -95,7 +101,7 @@ class FEMFields:
         self.pen = ti.field(dtype, shape=K)                  # deepest penetration per substep (m)
 
     def tape_fields(self):
-        return (self.x, self.v, self.f, self.fp, self.fc, self.prm, self.cprm, self.drv_t, self.drv_R,
+        return (self.x, self.v, self.f, self.fp, self.fc, self.tet_prm, self.node_prm, self.drv_t, self.drv_R,
                 self.col_p, self.col_R)
 
 
@@ -135,16 +141,16 @@ def first_piola(F, mu, lam, model, models: ti.template()):
     c1 = ti.Vector([F[0, 2], F[1, 2], F[2, 2]]).cross(ti.Vector([F[0, 0], F[1, 0], F[2, 0]]))
     c2 = ti.Vector([F[0, 0], F[1, 0], F[2, 0]]).cross(ti.Vector([F[0, 1], F[1, 1], F[2, 1]]))
     cof = ti.Matrix.cols([c0, c1, c2])
-    P = ti.Matrix.zero(float, 3, 3)
+    # one model: a single expression (no mutable local, which keeps the adjoint cheap)
     if ti.static(models == 1 << NEO_HOOKEAN):
-        P = _neo_hookean(F, J, cof, mu, lam)
+        return _neo_hookean(F, J, cof, mu, lam)
     elif ti.static(models == 1 << COROTATED):
-        P = _corotated(F, J, cof, mu, lam)
-    elif model == COROTATED:
-        P = _corotated(F, J, cof, mu, lam)
+        return _corotated(F, J, cof, mu, lam)
     else:
         P = _neo_hookean(F, J, cof, mu, lam)
-    return P
+        if model == COROTATED:
+            P = _corotated(F, J, cof, mu, lam)
+        return P
 
 
 @ti.func
@@ -201,80 +207,169 @@ def _pair_contact(fs: ti.template(), p, t, dt, gravity):
         v_tri += w[k] * _predicted_velocity(fs, t, tri[k], dt, gravity)
         inv_m += w[k] * w[k] * fs.inv_mass[tri[k]] * fs.pair_share[tri[k]]
     m_eff = 1.0 / ti.max(inv_m, 1e-30)
-    b = fs.node_body[i]
     rel = _predicted_velocity(fs, t, i, dt, gravity) - v_tri
     vrn = rel.dot(n)
-    k_eff = fs.area[i] * fs.cprm[b, C_KN] * (1.0 + fs.cprm[b, C_DAMP] * ti.max(-vrn, 0.0))
+    cp = fs.node_prm[i]
+    k_eff = fs.area[i] * cp[N_KN] * (1.0 + cp[N_DAMP] * ti.max(-vrn, 0.0))
     fn = k_eff * ti.max(-gap - dt * vrn, 0.0) / (1.0 + dt * dt * k_eff / m_eff)
     rel += (dt * fn / m_eff) * n
     vt = rel - rel.dot(n) * n
     vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
-    stick = ti.min(1.0, dt * fs.cprm[b, C_MU] * fn / (m_eff * vt_len))   # 1: sticking, a constant
+    stick = ti.min(1.0, dt * cp[N_MU] * fn / (m_eff * vt_len))   # 1: sticking, a constant
     force = fn * n - (m_eff * stick / dt) * vt
     fs.fp[t, i] += force
     for k in ti.static(range(3)):
         fs.fp[t, tri[k]] -= w[k] * force
 
 
+@ti.func
+def _tet_forces(fs: ti.template(), models: ti.template(), t, e):
+    """Elastic and stiffness-damping nodal forces of tet ``e`` (atomic adds into ``f[t]``)."""
+    ids = fs.tet[e]
+    tp = fs.tet_prm[e]
+    mu, lam = _lame(tp[P_E], tp[P_NU])
+    Dinv = fs.Dm_inv[e]
+    F = _columns(fs.x[t, ids[0]], fs.x[t, ids[1]], fs.x[t, ids[2]], fs.x[t, ids[3]]) @ Dinv
+    Fd = _columns(fs.v[t, ids[0]], fs.v[t, ids[1]], fs.v[t, ids[2]], fs.v[t, ids[3]]) @ Dinv
+    H = -fs.vol[e] * (first_piola(F, mu, lam, fs.model[fs.tet_body[e]], models) + tp[P_BETA] * (
+        mu * (Fd + Fd.transpose()) + lam * Fd.trace() * ti.Matrix.identity(float, 3))) @ Dinv.transpose()
+    for k in ti.static(range(3)):
+        fs.f[t, ids[k + 1]] += ti.Vector([H[0, k], H[1, k], H[2, k]])
+    fs.f[t, ids[0]] -= ti.Vector([H[0, 0] + H[0, 1] + H[0, 2], H[1, 0] + H[1, 1] + H[1, 2],
+                                  H[2, 0] + H[2, 1] + H[2, 2]])
+
+
+@ti.func
+def _advance_node(fs: ti.template(), cols: ti.template(), t, i, rec, inv_rec, dt, gravity):
+    """Node ``i``: driven, or integrated with its forces and collider contacts."""
+    d = fs.driver[i]
+    xi = fs.x[t, i]
+    if d >= 0:
+        c = fs.drv_c[d]
+        target = fs.drv_R[t + 1, d] @ (fs.X[i] - c) + c + fs.drv_t[t + 1, d]
+        fs.x[t + 1, i] = target
+        fs.v[t + 1, i] = (target - xi) / dt
+    else:
+        m = fs.mass[i]
+        vn = (fs.v[t, i] + dt * ((fs.f[t, i] + fs.fp[t, i] + fs.f_ext[i]) / m + gravity)) / \
+            (1.0 + dt * fs.node_prm[i][N_ALPHA])
+        area = fs.area[i]
+        if area > 0.0:
+            v_free = vn
+            for s in ti.static(range(len(cols))):
+                R0 = fs.col_R[t, s]
+                q = R0.transpose() @ (xi - fs.col_p[t, s])
+                phi, n_loc = sdf.collider_sdf(fs.sdf, cols[s], q, fs.c_shape[s], fs.c_mesh[s])
+                n = R0 @ n_loc
+                ti.atomic_max(fs.pen[t], ti.max(-phi, 0.0))
+                # velocity of the collider's material point under the node over this substep
+                v_wall = (fs.col_R[t + 1, s] @ q + fs.col_p[t + 1, s] - xi) / dt
+                rel = vn - v_wall
+                vrn = rel.dot(n)
+                k_eff = area * fs.node_prm[i][N_KN] * (1.0 + fs.node_prm[i][N_DAMP] * ti.max(-vrn, 0.0))
+                fn = k_eff * ti.max(-phi - dt * vrn, 0.0) / (1.0 + dt * dt * k_eff / m)
+                rel += (dt * fn / m) * n
+                vt = rel - rel.dot(n) * n
+                vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
+                rel -= ti.min(1.0, dt * fs.node_prm[i][N_MU] * fn / (m * vt_len)) * vt  # stick: 1
+                vn = rel + v_wall
+            fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free) + inv_rec * fs.fp[t, i]
+        fs.x[t + 1, i] = xi + dt * vn
+        fs.v[t + 1, i] = vn
+
+
 @ti.kernel
-def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti.i32, rec: ti.i32, inv_rec: float, dt: float,
-            n_nodes: ti.i32, n_tets: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
+def substep(fs: ti.template(), cols: ti.template(), models: ti.template(), t: ti.i32, rec: ti.i32, inv_rec: float,
+            dt: float, n_nodes: ti.i32, n_tets: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
     """Rows ``t -> t + 1`` of the tape; contact forces accumulate into ``fc[rec]`` times
     ``inv_rec`` (1 / substeps per record). ``cols``: collider codes per slot; ``models``:
     bit mask of the constitutive models present (both compile-time)."""
     for e in range(n_tets):
-        ids = fs.tet[e]
-        b = fs.tet_body[e]
-        mu, lam = _lame(fs.prm[b, P_E], fs.prm[b, P_NU])
-        Dinv = fs.Dm_inv[e]
-        F = _columns(fs.x[t, ids[0]], fs.x[t, ids[1]], fs.x[t, ids[2]], fs.x[t, ids[3]]) @ Dinv
-        Fd = _columns(fs.v[t, ids[0]], fs.v[t, ids[1]], fs.v[t, ids[2]], fs.v[t, ids[3]]) @ Dinv
-        P = first_piola(F, mu, lam, fs.model[b], models)
-        P += fs.prm[b, P_BETA] * (mu * (Fd + Fd.transpose()) + lam * Fd.trace() * ti.Matrix.identity(float, 3))
-        H = -fs.vol[e] * P @ Dinv.transpose()
-        for k in ti.static(range(3)):
-            h = ti.Vector([H[0, k], H[1, k], H[2, k]])
-            fs.f[t, ids[k + 1]] += h
-            fs.f[t, ids[0]] -= h
+        _tet_forces(fs, models, t, e)
     for p in range(n_pairs):
         _pair_contact(fs, p, t, dt, ti.Vector([gx, gy, gz]))
     for i in range(n_nodes):
-        gravity = ti.Vector([gx, gy, gz])
-        d = fs.driver[i]
-        xi = fs.x[t, i]
-        if d >= 0:
-            c = fs.drv_c[d]
-            target = fs.drv_R[t + 1, d] @ (fs.X[i] - c) + c + fs.drv_t[t + 1, d]
-            fs.x[t + 1, i] = target
-            fs.v[t + 1, i] = (target - xi) / dt
-        else:
-            m = fs.mass[i]
-            b = fs.node_body[i]
-            vn = (fs.v[t, i] + dt * ((fs.f[t, i] + fs.fp[t, i] + fs.f_ext[i]) / m + gravity)) / (1.0 + dt * fs.prm[b, P_ALPHA])
-            area = fs.area[i]
-            if area > 0.0:
-                v_free = vn
-                for s in ti.static(range(len(cols))):
-                    R0 = fs.col_R[t, s]
-                    q = R0.transpose() @ (xi - fs.col_p[t, s])
-                    phi, n_loc = sdf.collider_sdf(fs.sdf, cols[s], q, fs.c_shape[s], fs.c_mesh[s])
-                    n = R0 @ n_loc
-                    depth = ti.max(-phi, 0.0)
-                    ti.atomic_max(fs.pen[t], depth)
-                    # velocity of the collider's material point under the node over this substep
-                    v_wall = (fs.col_R[t + 1, s] @ q + fs.col_p[t + 1, s] - xi) / dt
-                    rel = vn - v_wall
-                    vrn = rel.dot(n)
-                    k_eff = area * fs.cprm[b, C_KN] * (1.0 + fs.cprm[b, C_DAMP] * ti.max(-vrn, 0.0))
-                    fn = k_eff * ti.max(-phi - dt * vrn, 0.0) / (1.0 + dt * dt * k_eff / m)
-                    rel += (dt * fn / m) * n
-                    vt = rel - rel.dot(n) * n
-                    vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
-                    rel -= ti.min(1.0, dt * fs.cprm[b, C_MU] * fn / (m * vt_len)) * vt  # stick: 1
-                    vn = rel + v_wall
-                fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free) + inv_rec * fs.fp[t, i]
-            fs.x[t + 1, i] = xi + dt * vn
-            fs.v[t + 1, i] = vn
+        _advance_node(fs, cols, t, i, rec, inv_rec, dt, ti.Vector([gx, gy, gz]))
+
+
+@ti.kernel
+def advance(fs: ti.template(), cols: ti.template(), t: ti.i32, rec: ti.i32, inv_rec: float, dt: float,
+            n_nodes: ti.i32, n_pairs: ti.i32, gx: float, gy: float, gz: float):
+    """The part of :func:`substep` after the tet forces (its Taichi adjoint, followed by
+    :func:`tet_forces_vjp`, is the adjoint of a Neo-Hookean substep)."""
+    for p in range(n_pairs):
+        _pair_contact(fs, p, t, dt, ti.Vector([gx, gy, gz]))
+    for i in range(n_nodes):
+        _advance_node(fs, cols, t, i, rec, inv_rec, dt, ti.Vector([gx, gy, gz]))
+
+
+@ti.func
+def _cross_vjp(a, b, g):
+    """For c = a x b and the adjoint g of c: the adjoints of a and b."""
+    return b.cross(g), g.cross(a)
+
+
+@ti.kernel
+def tet_forces_vjp(fs: ti.template(), t: ti.i32, n_tets: ti.i32):
+    """Hand-written adjoint of the stable Neo-Hookean tet forces of row ``t``: from
+    ``f.grad[t]`` to ``x.grad[t]``, ``v.grad[t]`` and ``tet_prm.grad`` (E, nu, beta).
+    (Taichi's generated adjoint of the same loop is ~5x slower than the forward.)"""
+    for e in range(n_tets):
+        ids = fs.tet[e]
+        tp = fs.tet_prm[e]
+        E, nu, beta = tp[P_E], tp[P_NU], tp[P_BETA]
+        mu, lam = _lame(E, nu)
+        Dinv = fs.Dm_inv[e]
+        F = _columns(fs.x[t, ids[0]], fs.x[t, ids[1]], fs.x[t, ids[2]], fs.x[t, ids[3]]) @ Dinv
+        Fd = _columns(fs.v[t, ids[0]], fs.v[t, ids[1]], fs.v[t, ids[2]], fs.v[t, ids[3]]) @ Dinv
+        g0 = fs.f.grad[t, ids[0]]
+        Hb = ti.Matrix.cols([fs.f.grad[t, ids[1]] - g0, fs.f.grad[t, ids[2]] - g0, fs.f.grad[t, ids[3]] - g0])
+        Sb = -fs.vol[e] * Hb @ Dinv                                    # adjoint of the total stress
+        f0 = ti.Vector([F[0, 0], F[1, 0], F[2, 0]])
+        f1 = ti.Vector([F[0, 1], F[1, 1], F[2, 1]])
+        f2 = ti.Vector([F[0, 2], F[1, 2], F[2, 2]])
+        cof = ti.Matrix.cols([f1.cross(f2), f2.cross(f0), f0.cross(f1)])
+        J = F.determinant()
+        s = (lam + mu) * (J - 1.0) - mu                                # P = mu F + s cof(F)
+        Sbc = Sb * s
+        p0 = ti.Vector([Sbc[0, 0], Sbc[1, 0], Sbc[2, 0]])
+        p1 = ti.Vector([Sbc[0, 1], Sbc[1, 1], Sbc[2, 1]])
+        p2 = ti.Vector([Sbc[0, 2], Sbc[1, 2], Sbc[2, 2]])
+        a1, a2 = _cross_vjp(f1, f2, p0)
+        b2, b0 = _cross_vjp(f2, f0, p1)
+        c0, c1 = _cross_vjp(f0, f1, p2)
+        Fb = mu * Sb + (lam + mu) * (Sb * cof).sum() * cof + ti.Matrix.cols([b0 + c0, a1 + c1, a2 + b2])
+        sym = Fd + Fd.transpose()
+        trd = Fd.trace()
+        Fdb = beta * (mu * (Sb + Sb.transpose()) + lam * Sb.trace() * ti.Matrix.identity(float, 3))
+        mu_b = (Sb * (F + (J - 2.0) * cof)).sum() + beta * (Sb * sym).sum()
+        lam_b = (J - 1.0) * (Sb * cof).sum() + beta * trd * Sb.trace()
+        beta_b = (Sb * (mu * sym + lam * trd * ti.Matrix.identity(float, 3))).sum()
+        d = (1.0 + nu) * (1.0 - 2.0 * nu)
+        E_b = mu_b / (2.0 * (1.0 + nu)) + lam_b * nu / d
+        nu_b = -mu_b * E / (2.0 * (1.0 + nu) ** 2) + lam_b * E * (1.0 + 2.0 * nu * nu) / (d * d)
+        fs.tet_prm.grad[e] += ti.Vector([E_b, nu_b, 0.0, beta_b])
+        Db = Fb @ Dinv.transpose()
+        Vb = Fdb @ Dinv.transpose()
+        for k in ti.static(range(3)):
+            fs.x.grad[t, ids[k + 1]] += ti.Vector([Db[0, k], Db[1, k], Db[2, k]])
+            fs.v.grad[t, ids[k + 1]] += ti.Vector([Vb[0, k], Vb[1, k], Vb[2, k]])
+        fs.x.grad[t, ids[0]] -= ti.Vector([Db[0, 0] + Db[0, 1] + Db[0, 2], Db[1, 0] + Db[1, 1] + Db[1, 2],
+                                           Db[2, 0] + Db[2, 1] + Db[2, 2]])
+        fs.v.grad[t, ids[0]] -= ti.Vector([Vb[0, 0] + Vb[0, 1] + Vb[0, 2], Vb[1, 0] + Vb[1, 1] + Vb[1, 2],
+                                           Vb[2, 0] + Vb[2, 1] + Vb[2, 2]])
+
+
+@ti.kernel
+def spread_params(fs: ti.template(), n_nodes: ti.i32, n_tets: ti.i32):
+    """Per-body parameters -> the per-tet and per-node copies the substep reads."""
+    for e in range(n_tets):
+        b = fs.tet_body[e]
+        for k in ti.static(range(N_PRM)):
+            fs.tet_prm[e][k] = fs.prm[b, k]
+    for i in range(n_nodes):
+        b = fs.node_body[i]
+        fs.node_prm[i] = ti.Vector([fs.prm[b, P_ALPHA], fs.cprm[b, C_KN], fs.cprm[b, C_DAMP], fs.cprm[b, C_MU]])
 
 
 @ti.kernel

@@ -162,7 +162,7 @@ def test_gradients_match_central_differences_through_80_substeps_of_contact():
     R, rec = 4, 20
     vel0 = torch.zeros((R, 1, 6), dtype=torch.float64)
     vel0[:, 0, 2], vel0[:, 0, 0], vel0[:, 0, 3] = 0.2, 0.1, 3.0
-    base = dict(E=5e4, nu=0.4, contact_stiffness=2e9, friction=0.6)
+    base = dict(E=5e4, nu=0.4, contact_stiffness=2e9, friction=0.6, stiffness_damping=1e-5, mass_damping=20.0)
     weights = torch.linspace(0.3, 1.0, 3, dtype=torch.float64)[:, None, None]
 
     def loss(params, vel):

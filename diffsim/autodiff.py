@@ -333,7 +333,7 @@ def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
         if record:
             km.tape_store(fs, tape, k, n)
         _load_colliders(sim, c_pos[k], c_vel[k], c_omega, rotations, k)
-        km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args)
+        km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args, None)
         if record and tape.with_grid:
             km.tape_store_grid(fs, tape, k)
     return tape.owner if record else None

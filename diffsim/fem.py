@@ -627,9 +627,18 @@ class FEMSolver:
             fs.pair_tri.from_numpy(pad(tris, np.int32))
         return P
 
-    def run_chunk(self, k: int, record_every: int, n_pairs: int = 0):
+    def vertex_normals(self, x) -> np.ndarray:
+        """Outward unit normals (N,3) of the surface nodes at positions ``x`` (0 inside)."""
+        nrm = np.zeros((self.n, 3))
+        for b in self.bodies:
+            t = np.asarray(x)[b.surface]
+            np.add.at(nrm, b.surface.ravel(), np.repeat(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), 3, axis=0))
+        return nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+
+    def run_chunk(self, k: int, record_every: int, n_pairs: int = 0, before_substep=None):
         """Substeps rows 0 -> k (poses and contact pairs uploaded by the caller); contact
-        forces averaged per ``record_every`` substeps into ``fc``."""
+        forces averaged per ``record_every`` substeps into ``fc``; ``before_substep(t)`` runs
+        before each substep (the MPM coupling steps the MPM there)."""
         from .kernels import fem as kf
         fs = self.fields
         kf.spread_params(fs, self.n, self.n_tets)
@@ -640,19 +649,26 @@ class FEMSolver:
         g = self.gravity
         inv = 1.0 / record_every
         for t in range(k):
+            if before_substep is not None:
+                before_substep(t)
             kf.substep(fs, self.cols, self.models, t, t // record_every, inv, self.dt, self.n, self.n_tets, n_pairs,
                        g[0], g[1], g[2])
 
-    def step(self, n: int = 1):
-        """Advance ``n`` substeps (in chunks of at most ``tape_substeps``)."""
+    def step(self, n: int = 1, before_substep=None, before_chunk=None):
+        """Advance ``n`` substeps (in chunks of at most ``tape_substeps``); the optional
+        callbacks run before each substep (``before_substep(t)``) and before each chunk
+        (``before_chunk(x)`` with the positions at its start)."""
         from .kernels import fem as kf
         self.build()
         n = int(n)
         while n > 0:
             k = min(n, self.K)
             self._upload_poses(*self._pose_rows(k))
-            pairs = self.upload_pairs(self.contact_pairs(self._row(self.fields.x, 0))) if self.pair_capacity else 0
-            self.run_chunk(k, k, pairs)
+            x0 = self._row(self.fields.x, 0)
+            pairs = self.upload_pairs(self.contact_pairs(x0)) if self.pair_capacity else 0
+            if before_chunk is not None:
+                before_chunk(x0)
+            self.run_chunk(k, k, pairs, before_substep)
             x_end = self._row(self.fields.x, k)
             if not np.all(np.isfinite(x_end)):
                 bad = int(np.nonzero(~np.isfinite(x_end).all(1))[0][0])

@@ -328,8 +328,10 @@ class MPMSolver:
         """``(dt, dx, lo..., g...)`` scalars passed to the kernels."""
         return (self.dt, self.dx, *self.lo.tolist(), *self.gravity.tolist())
 
-    def step(self, n: int = 1):
-        """Advance ``n`` substeps (forward only, fastest path)."""
+    def step(self, n: int = 1, hook=None):
+        """Advance ``n`` substeps (forward only, fastest path). ``hook``: an object acting on
+        the grid inside each substep (see :func:`diffsim.kernels.mpm.step_fused`; used by
+        :class:`~diffsim.FEMMPMCoupling`)."""
         from .kernels import mpm as km
         self.build()
         fs = self.fields
@@ -338,9 +340,11 @@ class MPMSolver:
             if self._kinematic:
                 self._upload_collider_state()
             if self._external:
+                if hook is not None:
+                    raise NotImplementedError("grid hooks (FEM coupling) with torch materials")
                 self._step_split()
             else:
-                km.step_fused(fs, self.mats, self.cols, self.n, dt, dx, lx, ly, lz, gx, gy, gz)
+                km.step_fused(fs, self.mats, self.cols, self.n, dt, dx, lx, ly, lz, gx, gy, gz, hook)
             for c in self._kinematic:
                 c.advance(self.time, dt)
             self.time += dt

@@ -247,12 +247,20 @@ def _node_velocity(fs: ti.template(), I, dt, dx, lo, gravity, cols: ti.template(
 # ----------------------------------------------------------------------------- fused step
 
 
+def _has_hook(hook) -> bool:
+    return hook is not None
+
+
 @ti.kernel
 def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: ti.i32, dt: float,
-               dx: float, lox: float, loy: float, loz: float, gx: float, gy: float, gz: float):
+               dx: float, lox: float, loy: float, loz: float, gx: float, gy: float, gz: float,
+               hook: ti.template()):
     """One full substep in place (no external stresses).
 
-    ``mats``: material mask (compile-time); ``cols``: tuple of the collider codes per slot.
+    ``mats``: material mask (compile-time); ``cols``: tuple of the collider codes per slot;
+    ``hook``: None, or an object whose ``@ti.func`` ``grid_contact(fs, i, dt, dx, lo)`` runs
+    for ``i < hook.count[None]`` between the grid update and G2P (e.g. FEM surface nodes
+    exchanging momentum with the grid: :mod:`diffsim.kernels.coupling`).
     """
     lo = ti.Vector([lox, loy, loz])
     gravity = ti.Vector([gx, gy, gz])
@@ -267,6 +275,9 @@ def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: t
         _scatter(fs, p, fs.x[p], fs.v[p], Cp, taup, dt, dx, lo)
     for I in ti.grouped(fs.g_m):
         fs.g_v[I] = _node_velocity(fs, I, dt, dx, lo, gravity, cols)
+    if ti.static(_has_hook(hook)):
+        for i in range(hook.count[None]):
+            hook.grid_contact(fs, i, dt, dx, lo)
     for p in range(n):
         nv, nC = _gather(fs, fs.x[p], dx, lo)
         fs.v[p] = nv

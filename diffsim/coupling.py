@@ -1,0 +1,136 @@
+"""FEM bodies (tactile sensors, fingers) in contact with MPM material.
+
+    mpm = ds.MPMSolver(domain_min=..., domain_max=..., grid=64, dt=4e-6, gravity=(0, 0, 0))
+    mpm.add_body(ds.MeshShape("J03_2.obj", scale=4e-4, center=...), ds.FixedCorotated(E=5e4, nu=0.3))
+    fem = ds.FEMSolver(dt=4e-6, gravity=(0, 0, 0))
+    pad, plate, sensor = ds.mount_sensor(fem, ds.dome_pad(), ...)
+    both = ds.FEMMPMCoupling(mpm, fem, friction=0.5)
+    both.step(1000)                                  # or ds.Scene(both, ...) for ``diffsim run``
+
+Each substep runs the MPM step (one fused kernel) with the FEM surface as a grid hook
+(:mod:`diffsim.kernels.coupling`: the FEM nodes and the grid exchange inelastic impulses
+with Coulomb friction, momentum conserving), then the FEM substep, which sees the
+reaction as a contact force (so the sensor's forces and markers include it). The MPM and
+FEM share one dt. Forward only: gradients through the coupling are not implemented
+(:meth:`FEMMPMCoupling.rollout` raises ``NotImplementedError``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import runtime
+from .errors import InvalidScene
+
+
+class FEMMPMCoupling:
+    """An :class:`~diffsim.MPMSolver` and an :class:`~diffsim.FEMSolver` stepped together.
+
+    Args:
+        mpm, fem: the two solvers (same ``dt``), set up but not necessarily built.
+        friction: Coulomb coefficient between FEM surfaces and MPM material.
+        density_threshold: fraction of the MPM material's lowest density above which the
+            grid around an FEM node counts as material (contact).
+    """
+
+    def __init__(self, mpm, fem, friction: float = 0.5, density_threshold: float = 0.3):
+        if abs(mpm.dt - fem.dt) > 1e-12 * fem.dt:
+            raise InvalidScene(f"FEMMPMCoupling: the MPM and FEM substeps differ ({mpm.dt} vs {fem.dt} s)")
+        if not friction >= 0 or not 0 < density_threshold < 1:
+            raise InvalidScene("FEMMPMCoupling: friction must be >= 0 and density_threshold in (0, 1)")
+        self.mpm, self.fem = mpm, fem
+        self.friction = float(friction)
+        self.density_threshold = float(density_threshold)
+        self.hook = None
+
+    # ------------------------------------------------------------------ scene interface
+    @property
+    def dt(self):
+        return self.fem.dt
+
+    @property
+    def n(self):
+        return self.mpm.n + self.fem.n
+
+    @property
+    def time(self):
+        return self.fem.time
+
+    @property
+    def step_count(self):
+        return self.fem.step_count
+
+    @property
+    def lo(self):
+        return self.mpm.lo
+
+    @property
+    def hi(self):
+        return self.mpm.hi
+
+    def build(self):
+        if self.hook is None:
+            from .kernels.coupling import FEMGridContact
+            self.mpm.build()
+            self.fem.build()
+            rho = min(b.material.density for b in self.mpm.bodies)
+            self.hook = FEMGridContact(self.fem.fields, self.fem.n, runtime.real_dtype())
+            self.hook.density_min[None] = self.density_threshold * rho
+            self.hook.friction[None] = self.friction
+        return self
+
+    def step(self, n: int = 1):
+        """Advance both solvers ``n`` substeps."""
+        self.build()
+        hook = self.hook
+
+        def before_chunk(x):
+            hook.normal.from_numpy(self.fem._np(self.fem.vertex_normals(x)))
+
+        def before_substep(t):
+            hook.row[None] = t
+            self.mpm.step(1, hook)
+        self.fem.step(n, before_substep=before_substep, before_chunk=before_chunk)
+
+    def rollout(self, *args, **kwargs):
+        raise NotImplementedError("gradients through the FEM-MPM coupling are not implemented yet; "
+                                  "differentiate FEM scenes with diffsim.fem_rollout and MPM scenes "
+                                  "with diffsim.rollout")
+
+    def reset(self):
+        self.mpm.reset()
+        self.fem.reset()
+
+    def diagnostics(self) -> dict:
+        a, b = self.mpm.diagnostics(), self.fem.diagnostics()
+        out = dict(b)
+        for k in ("kinetic", "potential", "elastic", "energy"):
+            out[k] = a[k] + b[k]
+        out["momentum"] = (np.asarray(a["momentum"]) + np.asarray(b["momentum"])).tolist()
+        out["max_speed"] = max(a["max_speed"], b["max_speed"])
+        out["mpm"] = {k: a[k] for k in ("kinetic", "elastic", "momentum")}
+        return out
+
+    def frame(self) -> dict:
+        a, b = self.mpm.frame(), self.fem.frame()
+        xa, da = a["particles"]
+        xb, db = b["particles"]
+        body = np.concatenate([da["body"], db["body"] + (int(da["body"].max()) + 1 if len(da["body"]) else 0)])
+        data = {"body": body, "velocity": np.concatenate([da["velocity"], db["velocity"]])}
+        return {"particles": (np.concatenate([xa, xb]), data), "meshes": {**a["meshes"], **b["meshes"]},
+                "images": b.get("images", {})}
+
+    def checkpoint(self):
+        a_arr, a_meta = self.mpm.checkpoint()
+        b_arr, b_meta = self.fem.checkpoint()
+        arrays = {**{f"mpm_{k}": v for k, v in a_arr.items()}, **{f"fem_{k}": v for k, v in b_arr.items()}}
+        return arrays, {"mpm": a_meta, "fem": b_meta, "time": b_meta["time"], "step": b_meta["step"]}
+
+    def restore(self, arrays, meta):
+        self.build()
+        self.mpm.restore({k[4:]: v for k, v in arrays.items() if k.startswith("mpm_")}, meta["mpm"])
+        self.fem.restore({k[4:]: v for k, v in arrays.items() if k.startswith("fem_")}, meta["fem"])
+
+    def describe(self) -> dict:
+        return {"solver": "FEM-MPM coupling", "friction": self.friction,
+                "density_threshold": self.density_threshold, "mpm": self.mpm.describe(),
+                "fem": self.fem.describe()}

@@ -280,17 +280,38 @@ def default_marker_image():
 FACING_DOWN = np.diag([1.0, -1.0, -1.0])     # a pad's +z (its contact side) turned to -z
 
 
+def facing_rotation(facing=(0.0, 0.0, -1.0)) -> np.ndarray:
+    """The rotation that turns a pad's +z (its contact side) to the unit vector ``facing``:
+    :data:`FACING_DOWN` for -z, the identity for +z, otherwise the smallest rotation
+    (about ``z x facing``); e.g. +x gives the tangents (0, 0, -1), (0, 1, 0)."""
+    f = np.asarray(facing, np.float64).reshape(3)
+    norm = float(np.linalg.norm(f))
+    if not (np.isfinite(norm) and norm > 0):
+        raise InvalidScene(f"mount_sensor: facing must be a nonzero vector, got {facing}")
+    f = f / norm
+    if f[2] < -1.0 + 1e-12:
+        return FACING_DOWN.copy()
+    v = np.array([-f[1], f[0], 0.0])                 # z x f
+    K = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + K + K @ K / (1.0 + f[2])
+
+
 def mount_sensor(sim, mesh, material, contact=None, apex=(0.0, 0.0, 0.0), velocity=(0, 0, 0),
-                 angular_velocity=(0, 0, 0), name="sensor", **sensor_options):
+                 angular_velocity=(0, 0, 0), name="sensor", facing=(0.0, 0.0, -1.0), **sensor_options):
     """Add a pad (built with its back plate at z = 0 and contact side up, as
-    :func:`~diffsim.dome_pad` / :func:`~diffsim.flat_pad`) to ``sim`` facing down, its
-    lowest contact point at ``apex``; drive its back plate with ``velocity`` /
+    :func:`~diffsim.dome_pad` / :func:`~diffsim.flat_pad`) to ``sim`` with its contact side
+    turned to ``facing`` (a unit vector, default down; e.g. (1, 0, 0) for a gripper finger
+    pressing along +x; the rotation: :func:`facing_rotation`), its foremost contact point
+    (along ``facing``) at ``apex``; drive its back plate with ``velocity`` /
     ``angular_velocity`` (constants or functions of time) and attach a
-    :class:`TactileSensor`. Returns ``(body, driver, sensor)``."""
+    :class:`TactileSensor` whose frame is that rotation (so readings are in the pad's own
+    tangents and normal). Returns ``(body, driver, sensor)``."""
+    R = facing_rotation(facing)
+    f = R[:, 2]
     h = float(mesh.vertices[:, 2].max())
     apex = np.asarray(apex, np.float64).reshape(3)
-    body = sim.add_body(mesh, material, contact=contact, position=apex + [0.0, 0.0, h], rotation=FACING_DOWN,
-                        name=name)
-    plate = body.nodes_where(lambda X: X[:, 2] > apex[2] + h - 1e-9)
+    position = apex - h * f                          # where the back plate's centre goes
+    body = sim.add_body(mesh, material, contact=contact, position=position, rotation=R, name=name)
+    plate = body.nodes_where(lambda X: (X - position) @ f < 1e-9)   # the back face (mesh z = 0)
     driver = sim.add_driver(body, plate, velocity=velocity, angular_velocity=angular_velocity, name=f"{name}_plate")
-    return body, driver, TactileSensor(sim, body, driver, frame=FACING_DOWN, name=name, **sensor_options)
+    return body, driver, TactileSensor(sim, body, driver, frame=R, name=name, **sensor_options)

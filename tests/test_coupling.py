@@ -58,3 +58,33 @@ def test_coupled_scene_checkpoint_restore():
     b.step(300)
     assert np.allclose(a.mpm.positions(), b.mpm.positions(), atol=1e-12)
     assert np.allclose(a.fem.positions(), b.fem.positions(), atol=1e-12)
+
+
+def test_gripper_squeeze_scene(tmp_path):
+    """Two tactile fingers (one FEMSolver, facing +x and -x) squeeze a von Mises block,
+    hold and open again: symmetric forces, no particle through a pad, a permanent waist."""
+    from diffsim.scene import load_script
+    grip = load_script("gripper_squeeze")           # the scene's helpers
+    scene = ds.build_scene("gripper_squeeze", {"dx": 1.5e-3, "depth": 2e-3, "hold": 1e-3})
+    both = scene.build().solver
+    w0 = grip.object_width(both)
+    s = ds.run_scene(scene, tmp_path / "grip", progress=False, video=False)
+    assert s["status"] == "completed" and s["steps"] == scene.steps
+    tr = s["traces"]
+    left, right = np.array(tr["left_normal_force"]), np.array(tr["right_normal_force"])
+    assert left.max() > 0.1 and right.max() > 0.1
+    touching = left > 0.2 * left.max()
+    assert touching.sum() >= 5
+    assert np.all(np.abs(np.log(left[touching] / right[touching])) < np.log(1.5))   # symmetric squeeze
+    # the fingers pushed the block and let go of it; no particle got far into a pad (3 mm thick)
+    assert max(left[-1], right[-1]) < 0.01 * left.max()
+    assert max(tr["max_penetration"]) < 1.5e-3
+    frames = len(tr["time"])                        # marker-flow images of both fingers per frame
+    assert all(sum(f.startswith(f"{name}_markers_") for f in s["frames"]) == frames for name in ("left", "right"))
+    # the block kept a narrower waist: plastic, the elastic strain left in F is small
+    w = grip.object_width(both)
+    assert w < 0.9 * w0
+    F = both.mpm.get_state()["F"]
+    elastic_xx = np.abs(np.mean(np.log(F[:, 0, 0])))
+    assert elastic_xx < 0.2 * abs(np.log(w / w0))
+    assert np.isfinite(both.diagnostics()["energy"])

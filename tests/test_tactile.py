@@ -154,3 +154,48 @@ def test_voxel_tet_mesh_fills_a_sphere():
     import trimesh
     surf = trimesh.Trimesh(m.vertices, m.surface())
     assert surf.is_watertight and surf.volume == pytest.approx(m.volume, rel=1e-9)
+
+
+def _mounted_press(facing):
+    """A flat pad mounted with ``mount_sensor`` facing ``facing``, its plate driven along the
+    facing into a sphere 0.1 mm ahead of it (1 mm off centre): the facing-down press turned
+    by the rotation that takes -z to ``facing``."""
+    from diffsim.tactile import FACING_DOWN, facing_rotation
+    Q = facing_rotation(facing) @ FACING_DOWN.T          # world rotation: the down press -> this one
+    sim = ds.FEMSolver(dt=4e-6, gravity=(0, 0, 0), tape_substeps=50)
+    sim.add_collider(ds.SphereCollider(center=tuple(Q @ [0.001, 0.0, -R_SPHERE - 1e-4]), radius=R_SPHERE))
+    pad, plate, sensor = ds.mount_sensor(
+        sim, ds.flat_pad(width=0.012, depth=0.012, thickness=0.003, resolution=0.001),
+        ds.FEMMaterial(E=1e5, nu=0.45, density=1100, mass_damping=300),
+        ds.PenaltyContact(stiffness=1e10, friction=0.8), velocity=tuple(Q @ [0.0, 0.0, -0.05]),
+        facing=facing, markers="grid", map_resolution=(32, 32))
+    return sim, pad, plate, sensor
+
+
+def test_mount_sensor_facing_sideways_reads_like_facing_down():
+    from diffsim.tactile import FACING_DOWN
+    down = _mounted_press((0.0, 0.0, -1.0))
+    side = _mounted_press((1.0, 0.0, 0.0))
+    # the default is today's placement, bit for bit
+    sim0 = ds.FEMSolver(dt=4e-6, gravity=(0, 0, 0))
+    mesh = ds.flat_pad(width=0.012, depth=0.012, thickness=0.003, resolution=0.001)
+    pad0, plate0, sensor0 = ds.mount_sensor(sim0, mesh, ds.FEMMaterial(E=1e5), apex=(0.001, 0.002, 0.003))
+    assert np.array_equal(pad0.mesh.vertices, mesh.vertices @ FACING_DOWN.T + [0.001, 0.002, 0.003 + 0.003])
+    z = pad0.mesh.vertices[:, 2]
+    assert np.array_equal(plate0.nodes, np.nonzero(z > 0.006 - 1e-9)[0]) and np.array_equal(sensor0.frame, FACING_DOWN)
+    # facing +x: the pad's contact side, its plate and the sensor frame all turned to +x
+    sim, pad, plate, sensor = side
+    assert np.allclose(sensor.normal, [1, 0, 0]) and np.allclose(np.linalg.det(sensor.frame), 1)
+    x = pad.mesh.vertices[:, 0]
+    assert np.isclose(x.max(), 0.0) and np.allclose(x[plate.nodes], -0.003) and plate.nodes.size == down[2].nodes.size
+    assert sensor.marker_count == down[3].marker_count
+    down[0].step(1500)                              # plate moved 0.3 mm: 0.2 mm into the sphere
+    sim.step(1500)
+    ra = down[3].read(down[0].positions(), down[0].contact_forces())
+    rb = sensor.read(sim.positions(), sim.contact_forces())
+    assert ra["normal_force"] > 0.02
+    assert rb["normal_force"] == pytest.approx(ra["normal_force"], rel=1e-6)
+    assert rb["normal_force"] == pytest.approx(-sim.contact_forces()[:, 0].sum(), rel=1e-9)   # pushes back along -x
+    assert np.allclose(rb["shear_force"], ra["shear_force"], atol=1e-6 * ra["normal_force"])
+    assert np.allclose(rb["displacement_px"], ra["displacement_px"], atol=1e-6)
+    assert np.allclose(rb["depth"], ra["depth"], atol=1e-10)

@@ -660,6 +660,10 @@ class DEMSolver:
             fs.tcell_tri.from_numpy(rf)
         self._rotating = [w for w in self.walls if w.rotating()]
         self._walls_dynamic = bool(self._rotating) or any(callable(w.velocity) for w in self.walls)
+        moving = np.zeros(W, np.int32)
+        moving[:len(self.walls)] = [w.rotating() or callable(w.velocity) or bool(np.any(w.velocity))
+                                    for w in self.walls]
+        fs.w_moving.from_numpy(moving)
         self._pose_key = None
         self._update_wall_pose()
 
@@ -712,6 +716,8 @@ class DEMSolver:
         self.n_pairs = int(fs.pair_start[self.n])
         kd.remap_state(fs, self.state, self.spare, self.n, self.n_pairs, fs.n_walls)
         self._swap()
+        if fs.n_walls <= kd.MAX_FLAGGED_WALLS:
+            kd.flag_near_walls(fs, self.state, fs.n_walls, self.n, self.skin)
         fs.max_disp[None] = 0.0
         self.rebuilds += 1
 

@@ -138,6 +138,8 @@ class DEMFields:
         self.sorted = ti.field(ti.i32, N)
         self.w_type = ti.field(ti.i32, W)
         self.w_on = ti.field(ti.i32, W)
+        self.w_moving = ti.field(ti.i32, W)       # translated or rotated: always checked
+        self.wall_near = ti.field(ti.i32, N)      # bit k: sphere may touch wall k before the next rebuild
         self.mg_dims = ti.Vector.field(3, ti.i32, W)
         self.mg_cell0 = ti.field(ti.i32, W)
         self.tcell_start = ti.field(ti.i32, max(n_tri_cells, 1) + 1)
@@ -473,35 +475,77 @@ def pair_force(fs: ti.template(), Si: ti.template(), So: ti.template(), model: t
     fs.pair_tj[p] = tj
 
 
+MAX_FLAGGED_WALLS = 31   # walls tracked by the ``wall_near`` bit mask (with more, all are checked)
+
+
 @ti.func
-def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(),
-                n_walls: ti.template(), i, prm, c):
-    """Force and torque of the walls on sphere i; new wall histories into ``So``."""
+def wall_local_position(fs: ti.template(), S: ti.template(), k, x):
+    """``x`` (world) in wall k's reference frame."""
+    ctr = fs.w_c[k]
+    return fs.w_R[k].transpose() @ (x - ctr - S.w_off[k]) + ctr
+
+
+@ti.kernel
+def flag_near_walls(fs: ti.template(), S: ti.template(), n_walls: ti.template(), n: ti.i32, margin: float):
+    """``wall_near[i]`` bit k: sphere i lies within ``margin`` of static wall k, or wall k
+    moves. Spheres move less than half the skin between rebuilds, so with margin >= that
+    a sphere without the bit cannot touch the wall before the next rebuild (forward only:
+    the differentiable step checks every wall)."""
+    for i in range(n):
+        mask = 0
+        for k in ti.static(range(n_walls)):
+            d, nl, cl = wall_contact_local(fs, k, wall_local_position(fs, S, k, S.x[i]), fs.radius[i] + margin)
+            if d > 0.0 or fs.w_moving[k]:
+                mask |= 1 << k
+        fs.wall_near[i] = mask
+
+
+@ti.func
+def wall_force(fs: ti.template(), Si: ti.template(), model: ti.template(), k, i, prm, c):
+    """Force, torque and new tangential history of wall k on sphere i."""
     xi = Si.x[i]
-    vi = Si.v[i]
     wi = Si.w[i]
     ri = fs.radius[i]
-    mi = fs.mass[i]
+    s_new = ti.Vector.zero(float, 3)
     f = ti.Vector.zero(float, 3)
     tq = ti.Vector.zero(float, 3)
-    for k in ti.static(range(n_walls)):
-        s_new = ti.Vector.zero(float, 3)
+    d, nl, cl = wall_contact_local(fs, k, wall_local_position(fs, Si, k, xi), ri)
+    if fs.w_on[k] and d > 0.0:
         R = fs.w_R[k]
         ctr = fs.w_c[k]
         o = Si.w_off[k]
-        xl = R.transpose() @ (xi - ctr - o) + ctr
-        d, nl, cl = wall_contact_local(fs, k, xl, ri)
-        if fs.w_on[k] and d > 0.0:
-            n = R @ nl
-            cpt = R @ (cl - ctr) + ctr + o
-            v_wall = fs.w_vel[k] + fs.w_omega[k].cross(cpt - ctr - o)
-            v_rel = vi - v_wall - (ri * wi).cross(n)
-            fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - fs.w_omega[k], Si.w_hist[i, k], ri, mi, prm,
-                                          c[0], c[1], c[2], c[3])
-            s_new = s
-            f += fc
-            tq += (-ri * n).cross(ft) + tr
-        So.w_hist[i, k] = s_new
+        n = R @ nl
+        cpt = R @ (cl - ctr) + ctr + o
+        v_wall = fs.w_vel[k] + fs.w_omega[k].cross(cpt - ctr - o)
+        v_rel = Si.v[i] - v_wall - (ri * wi).cross(n)
+        fc, ft, tr, s = contact_force(model, d, n, v_rel, wi - fs.w_omega[k], Si.w_hist[i, k], ri, fs.mass[i],
+                                      prm, c[0], c[1], c[2], c[3])
+        s_new = s
+        f = fc
+        tq = (-ri * n).cross(ft) + tr
+    return f, tq, s_new
+
+
+@ti.func
+def wall_forces(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.template(),
+                n_walls: ti.template(), skip_far: ti.template(), i, prm, c):
+    """Force and torque of the walls on sphere i; new wall histories into ``So``.
+    ``skip_far`` (forward only): skip the walls not flagged in ``wall_near[i]``."""
+    f = ti.Vector.zero(float, 3)
+    tq = ti.Vector.zero(float, 3)
+    for k in ti.static(range(n_walls)):
+        if ti.static(skip_far):
+            s_new = ti.Vector.zero(float, 3)
+            if (fs.wall_near[i] >> k) & 1:
+                fk, tk, s_new = wall_force(fs, Si, model, k, i, prm, c)
+                f += fk
+                tq += tk
+            So.w_hist[i, k] = s_new
+        else:
+            fk, tk, s_new = wall_force(fs, Si, model, k, i, prm, c)
+            f += fk
+            tq += tk
+            So.w_hist[i, k] = s_new
     return f, tq
 
 
@@ -546,7 +590,7 @@ def step(fs: ti.template(), Si: ti.template(), So: ti.template(), model: ti.temp
     for i in range(n):
         prm, c = constants(fs)
         m = fs.mass[i]
-        f, tq = wall_forces(fs, Si, So, model, n_walls, i, prm, c)
+        f, tq = wall_forces(fs, Si, So, model, n_walls, ti.static(track and n_walls <= MAX_FLAGGED_WALLS), i, prm, c)
         f += m * fs.gravity[None]
         act = fs.active[i]
         p0 = fs.pair_start[i]

@@ -24,7 +24,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],
         "video": ["imageio"],
         "mesh": ["tetgen"],  # tetrahedralize surface meshes (diffsim.tetrahedralize)
     },

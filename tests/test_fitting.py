@@ -83,6 +83,7 @@ def test_fit_youngs_modulus_from_three_times_off(tmp_path):
     scene.solver.close()
 
 
+@pytest.mark.slow
 def test_fit_resumes_from_its_state(tmp_path):
     path, options = _record(tmp_path, options={"E": 4e3})
     data = load_trajectory(path)

@@ -109,6 +109,7 @@ def test_sensor_readings_are_differentiable_through_the_press():
     assert E.grad.item() == pytest.approx(fd.item(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_slide_scene_runs_from_the_cli_with_marker_flow_frames_and_force_traces(tmp_path):
     import json
     import subprocess

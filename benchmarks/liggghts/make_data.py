@@ -3,7 +3,7 @@
 (atom_style granular: id type diameter density x y z; Velocities: id vx vy vz wx wy wz)."""
 import csv, json, os, sys
 
-SCENE = os.environ.get("DEM_SILO_DIR", "/work/shared/data/dem_silo")
+SCENE = os.environ.get("DEM_SILO_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scenes", "data", "dem_silo"))
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "silo.data")
 
 p = json.load(open(os.path.join(SCENE, "params.json")))

@@ -11,7 +11,7 @@ reports throughput and discharge rate.  Logs go to log.np<P>.lammps / out.np<P>.
 import argparse, json, os, re, shutil, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENE = os.environ.get("DEM_SILO_DIR", "/work/shared/data/dem_silo")
+SCENE = os.environ.get("DEM_SILO_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scenes", "data", "dem_silo"))
 P = json.load(open(os.path.join(SCENE, "params.json")))
 DT, N0, MASS = P["dt"], P["n_particles"], P["particle_mass"]
 

@@ -553,13 +553,9 @@ class FEMSolver:
         free = np.ones(self.n, bool)
         for d in self.drivers:
             free[d.nodes] = False
-        tri_n, node_n = {}, np.zeros((self.n, 3))
-        for B in self.bodies:
-            t = x[B.surface]
-            cr = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
-            np.add.at(node_n, B.surface.ravel(), np.repeat(cr, 3, axis=0))
-            tri_n[B.name] = cr / np.maximum(np.linalg.norm(cr, axis=1, keepdims=True), 1e-300)
-        node_n /= np.maximum(np.linalg.norm(node_n, axis=1, keepdims=True), 1e-300)
+        cross, node_n = self._surface_normals(x)
+        tri_n = {name: cr / np.maximum(np.linalg.norm(cr, axis=1, keepdims=True), 1e-300)
+                 for name, cr in cross.items()}
         margin = self.contact_margin
         nodes, tris, bary = [], [], []
         for A in self.bodies:
@@ -627,13 +623,22 @@ class FEMSolver:
             fs.pair_tri.from_numpy(pad(tris, np.int32))
         return P
 
+    def _surface_normals(self, x):
+        """At positions ``x``: per body, the surface triangles' cross products (twice the
+        area times the outward normal), and the area-weighted outward unit normals (N,3) of
+        the surface nodes (0 inside)."""
+        x = np.asarray(x)
+        cross, nrm = {}, np.zeros((self.n, 3))
+        for b in self.bodies:
+            t = x[b.surface]
+            cr = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+            np.add.at(nrm, b.surface.ravel(), np.repeat(cr, 3, axis=0))
+            cross[b.name] = cr
+        return cross, nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+
     def vertex_normals(self, x) -> np.ndarray:
         """Outward unit normals (N,3) of the surface nodes at positions ``x`` (0 inside)."""
-        nrm = np.zeros((self.n, 3))
-        for b in self.bodies:
-            t = np.asarray(x)[b.surface]
-            np.add.at(nrm, b.surface.ravel(), np.repeat(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), 3, axis=0))
-        return nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+        return self._surface_normals(x)[1]
 
     def run_chunk(self, k: int, record_every: int, n_pairs: int = 0, before_substep=None):
         """Substeps rows 0 -> k (poses and contact pairs uploaded by the caller); contact

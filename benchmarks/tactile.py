@@ -19,7 +19,10 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
   coupled through the MPM grid (:class:`diffsim.FEMMPMCoupling`). ``ms_per_substep`` is
   the coupled substep, ``mpm_ms_per_substep`` the same object stepped alone (medians of
   5 alternating runs of 200 substeps) and ``overhead_over_mpm`` = coupled / MPM-only - 1.
-  The coupling is forward-only so far: ``backward_over_forward`` is null.
+  ``backward_over_forward``: the backward pass of a 200-substep differentiable coupled
+  rollout (``FEMMPMCoupling.rollout``; loss on the marker pixels, the normal force and
+  the object's particle positions; gradients for the elastomer's and the object's E)
+  over its forward pass (median of 3).
 
 Fields: case, tets, nodes, particles (MPM particles; 0 here), substeps, dt,
 ms_per_substep, backward_over_forward, peak_rss_mb, threads, arch, precision.
@@ -108,18 +111,19 @@ def _dome_over_mpm(dt):
     mpm.add_body(shape, ds.FixedCorotated(E=5e4, nu=0.3, density=1000), name="object", spacing=1e-3)
     top = float(mpm.positions()[:, 2].max())
     fem = ds.FEMSolver(dt=dt, gravity=(0, 0, 0), tape_substeps=200)
-    mount_sensor(fem, ds.dome_pad(width=0.02, resolution=0.02 / 15, layers=6),
+    pad, plate, sensor = mount_sensor(fem, ds.dome_pad(width=0.02, resolution=0.02 / 15, layers=6),
                  ds.FEMMaterial(E=3e5, nu=0.45, density=1100, mass_damping=300),
                  ds.PenaltyContact(stiffness=1e9, friction=0.8), apex=(0.0, 0.0, top + 5e-4),
                  velocity=(0.0, 0.0, -0.05), markers="image")
-    return mpm, fem, ds.FEMMPMCoupling(mpm, fem, friction=0.8)
+    return mpm, fem, sensor, ds.FEMMPMCoupling(mpm, fem, friction=0.8)
 
 
 def run_mpm(arch, threads, precision, substeps=200, dt=4e-6):
     import taichi as ti
+    import torch
     import diffsim as ds
     ds.init(arch=arch, threads=threads, precision=precision)
-    mpm, fem, both = _dome_over_mpm(dt)
+    mpm, fem, sensor, both = _dome_over_mpm(dt)
     both.build()
     both.step(2 * substeps)                     # compile, and the dome reaches the object
     mpm.step(substeps)                          # compile the MPM-only kernel
@@ -135,9 +139,26 @@ def run_mpm(arch, threads, precision, substeps=200, dt=4e-6):
         alone.append(time.perf_counter() - t0)
     d = both.diagnostics()
     c, m = statistics.median(coupled) / substeps, statistics.median(alone) / substeps
+    weights = torch.linspace(-1.0, 1.0, 3 * mpm.n, dtype=ds.runtime.torch_dtype()).reshape(mpm.n, 3)
+
+    def rollout():
+        E_pad = torch.tensor(3e5, dtype=ds.runtime.torch_dtype(), requires_grad=True)
+        E_obj = torch.tensor(5e4, dtype=ds.runtime.torch_dtype(), requires_grad=True)
+        t0 = time.perf_counter()
+        out = both.rollout(substeps, substeps // 4, fem_params={"E": E_pad}, mpm_params={"object": {"E": E_obj}})
+        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
+                        out["driver_rotation"][-1, 0])
+        loss = (r["displacement_px"] ** 2).sum() + r["normal_force"] + 1e3 * (weights * out["mpm"].x).sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        assert E_pad.grad is not None and E_obj.grad is not None
+        return t1 - t0, t2 - t1
+    rollout()                                   # compile the adjoints
+    ratios = [b / f for f, b in (rollout() for _ in range(3))]
     return {"case": CASES["mpm"], "tets": fem.n_tets, "nodes": fem.n, "particles": mpm.n, "substeps": substeps,
             "dt": dt, "ms_per_substep": 1e3 * c, "mpm_ms_per_substep": 1e3 * m, "overhead_over_mpm": c / m - 1.0,
-            "backward_over_forward": None, "normal_force_n": d["sensor_normal_force"],
+            "backward_over_forward": statistics.median(ratios), "normal_force_n": d["sensor_normal_force"],
             "peak_rss_mb": _peak_rss_mb(), "threads": threads or os.cpu_count(), "arch": arch,
             "precision": precision}
 

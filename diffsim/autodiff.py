@@ -202,16 +202,12 @@ class _Segment(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gx, gv, gC, gF):
-        import numpy as np
-        from .kernels import mpm as km
         sim, rotations = ctx.sim, ctx.rotations
         x, v, C, F, prm, c_pos, c_vel, c_omega = ctx.saved_tensors
         fs, n = sim.fields, sim.n
         dtype = x.dtype
         steps = c_pos.shape[0]
         S = c_pos.shape[1]
-        args = sim.kernel_args
-        dt, dx, lx, ly, lz, gx_, gy_, gz_ = args
         # 1. re-run the segment to tape it, unless its tape survived
         tape = _tapes(sim).find(ctx.tape_id)
         if tape is None:
@@ -220,31 +216,13 @@ class _Segment(torch.autograd.Function):
         else:
             _put((fs.prm,), (prm,), n, dtype)
         # 2. reverse the substeps
-        zeros3 = torch.zeros((n, 3), dtype=dtype)
-        zeros33 = torch.zeros((n, 3, 3), dtype=dtype)
-        _put((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1),
-             (gx if gx is not None else zeros3, gv if gv is not None else zeros3,
-              gC if gC is not None else zeros33, gF if gF is not None else zeros33), n, dtype)
+        seed_adjoint(sim, gx, gv, gC, gF)
         g_pos = np.zeros((steps, S, 3))
         g_vel = np.zeros((steps, S, 3))
         g_omega = np.zeros((S, 3))
         for k in reversed(range(steps)):
-            km.tape_load(fs, tape, k, n)
-            _load_colliders(sim, c_pos[k], c_vel[k], c_omega, rotations, k)
-            if tape.with_grid:
-                km.tape_load_grid(fs, tape, k)
-            else:
-                km.material_stage(fs, sim.mats, n, dt)
-                km.clear_grid(fs)
-                km.p2g(fs, n, dt, dx, lx, ly, lz)
-            km.grid_update(fs, sim.cols, *args)
-            km.clear_grid_grad(fs)
-            if S:
-                for f in (fs.c_pos.grad, fs.c_vel.grad, fs.c_omega.grad):
-                    f.fill(0)
-            km.g2p_adjoint(fs, n, dt, dx, lx, ly, lz)
-            km.grid_update_adjoint(fs, sim.cols, *args)
-            km.substep_adjoint_particles(fs, sim.mats, n, dt, dx, lx, ly, lz, int(k == steps - 1))
+            load_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations)
+            reverse_substep(sim, first=k == steps - 1)
             if S:
                 g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
                 g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
@@ -255,6 +233,56 @@ class _Segment(torch.autograd.Function):
         return (None, None, *outs, gprm.to(prm.dtype),
                 torch.from_numpy(g_pos).to(c_pos.dtype), torch.from_numpy(g_vel).to(c_vel.dtype),
                 torch.from_numpy(g_omega).to(c_omega.dtype))
+
+
+def seed_adjoint(sim, gx, gv, gC, gF):
+    """Output adjoints of the last substep of a segment (None: zero) into the fields."""
+    fs, n = sim.fields, sim.n
+    dtype = runtime.torch_dtype()
+    zeros3 = torch.zeros((n, 3), dtype=dtype)
+    zeros33 = torch.zeros((n, 3, 3), dtype=dtype)
+    _put((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1),
+         (gx if gx is not None else zeros3, gv if gv is not None else zeros3,
+          gC if gC is not None else zeros33, gF if gF is not None else zeros33), n, dtype)
+
+
+def load_substep(sim, tape, k, pos, vel, omega, rotations):
+    """Substep ``k`` of a taped segment back in the fields: its input state, colliders and
+    grid (after the grid update, before any hook)."""
+    from .kernels import mpm as km
+    fs, n = sim.fields, sim.n
+    args = sim.kernel_args
+    dt, dx, lx, ly, lz = args[:5]
+    km.tape_load(fs, tape, k, n)
+    _load_colliders(sim, pos, vel, omega, rotations, k)
+    if tape.with_grid:
+        km.tape_load_grid(fs, tape, k)
+    else:
+        km.material_stage(fs, sim.mats, n, dt)
+        km.clear_grid(fs)
+        km.p2g(fs, n, dt, dx, lx, ly, lz)
+    km.grid_update(fs, sim.cols, *args)
+
+
+def reverse_substep(sim, first, after_g2p=None):
+    """Reverse pass of the substep loaded by :func:`load_substep`: the output adjoints in
+    ``x1.grad`` ... become the input adjoints (in the same fields), parameter adjoints are
+    summed into ``acc_prm`` (``first``: the segment's last substep, which starts the sum),
+    collider adjoints land in ``c_*.grad``. ``after_g2p()`` runs between the G2P and grid
+    adjoints (a grid hook's reverse pass)."""
+    from .kernels import mpm as km
+    fs, n = sim.fields, sim.n
+    args = sim.kernel_args
+    dt, dx, lx, ly, lz = args[:5]
+    km.clear_grid_grad(fs)
+    if len(sim.colliders):
+        for f in (fs.c_pos.grad, fs.c_vel.grad, fs.c_omega.grad):
+            f.fill(0)
+    km.g2p_adjoint(fs, n, dt, dx, lx, ly, lz)
+    if after_g2p is not None:
+        after_g2p()
+    km.grid_update_adjoint(fs, sim.cols, *args)
+    km.substep_adjoint_particles(fs, sim.mats, n, dt, dx, lx, ly, lz, int(first))
 
 
 DEFAULT_TAPE_MEMORY = 2 ** 30  # bytes of segment tapes kept between forward and backward
@@ -325,18 +353,24 @@ def _tapes(sim) -> TapeCache:
 def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
     """Fused substeps from the state in the fields; with ``record`` the state (and grid)
     of every substep goes to a tape. Returns the tape's owner id (or None)."""
-    from .kernels import mpm as km
-    fs, n = sim.fields, sim.n
     steps = c_pos.shape[0]
     tape = _tapes(sim).acquire(steps) if record else None
     for k in range(steps):
-        if record:
-            km.tape_store(fs, tape, k, n)
-        _load_colliders(sim, c_pos[k], c_vel[k], c_omega, rotations, k)
-        km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args, None)
-        if record and tape.with_grid:
-            km.tape_store_grid(fs, tape, k)
+        segment_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations)
     return tape.owner if record else None
+
+
+def segment_substep(sim, tape, k, pos, vel, omega, rotations, hook=None):
+    """Substep ``k`` of a segment (fused kernel, optional grid ``hook``), its input state
+    and grid taped when ``tape`` is given."""
+    from .kernels import mpm as km
+    fs, n = sim.fields, sim.n
+    if tape is not None:
+        km.tape_store(fs, tape, k, n)
+    _load_colliders(sim, pos, vel, omega, rotations, k)
+    km.step_fused(fs, sim.mats, sim.cols, n, *sim.kernel_args, hook)
+    if tape is not None and tape.with_grid:
+        km.tape_store_grid(fs, tape, k)
 
 
 def _load_colliders(sim, pos, vel, omega, rotations, k):
@@ -434,6 +468,43 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         state = initial_state(sim)
     dtype = runtime.torch_dtype()
     prm = parameter_tensor(sim, params)
+    pos, vel, omega, rotations, end = collider_schedule(sim, steps, collider_velocity, collider_position)
+    _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
+
+    K = checkpoint_every if checkpoint_every else (steps if checkpoint_every == 0 else
+                                                   max(1, int(math.ceil(math.sqrt(steps)))))
+    cuts = set(range(0, steps, K)) | {steps}
+    if record_every:
+        cuts |= set(range(0, steps, int(record_every)))
+    cuts = sorted(cuts)
+    neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
+    start_time, start_step = sim.time, sim.step_count
+    x, v, C, F = state.tensors()
+    records = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        rots = rotations[a:b] if rotations is not None else None
+        if neural:
+            seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t)  # noqa: E731
+            args = (x, v, C, F, prm, pos[a:b], vel[a:b], omega)
+            if torch.is_grad_enabled() and checkpoint_every != 0:
+                x, v, C, F = _checkpoint(seg, *args, use_reentrant=False)
+            else:
+                x, v, C, F = seg(*args)
+        else:
+            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega)
+        if record_every and b % int(record_every) == 0:
+            records.append((b, MPMState(x, v, C, F)))
+    final = MPMState(x, v, C, F)
+    finish_rollout(sim, final, end, rotations, steps, start_time, start_step)
+    return final, records
+
+
+def collider_schedule(sim, steps, collider_velocity=None, collider_position=None):
+    """Per-substep collider slots of the next ``steps`` substeps as tensors: positions and
+    velocities (steps, S, 3), angular velocities (S, 3), rotations (steps+1 arrays or
+    None) and the final positions (S, 3) (None without colliders); velocities and start
+    positions default to the colliders' own schedule."""
+    dtype = runtime.torch_dtype()
     S = len(sim.colliders)
     pos0, _, omega0, _ = sim.collider_state()
     collider_velocity = dict(collider_velocity or {})
@@ -466,35 +537,12 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         pos = torch.zeros((steps, 0, 3), dtype=dtype)
         end = None
     omega = torch.tensor(omega0[:S], dtype=dtype).reshape(S, 3)
-    rotations = _rotation_schedule(sim, steps)
-    _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
+    return pos, vel, omega, _rotation_schedule(sim, steps), end
 
-    K = checkpoint_every if checkpoint_every else (steps if checkpoint_every == 0 else
-                                                   max(1, int(math.ceil(math.sqrt(steps)))))
-    cuts = set(range(0, steps, K)) | {steps}
-    if record_every:
-        cuts |= set(range(0, steps, int(record_every)))
-    cuts = sorted(cuts)
-    neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
-    start_time, start_step = sim.time, sim.step_count
-    x, v, C, F = state.tensors()
-    records = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        rots = rotations[a:b] if rotations is not None else None
-        if neural:
-            seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t)  # noqa: E731
-            args = (x, v, C, F, prm, pos[a:b], vel[a:b], omega)
-            if torch.is_grad_enabled() and checkpoint_every != 0:
-                x, v, C, F = _checkpoint(seg, *args, use_reentrant=False)
-            else:
-                x, v, C, F = seg(*args)
-        else:
-            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega)
-        if record_every and b % int(record_every) == 0:
-            records.append((b, MPMState(x, v, C, F)))
-    final = MPMState(x, v, C, F)
-    # leave the solver at the end of the rollout
-    sim.set_state({"x": x, "v": v, "C": C, "F": F})
+
+def finish_rollout(sim, final, end, rotations, steps, start_time, start_step):
+    """Leave the solver at the end of a rollout: state, colliders, clock."""
+    sim.set_state({"x": final.x, "v": final.v, "C": final.C, "F": final.F})
     for i, c in enumerate(sim.colliders):
         c.position = end[i].detach().cpu().numpy().astype(float)
         if rotations is not None:
@@ -502,7 +550,6 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
     sim.time = start_time + steps * sim.dt
     sim.step_count = start_step + steps
     sim._upload_collider_state()
-    return final, records
 
 
 def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega):

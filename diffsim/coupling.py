@@ -11,8 +11,8 @@ Each substep runs the MPM step (one fused kernel) with the FEM surface as a grid
 (:mod:`diffsim.kernels.coupling`: the FEM nodes and the grid exchange inelastic impulses
 with Coulomb friction, momentum conserving), then the FEM substep, which sees the
 reaction as a contact force (so the sensor's forces and markers include it). The MPM and
-FEM share one dt. Forward only: gradients through the coupling are not implemented
-(:meth:`FEMMPMCoupling.rollout` raises ``NotImplementedError``).
+FEM share one dt. Differentiable rollouts: :meth:`FEMMPMCoupling.rollout`
+(:mod:`diffsim.coupling_grad`).
 """
 from __future__ import annotations
 
@@ -73,7 +73,10 @@ class FEMMPMCoupling:
             self.mpm.build()
             self.fem.build()
             rho = min(b.material.density for b in self.mpm.bodies)
-            self.hook = FEMGridContact(self.fem.fields, self.fem.n, runtime.real_dtype())
+            fs = self.fem.fields
+            free_surface = (fs.area.to_numpy()[: self.fem.n] > 0) & (fs.inv_mass.to_numpy()[: self.fem.n] > 0)
+            self.hook_nodes = np.nonzero(free_surface)[0]
+            self.hook = FEMGridContact(fs, self.hook_nodes, runtime.real_dtype())
             self.hook.density_min[None] = self.density_threshold * rho
             self.hook.friction[None] = self.friction
         return self
@@ -84,17 +87,19 @@ class FEMMPMCoupling:
         hook = self.hook
 
         def before_chunk(x):
-            hook.normal.from_numpy(self.fem._np(self.fem.vertex_normals(x)))
+            hook.normal.from_numpy(self.fem._np(self.fem.vertex_normals(x)[self.hook_nodes]))
 
         def before_substep(t):
             hook.row[None] = t
             self.mpm.step(1, hook)
         self.fem.step(n, before_substep=before_substep, before_chunk=before_chunk)
 
-    def rollout(self, *args, **kwargs):
-        raise NotImplementedError("gradients through the FEM-MPM coupling are not implemented yet; "
-                                  "differentiate FEM scenes with diffsim.fem_rollout and MPM scenes "
-                                  "with diffsim.rollout")
+    def rollout(self, substeps: int, record_every: int | None = None, fem_params: dict | None = None,
+                mpm_params: dict | None = None, driver_velocity=None, mpm_state=None) -> dict:
+        """Differentiable rollout of both solvers from the start: see
+        :func:`diffsim.coupling_grad.coupled_rollout`."""
+        from .coupling_grad import coupled_rollout
+        return coupled_rollout(self, substeps, record_every, fem_params, mpm_params, driver_velocity, mpm_state)
 
     def reset(self):
         self.mpm.reset()

@@ -624,20 +624,26 @@ class FEMSolver:
         return P
 
     def _surface_normals(self, x):
-        """At positions ``x``: per body, the surface triangles' cross products (twice the
-        area times the outward normal), and the area-weighted outward unit normals (N,3) of
-        the surface nodes (0 inside)."""
-        x = np.asarray(x)
-        cross, nrm = {}, np.zeros((self.n, 3))
+        """At positions ``x`` (numpy, or a torch tensor to differentiate through): per body,
+        the surface triangles' cross products (twice the area times the outward normal),
+        and the area-weighted outward unit normals (N,3) of the surface nodes (0 inside)."""
+        import torch
+        as_numpy = not torch.is_tensor(x)
+        xt = torch.as_tensor(np.asarray(x, np.float64)) if as_numpy else x
+        cross, nrm = {}, torch.zeros((self.n, 3), dtype=xt.dtype)
         for b in self.bodies:
-            t = x[b.surface]
-            cr = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
-            np.add.at(nrm, b.surface.ravel(), np.repeat(cr, 3, axis=0))
+            t = xt[torch.as_tensor(b.surface, dtype=torch.long)]
+            cr = torch.linalg.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+            nrm = nrm.index_add(0, torch.as_tensor(b.surface.ravel(), dtype=torch.long), cr.repeat_interleave(3, 0))
             cross[b.name] = cr
-        return cross, nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+        nrm = nrm / nrm.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        if as_numpy:
+            return {k: v.numpy() for k, v in cross.items()}, nrm.numpy()
+        return cross, nrm
 
-    def vertex_normals(self, x) -> np.ndarray:
-        """Outward unit normals (N,3) of the surface nodes at positions ``x`` (0 inside)."""
+    def vertex_normals(self, x):
+        """Outward unit normals (N,3) of the surface nodes at positions ``x`` (0 inside);
+        numpy in, numpy out, or torch in, torch out (differentiable)."""
         return self._surface_normals(x)[1]
 
     def run_chunk(self, k: int, record_every: int, n_pairs: int = 0, before_substep=None):

@@ -77,59 +77,82 @@ class _Chunk(torch.autograd.Function):
         _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
         ctx.token = object()
         sim._tape_owner = ctx.token
-        rows = np.array([k] + [(r + 1) * rec for r in range(k // rec)], np.int32)
-        xs = _read(sim, sim.fields.x, rows, x0.dtype)
-        vk = _read(sim, sim.fields.v, rows[:1], x0.dtype)[0]
-        fcs = _read(sim, sim.fields.fc, np.arange(k // rec, dtype=np.int32), x0.dtype)
-        return xs[0], vk, xs[1:], fcs
+        return outputs(sim, k, rec, x0.dtype)
 
     @staticmethod
     def backward(ctx, g_xk, g_vk, g_xs, g_fc):
-        from .kernels import fem as kf
         sim, k, rec = ctx.sim, ctx.k, ctx.rec
         saved = ctx.saved_tensors
-        fs = sim.fields
         if getattr(sim, "_tape_owner", None) is not ctx.token:
             _run(sim, k, rec, ctx.pairs, *saved)
             sim._tape_owner = ctx.token
-        for f in fs.tape_fields():
-            f.grad.fill(0)
-        dtype = runtime.np_dtype()
-        N = sim.n
-        gx = np.zeros((sim.K + 1, N, 3), dtype)
-        if g_xk is not None:
-            gx[k] += g_xk.detach().cpu().numpy()
-        if g_xs is not None:
-            for r in range(k // rec):
-                gx[(r + 1) * rec] += g_xs[r].detach().cpu().numpy()
-        fs.x.grad.from_numpy(gx)
-        gv = np.zeros((sim.K + 1, N, 3), dtype)
-        if g_vk is not None:
-            gv[k] = g_vk.detach().cpu().numpy()
-        fs.v.grad.from_numpy(gv)
-        if g_fc is not None:
-            gf = np.zeros((fs.n_records, N, 3), dtype)
-            gf[: k // rec] = g_fc.detach().cpu().numpy()
-            fs.fc.grad.from_numpy(gf)
-        g = sim.gravity
-        P = len(ctx.pairs[0])
-        neo_hookean_only = sim.models == 1 << kf.NEO_HOOKEAN
+        seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc)
         for t in reversed(range(k)):
-            if neo_hookean_only:   # Taichi's adjoint of the node part, the tet part by hand
-                kf.advance.grad(fs, sim.cols, t, t // rec, 1.0 / rec, sim.dt, N, P, g[0], g[1], g[2])
-                kf.tet_forces_vjp(fs, t, sim.n_tets)
-            else:
-                kf.substep.grad(fs, sim.cols, sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets, P,
-                                g[0], g[1], g[2])
-        x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = saved
+            substep_adjoint(sim, t, rec, len(ctx.pairs[0]))
+        return (None, None, None, None) + input_grads(sim, k, saved)
 
-        gx0 = torch.from_numpy(fs.x.grad.to_numpy()[0]).to(x0.dtype)
-        gv0 = torch.from_numpy(fs.v.grad.to_numpy()[0]).to(v0.dtype)
-        gprm, gcprm = sim.body_parameter_grads()
-        gprm, gcprm = torch.from_numpy(gprm).to(prm.dtype), torch.from_numpy(gcprm).to(cprm.dtype)
-        gdt = torch.from_numpy(fs.drv_t.grad.to_numpy()[: k + 1, : drv_t.shape[1]]).to(drv_t.dtype)
-        gdR = torch.from_numpy(fs.drv_R.grad.to_numpy()[: k + 1, : drv_R.shape[1]]).to(drv_R.dtype)
-        return (None, None, None, None, gx0, gv0, gprm, gcprm, gdt, gdR, None, None)
+
+def outputs(sim, k, rec, dtype):
+    """A chunk's outputs from the tape: final positions and velocities, positions at the
+    end of each record interval, mean contact forces over each."""
+    rows = np.array([k] + [(r + 1) * rec for r in range(k // rec)], np.int32)
+    xs = _read(sim, sim.fields.x, rows, dtype)
+    vk = _read(sim, sim.fields.v, rows[:1], dtype)[0]
+    fcs = _read(sim, sim.fields.fc, np.arange(k // rec, dtype=np.int32), dtype)
+    return xs[0], vk, xs[1:], fcs
+
+
+def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc):
+    """Clear the tape's adjoints and put the output adjoints of a ``k``-substep chunk in."""
+    fs = sim.fields
+    for f in fs.tape_fields():
+        f.grad.fill(0)
+    dtype = runtime.np_dtype()
+    N = sim.n
+    gx = np.zeros((sim.K + 1, N, 3), dtype)
+    if g_xk is not None:
+        gx[k] += g_xk.detach().cpu().numpy()
+    if g_xs is not None:
+        for r in range(k // rec):
+            gx[(r + 1) * rec] += g_xs[r].detach().cpu().numpy()
+    fs.x.grad.from_numpy(gx)
+    gv = np.zeros((sim.K + 1, N, 3), dtype)
+    if g_vk is not None:
+        gv[k] = g_vk.detach().cpu().numpy()
+    fs.v.grad.from_numpy(gv)
+    if g_fc is not None:
+        gf = np.zeros((fs.n_records, N, 3), dtype)
+        gf[: k // rec] = g_fc.detach().cpu().numpy()
+        fs.fc.grad.from_numpy(gf)
+
+
+def substep_adjoint(sim, t, rec, n_pairs):
+    """Reverse pass of tape row ``t -> t + 1``: adjoints of row ``t + 1`` into row ``t``
+    (and the per-tet/per-node parameters, poses, ``fp[t]``)."""
+    from .kernels import fem as kf
+    fs = sim.fields
+    g = sim.gravity
+    N = sim.n
+    if sim.models == 1 << kf.NEO_HOOKEAN:   # Taichi's adjoint of the node part, the tet part by hand
+        kf.advance.grad(fs, sim.cols, t, t // rec, 1.0 / rec, sim.dt, N, n_pairs, g[0], g[1], g[2])
+        kf.tet_forces_vjp(fs, t, sim.n_tets)
+    else:
+        kf.substep.grad(fs, sim.cols, sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets, n_pairs,
+                        g[0], g[1], g[2])
+
+
+def input_grads(sim, k, saved):
+    """Adjoints of a chunk's inputs ``(x0, v0, prm, cprm, drv_t, drv_R)`` after its reverse
+    pass, and None for the colliders."""
+    fs = sim.fields
+    x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = saved
+    gx0 = torch.from_numpy(fs.x.grad.to_numpy()[0]).to(x0.dtype)
+    gv0 = torch.from_numpy(fs.v.grad.to_numpy()[0]).to(v0.dtype)
+    gprm, gcprm = sim.body_parameter_grads()
+    gprm, gcprm = torch.from_numpy(gprm).to(prm.dtype), torch.from_numpy(gcprm).to(cprm.dtype)
+    gdt = torch.from_numpy(fs.drv_t.grad.to_numpy()[: k + 1, : drv_t.shape[1]]).to(drv_t.dtype)
+    gdR = torch.from_numpy(fs.drv_R.grad.to_numpy()[: k + 1, : drv_R.shape[1]]).to(drv_R.dtype)
+    return gx0, gv0, gprm, gcprm, gdt, gdR, None, None
 
 
 def _tensor(a, dtype):
@@ -144,7 +167,7 @@ def _read(sim, fld, rows, dtype):
     return torch.from_numpy(out).to(dtype)
 
 
-def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
+def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R, before_substep=None):
     from .kernels import fem as kf
     fs = sim.fields
     np_ = sim._np
@@ -153,7 +176,7 @@ def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
     fs.cprm.from_numpy(np_(cprm.detach().cpu().numpy()))
     sim._upload_poses(drv_t.detach().cpu().numpy(), drv_R.detach().cpu().numpy(),
                       col_p.detach().cpu().numpy(), col_R.detach().cpu().numpy())
-    sim.run_chunk(k, rec, sim.upload_pairs(pairs))
+    sim.run_chunk(k, rec, sim.upload_pairs(pairs), before_substep)
 
 
 def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
@@ -176,6 +199,14 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
     ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
     ``max_penetration`` (float, m, not differentiable).
     """
+    return run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity,
+                      lambda sim, k, rec, pairs, *tensors: _Chunk.apply(sim, k, rec, pairs, *tensors))
+
+
+def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chunk) -> dict:
+    """:func:`fem_rollout` with the chunk Function given: ``chunk(sim, k, rec, pairs, x, v,
+    prm, cprm, drv_t, drv_R, col_p, col_R) -> (x_k, v_k, x_records, force_records)`` (the
+    FEM-MPM coupling passes one that steps the MPM along)."""
     sim.build()
     sim.reset()
     dtype = runtime.torch_dtype()
@@ -235,7 +266,7 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
         cp, cR = (torch.from_numpy(a) for a in sim.collider_rows(k))
         sim.time += k * sim.dt
         pairs = sim.contact_pairs(x.detach().cpu().numpy().astype(np.float64))
-        x, v, xr_, fr_ = _Chunk.apply(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
+        x, v, xr_, fr_ = chunk(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
         max_pen = max(max_pen, float(sim.fields.pen.to_numpy()[:k].max()))
         xs.append(xr_)
         fcs.append(fr_)

@@ -258,9 +258,10 @@ def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: t
     """One full substep in place (no external stresses).
 
     ``mats``: material mask (compile-time); ``cols``: tuple of the collider codes per slot;
-    ``hook``: None, or an object whose ``@ti.func`` ``grid_contact(fs, i, dt, dx, lo)`` runs
-    for ``i < hook.count[None]`` between the grid update and G2P (e.g. FEM surface nodes
-    exchanging momentum with the grid: :mod:`diffsim.kernels.coupling`).
+    ``hook``: None, or an object whose ``@ti.func`` ``grid_contact(fs, q, dt, dx, lo, True)``
+    runs for ``q < hook.count[None]``, one after the other (a serial loop, so that the
+    result does not depend on thread order), between the grid update and G2P (FEM surface
+    nodes exchanging momentum with the grid: :mod:`diffsim.kernels.coupling`).
     """
     lo = ti.Vector([lox, loy, loz])
     gravity = ti.Vector([gx, gy, gz])
@@ -276,8 +277,9 @@ def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: t
     for I in ti.grouped(fs.g_m):
         fs.g_v[I] = _node_velocity(fs, I, dt, dx, lo, gravity, cols)
     if ti.static(_has_hook(hook)):
-        for i in range(hook.count[None]):
-            hook.grid_contact(fs, i, dt, dx, lo)
+        ti.loop_config(serialize=True)
+        for q in range(hook.count[None]):
+            hook.grid_contact(fs, q, dt, dx, lo, True)
     for p in range(n):
         nv, nC = _gather(fs, fs.x[p], dx, lo)
         fs.v[p] = nv
@@ -322,6 +324,8 @@ def clear_grid_grad(fs: ti.template()):
     for I in ti.grouped(fs.g_m):
         fs.g_vw.grad[I] = ti.Vector.zero(float, 3)
         fs.g_v.grad[I] = ti.Vector.zero(float, 3)
+        fs.g_mv.grad[I] = ti.Vector.zero(float, 3)
+        fs.g_m.grad[I] = 0.0
 
 
 @ti.kernel
@@ -358,7 +362,8 @@ _quiet_compiled = set()
 
 
 def grid_update_adjoint(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
-    """``g_v.grad -> g_mv.grad, g_m.grad`` (and collider grads); needs the forward grid."""
+    """``g_v.grad -> g_mv.grad, g_m.grad`` (added to, e.g. a grid hook's part; cleared by
+    :func:`clear_grid_grad`) and collider grads; needs the forward grid."""
     key = (id(fs), cols)
     if key not in _quiet_compiled:
         # Taichi's autodiff warns about never-read adjoint temporaries of small matrix
@@ -379,8 +384,8 @@ def grid_update_adjoint(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
 def grid_walls_adjoint(fs: ti.template(), dt: float, gx: float, gy: float, gz: float):
     for I in ti.grouped(fs.g_m):
         mvb, mb = _node_velocity_walls_adjoint(fs, I, dt, ti.Vector([gx, gy, gz]), fs.g_vw.grad[I])
-        fs.g_mv.grad[I] = mvb
-        fs.g_m.grad[I] = mb
+        fs.g_mv.grad[I] += mvb
+        fs.g_m.grad[I] += mb
 
 
 @ti.kernel

@@ -466,7 +466,6 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
         raise InvalidScene(f"record_every must be >= 1, got {record_every}")
     if state is None:
         state = initial_state(sim)
-    dtype = runtime.torch_dtype()
     prm = parameter_tensor(sim, params)
     pos, vel, omega, rotations, end = collider_schedule(sim, steps, collider_velocity, collider_position)
     _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)

@@ -121,7 +121,7 @@ def coupled_rollout(both, substeps: int, record_every: int | None = None, fem_pa
     follow their own schedule (no gradients for them).
     """
     both.build()
-    mpm, fem, hook = both.mpm, both.fem, both.hook
+    mpm, fem = both.mpm, both.fem
     if mpm._external:
         raise NotImplementedError("FEMMPMCoupling.rollout with torch materials (NeuralMaterial) in the MPM")
     substeps = int(substeps)

@@ -2,7 +2,8 @@
 plate (a mesh disk, radius 20 mm by default) made rough by a layer of glued spheres, and
 build a heap; spheres that roll off the rim fall into the outflow region and are
 removed. The heap's slope grows with the rolling friction (``diffsim.granular.heap_angle``
-measures it from the heap height: atan(H / plate radius)).
+measures it from the heap height: atan(H / plate radius); ``heap_angle_from_volume``
+from the heap volume, which is far less noisy on a small heap).
 
 Options: rolling_friction (mu_r, default 0.2), friction (0.5), plate (radius m, 0.02),
 rate (spheres per second, 800), pour_time (s, 1.5), settle (s, 0.5).

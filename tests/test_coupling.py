@@ -43,13 +43,13 @@ def test_pad_pushes_mpm_material_without_passing_through_it():
     assert d["mpm"]["kinetic"] < 1e-3
 
 
-def _small_press(tape_substeps):
-    """A 6 mm pad just above a jelly block that moves up and sideways into it."""
+def _small_press(tape_substeps, sideways=0.02):
+    """A 6 mm pad just above a jelly block that moves up and sideways (m/s) into it."""
     dt = 4e-6
     mpm = ds.MPMSolver(domain_min=(-0.01, -0.01, 0.0), domain_max=(0.01, 0.01, 0.02), grid=20, dt=dt,
                        gravity=(0, 0, 0))
     mpm.add_body(ds.Box((0.0, 0.0, 0.006), (0.008, 0.008, 0.006)), ds.FixedCorotated(E=3e4, nu=0.3, density=1000),
-                 name="jelly", velocity=(0.02, 0.0, 0.3))
+                 name="jelly", velocity=(sideways, 0.0, 0.3))
     top = float(mpm.positions()[:, 2].max())
     fem = ds.FEMSolver(dt=dt, gravity=(0, 0, 0), tape_substeps=tape_substeps)
     ds.mount_sensor(fem, ds.flat_pad(0.006, 0.006, 0.0015, 0.0015),
@@ -58,12 +58,14 @@ def _small_press(tape_substeps):
     return mpm, fem, ds.FEMMPMCoupling(mpm, fem, friction=0.5)
 
 
-def test_coupled_gradients_match_finite_differences():
+@pytest.mark.parametrize("sideways", [0.02, 0.6], ids=["sticking", "sliding"])
+def test_coupled_gradients_match_finite_differences(sideways):
     """Gradients through the FEM-MPM contact (hook adjoint, surface normals, both
-    solvers' adjoints), 40 substeps in two chunks with sliding contact: the FEM's and the
-    MPM's Young's moduli, the driven plate's velocity, the MPM's initial velocities."""
+    solvers' adjoints), 40 substeps in two chunks with the contact sticking or sliding
+    (Coulomb, mu = 0.5): the FEM's and the MPM's Young's moduli, the driven plate's
+    velocity, the MPM's initial velocities."""
     import torch
-    mpm, fem, both = _small_press(tape_substeps=20)
+    mpm, fem, both = _small_press(tape_substeps=20, sideways=sideways)
     steps, K = 40, 20
     rng = np.random.default_rng(0)
     wf = torch.tensor(rng.normal(size=(fem.n, 3)))

@@ -36,6 +36,7 @@ from .fem_grad import fem_rollout
 from .cameras import FisheyeCamera, PinholeCamera, look_at
 from .tactile import TactileSensor, mount_sensor
 from .coupling import FEMMPMCoupling
+from .coupling_grad import coupled_rollout
 from .markers import detect_markers, grid_markers, marker_flow_image, read_png
 from .scene import Scene, build_scene
 from .runner import run_scene
@@ -54,6 +55,6 @@ __all__ = [
     "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "TetMesh", "box_tet_mesh",
     "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
     "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "fem_rollout", "PinholeCamera",
-    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
+    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "coupled_rollout", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

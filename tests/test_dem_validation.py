@@ -56,17 +56,21 @@ def test_angle_of_repose_rises_with_rolling_friction():
     friction. The angle comes from the heap's volume (every sphere counts): the heap is
     only a few spheres high, and the height of its top spheres moves in steps of a sphere
     layer from pour to pour (measured: 33.8 deg for both mu_r = 0.15 and 0.4 in one run
-    with a 20 mm plate)."""
+    with a 20 mm plate). Volume angles measured over pours with three seeds (1 thread):
+    37.6-37.8, 42.8-43.5, 45.6-46.4 deg for mu_r = 0.02, 0.4, 0.6 (and 38.2-38.9 for 0.1,
+    38.9-39.7 for 0.2)."""
     angles, tops = [], []
-    for mu_r in (0.02, 0.1, 0.4):
+    for mu_r in (0.02, 0.4, 0.6):
         sc = ds.build_scene(os.path.join(SCENES, "dem_repose.py"), {"rolling_friction": mu_r, "plate": 0.03})
         sc.step(sc.steps)
         st = sc.solver.get_state()
         x, v = st["x"][st["active"]], st["v"][st["active"]]
-        assert (np.linalg.norm(v, axis=1) > 0.05).sum() <= 3  # settled
+        on_plate = (np.hypot(x[:, 0], x[:, 1]) < 0.03) & (x[:, 2] > 0.003)
+        moving = np.linalg.norm(v, axis=1) > 0.05
+        assert (moving & on_plate).sum() <= 0.01 * on_plate.sum()  # settled (a few still roll off the rim)
         angles.append(np.degrees(granular.heap_angle_from_volume(x, 0.002, 0.03, base_height=0.004)))
         tops.append(np.degrees(granular.heap_angle(x, 0.002, 0.03, base_height=0.004)))
         sc.solver.close()
-    print("repose angles (deg) for mu_r = 0.02, 0.1, 0.4: from the volume", angles, "from the top", tops)
+    print("repose angles (deg) for mu_r = 0.02, 0.4, 0.6: from the volume", angles, "from the top", tops)
     assert angles[0] < angles[1] < angles[2], angles
     assert 10 < angles[0] and angles[2] < 60, angles

@@ -164,25 +164,25 @@ class Fitter:
         with Progress(total=iters, desc=f"fit {','.join(self.params)}", unit="iter", disable=not progress) as bar:
             bar.update(start_iter)
             for it in range(start_iter, iters):
-                L = opt.step(closure)
-                vals = {k: float(v) for k, v in self.values().items()}
-                self.history.append({"iteration": it + 1, "loss_mm2": float(L), **vals,
+                L = float(opt.step(closure).detach())
+                vals = {k: float(v.detach()) for k, v in self.values().items()}
+                self.history.append({"iteration": it + 1, "loss_mm2": L, **vals,
                                      "evaluations": self.evaluations})
-                bar.update(1, loss=f"{float(L):.3g}", **{k: f"{v:.4g}" for k, v in vals.items()})
+                bar.update(1, loss=f"{L:.3g}", **{k: f"{v:.4g}" for k, v in vals.items()})
                 if state_path is not None:
                     _atomic_torch_save({"u": self.u.detach().clone(), "opt": opt.state_dict(),
                                         "history": self.history, "iteration": it + 1,
                                         "params": self.params, "optimizer": optimizer}, state_path)
-                if last is not None and abs(last - float(L)) <= tol * max(1.0, abs(last)):
+                if last is not None and abs(last - L) <= tol * max(1.0, abs(last)):
                     break
                 if self.u.grad is not None and float(self.u.grad.abs().max()) < tol:
                     break
-                last = float(L)
+                last = L
         final_loss = float(self.loss().detach())
         unc = self.uncertainty()
         result = {
             "params": self.params, "body": self.body.name, "optimizer": optimizer,
-            "initial": self.init, "fitted": {k: float(v) for k, v in self.values().items()},
+            "initial": self.init, "fitted": {k: float(v.detach()) for k, v in self.values().items()},
             "std": unc["std"], "correlation": unc["correlation"], "final_loss_mm2": final_loss,
             "residual_rms_mm": math.sqrt(max(final_loss, 0.0)), "iterations": len(self.history),
             "evaluations": self.evaluations, "seconds": time.perf_counter() - t0,

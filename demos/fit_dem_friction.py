@@ -9,12 +9,13 @@ from 0.2 and 0.3 the fit minimises the position error at four times with L-BFGS
     python demos/fit_dem_friction.py [--iterations 30]
 """
 import argparse
-import math
 
 import numpy as np
 import torch
 
 import diffsim as ds
+from diffsim import runtime
+from diffsim.fitting import fit_log_parameters
 
 R = 1e-3
 HIDDEN = {"friction": 0.45, "restitution": 0.6}
@@ -40,10 +41,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=30, help="L-BFGS iterations at most")
     ap.add_argument("--steps", type=int, default=200)
     a = ap.parse_args(argv)
-    from diffsim import runtime
-    if not runtime.initialized():  # (a test session may have initialised the runtime already)
-        ds.init(precision="f64")
-    if runtime.config().precision != "f64":
+    if not runtime.ensure_f64():  # (a test session may have initialised the runtime already)
         raise SystemExit("this demo needs float64 gradients: diffsim.init(precision='f64')")
     f64 = torch.float64
     sim = build()
@@ -61,25 +59,14 @@ def main(argv=None):
 
     with torch.no_grad():
         observed = run({k: torch.tensor(v, dtype=f64) for k, v in HIDDEN.items()})
-    logs = {"friction": torch.tensor(math.log(0.2), dtype=f64, requires_grad=True),
-            "restitution": torch.tensor(math.log(0.3), dtype=f64, requires_grad=True)}
-    opt = torch.optim.LBFGS(list(logs.values()), lr=1.0, max_iter=a.iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-10, tolerance_change=1e-14)
     scale = 1e-6 ** 2  # (1 um)^2
-    evaluations = []
 
-    def closure():
-        opt.zero_grad()
-        params = {k: v.exp() for k, v in logs.items()}
-        loss = ((run(params) - observed) ** 2).mean() / scale
-        loss.backward()
-        evaluations.append(loss.item())
-        print(f"eval {len(evaluations):3d}  loss {loss.item():.4e} um^2  friction {params['friction'].item():.4f}  "
-              f"restitution {params['restitution'].item():.4f}", flush=True)
-        return loss
-
-    opt.step(closure)
-    final = {k: v.detach().exp().item() for k, v in logs.items()}
+    def report(evaluation, loss, params):
+        print(f"eval {evaluation:3d}  loss {loss:.4e} um^2  friction {params['friction']:.4f}  "
+              f"restitution {params['restitution']:.4f}", flush=True)
+    final, _ = fit_log_parameters(lambda p: ((run(p) - observed) ** 2).mean() / scale,
+                                  {"friction": 0.2, "restitution": 0.3}, a.iterations, tolerance_grad=1e-10,
+                                  report=report)
     for k, v in final.items():
         print(f"{k}: fitted {v:.4f}, hidden {HIDDEN[k]}, error {abs(v - HIDDEN[k]) / HIDDEN[k]:.2%}")
     return final

@@ -14,13 +14,14 @@ parameters). ~2-4 min on 2 CPU cores (float64).
     python demos/fit_elastomer.py [--iterations 20]
 """
 import argparse
-import math
 import time
 
 import numpy as np
 import torch
 
 import diffsim as ds
+from diffsim import runtime
+from diffsim.fitting import fit_log_parameters
 
 HIDDEN = {"E": 2.5e5, "contact_stiffness": 5e8}
 START = {"E": 7.5e5, "contact_stiffness": 1.5e9}
@@ -73,10 +74,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations at most")
     a = ap.parse_args(argv)
-    from diffsim import runtime
-    if not runtime.initialized():
-        ds.init(precision="f64")
-    if runtime.config().precision != "f64":
+    if not runtime.ensure_f64():
         raise SystemExit("this demo needs float64 gradients: diffsim.init(precision='f64')")
     f64 = torch.float64
     sim, sensor = build()
@@ -86,27 +84,16 @@ def main(argv=None):
     print(f"observed {observed.shape[0]} frames of {observed.shape[1]} markers; largest marker motion "
           f"{(observed - observed[0:1]).abs().max().item() + (observed[0] - torch.as_tensor(sensor.ref_px)).abs().max().item():.2f} px",
           flush=True)
-    logs = {k: torch.tensor(math.log(v), dtype=f64, requires_grad=True) for k, v in START.items()}
-    opt = torch.optim.LBFGS(list(logs.values()), lr=1.0, max_iter=a.iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
-    evaluations = []
 
-    def closure():
-        opt.zero_grad()
-        params = {k: v.exp() for k, v in logs.items()}
-        loss = ((marker_sequence(sim, sensor, params) - observed) ** 2).mean()
-        loss.backward()
-        evaluations.append(loss.item())
-        print(f"eval {len(evaluations):3d}  loss {loss.item():.4e} px^2  E {params['E'].item():.5g} Pa  "
-              f"contact stiffness {params['contact_stiffness'].item():.4g} Pa/m  ({time.perf_counter() - t0:.0f} s)",
+    def report(evaluation, loss, params):
+        print(f"eval {evaluation:3d}  loss {loss:.4e} px^2  E {params['E']:.5g} Pa  "
+              f"contact stiffness {params['contact_stiffness']:.4g} Pa/m  ({time.perf_counter() - t0:.0f} s)",
               flush=True)
-        return loss
-
-    opt.step(closure)
-    final = {k: v.detach().exp().item() for k, v in logs.items()}
+    final, losses = fit_log_parameters(lambda p: ((marker_sequence(sim, sensor, p) - observed) ** 2).mean(),
+                                       START, a.iterations, tolerance_grad=1e-12, report=report)
     for k, v in final.items():
         print(f"{k}: fitted {v:.5g}, hidden {HIDDEN[k]:.5g}, error {abs(v - HIDDEN[k]) / HIDDEN[k]:.2%}")
-    print(f"{len(evaluations)} evaluations in {time.perf_counter() - t0:.0f} s")
+    print(f"{len(losses)} evaluations in {time.perf_counter() - t0:.0f} s")
     return final
 
 

@@ -11,12 +11,13 @@ evaluation a differentiable coupled rollout (sensor FEM + MPM object + grid cont
     python demos/fit_object_by_touch.py [--iterations 15] [--substeps 600]
 """
 import argparse
-import math
 import time
 
 import torch
 
 import diffsim as ds
+from diffsim import runtime
+from diffsim.fitting import fit_log_parameters
 
 HIDDEN_E = 3e4        # Pa
 START_E = 9e4         # Pa
@@ -55,36 +56,24 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.substeps < 200 or a.substeps % 200:
         raise SystemExit("--substeps must be a positive multiple of 200 (the FEM tape chunk)")
-    from diffsim import runtime
-    if not runtime.initialized():
-        ds.init(precision="f64")
-    if runtime.config().precision != "f64":
+    if not runtime.ensure_f64():
         raise SystemExit("this demo needs float64 gradients: diffsim.init(precision='f64')")
-    f64 = torch.float64
     both, sensor = build()
     t0 = time.perf_counter()
     with torch.no_grad():
-        observed = force_trace(both, sensor, torch.tensor(HIDDEN_E, dtype=f64), a.substeps)
+        observed = force_trace(both, sensor, torch.tensor(HIDDEN_E, dtype=torch.float64), a.substeps)
     print("observed normal force (N) per", EVERY, "substeps:", [round(f, 4) for f in observed.tolist()], flush=True)
-    log_E = torch.tensor(math.log(START_E), dtype=f64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_E], lr=1.0, max_iter=a.iterations, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-14, tolerance_change=1e-14)
-    evaluations = []
     scale = float(observed.abs().max()) ** 2
 
-    def closure():
-        opt.zero_grad()
-        loss = ((force_trace(both, sensor, log_E.exp(), a.substeps) - observed) ** 2).mean() / scale
-        loss.backward()
-        evaluations.append(loss.item())
-        print(f"eval {len(evaluations):3d}  loss {loss.item():.4e}  E {log_E.exp().item():.6g} Pa  "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        return loss
-
-    opt.step(closure)
-    E = log_E.exp().item()
+    def report(evaluation, loss, params):
+        print(f"eval {evaluation:3d}  loss {loss:.4e}  E {params['E']:.6g} Pa  ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    fitted, losses = fit_log_parameters(
+        lambda p: ((force_trace(both, sensor, p["E"], a.substeps) - observed) ** 2).mean() / scale,
+        {"E": START_E}, a.iterations, tolerance_grad=1e-14, report=report)
+    E = fitted["E"]
     print(f"E: fitted {E:.6g} Pa, hidden {HIDDEN_E:.6g} Pa, error {abs(E - HIDDEN_E) / HIDDEN_E:.3%}; "
-          f"{len(evaluations)} evaluations in {time.perf_counter() - t0:.0f} s")
+          f"{len(losses)} evaluations in {time.perf_counter() - t0:.0f} s")
     return E
 
 

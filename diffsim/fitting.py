@@ -227,6 +227,35 @@ class Fitter:
         return {"std": std, "correlation": corr, "hessian_u": H.tolist()}
 
 
+def fit_log_parameters(loss_fn, start: dict, iterations: int, tolerance_grad: float = 1e-12,
+                       report=None) -> tuple[dict, list]:
+    """Minimise ``loss_fn(params)`` over positive parameters by L-BFGS (strong-Wolfe line
+    search) on their logarithms, in float64.
+
+    ``start``: ``{name: initial value}``; ``loss_fn`` gets ``{name: tensor}`` and returns a
+    scalar tensor; ``report(evaluation, loss, params)`` (floats) runs after every
+    evaluation (e.g. to print progress). Returns ``(fitted {name: float}, losses of every
+    evaluation)``.
+    """
+    logs = {k: torch.tensor(math.log(v), dtype=torch.float64, requires_grad=True) for k, v in start.items()}
+    opt = torch.optim.LBFGS(list(logs.values()), lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe",
+                            tolerance_grad=tolerance_grad, tolerance_change=1e-14)
+    losses = []
+
+    def closure():
+        opt.zero_grad()
+        params = {k: v.exp() for k, v in logs.items()}
+        loss = loss_fn(params)
+        loss.backward()
+        losses.append(loss.item())
+        if report is not None:
+            report(len(losses), losses[-1], {k: v.item() for k, v in params.items()})
+        return loss
+
+    opt.step(closure)
+    return {k: v.detach().exp().item() for k, v in logs.items()}, losses
+
+
 def _atomic_torch_save(obj, path: Path):
     from .io import _atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)

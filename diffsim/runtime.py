@@ -102,6 +102,14 @@ def ensure_init() -> RuntimeConfig:
     return _config
 
 
+def ensure_f64() -> bool:
+    """Start the runtime in float64 unless it is running already; True when it runs in
+    float64 (gradient fits and checks need it)."""
+    if not initialized():
+        init(precision="f64")
+    return config().precision == "f64"
+
+
 def initialized() -> bool:
     """Whether :func:`init` has run in this process."""
     return _config is not None

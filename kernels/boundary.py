@@ -13,6 +13,11 @@ STICKY = 0
 SLIP = 1
 SEPARATE = 2
 
+# Tangential speeds below 1e-15 m/s count as sticking (friction wins). Besides being
+# physically nil, this keeps 1 / |vt|^2 (Taichi's autodiff of mu vn / |vt| in the collider
+# stage) far from f32 underflow.
+VT_SQ_MIN = 1e-30
+
 
 @ti.func
 def contact_velocity(v, v_wall, n, kind, mu):
@@ -28,7 +33,7 @@ def contact_velocity(v, v_wall, n, kind, mu):
             if kind == SEPARATE:
                 vt_sq = vt.dot(vt)
                 scale = 0.0
-                if vt_sq > 0.0:
+                if vt_sq > VT_SQ_MIN:
                     vt_len = ti.sqrt(vt_sq)
                     scale = ti.max(0.0, 1.0 + mu * vn / vt_len)
                 vt = vt * scale
@@ -54,13 +59,16 @@ def contact_velocity_vjp(v, v_wall, n, kind, mu, g):
             if kind == SEPARATE:
                 vt_sq = vt.dot(vt)
                 rel_bar = ti.Vector.zero(float, 3)
-                if vt_sq > 0.0:
+                if vt_sq > VT_SQ_MIN:
                     vt_len = ti.sqrt(vt_sq)
                     s = 1.0 + mu * vn / vt_len
                     if s > 0.0:
-                        a = g.dot(vt)
-                        h = s * g - (a * mu * vn / (vt_len * vt_sq)) * vt
-                        rel_bar = h - h.dot(n) * n + (a * mu / vt_len) * n
+                        # written with the unit tangent t (not vt / |vt|^3): |vt|^3 underflows
+                        # in f32 below ~2e-13 m/s
+                        t = vt / vt_len
+                        a = g.dot(t)
+                        h = s * g - (a * (s - 1.0)) * t
+                        rel_bar = h - h.dot(n) * n + (a * mu) * n
             v_bar = rel_bar
             w_bar = g - rel_bar
     return v_bar, w_bar

@@ -164,7 +164,7 @@ class FEMGridContact:
             if ms.g_m[I] > 0.0:
                 gV = ms.g_v.grad[I]
                 Jb -= (w / m_g) * gV
-                mg_b += (w / (m_g * m_g)) * gV.dot(J)
+                mg_b += (w / m_g) * gV.dot(J / m_g)  # not / m_g^2: f32 underflow
                 xb -= gw * (gV.dot(J) / m_g)
         # J(rel, mred, n)
         rel_b = ti.Vector([0.0, 0.0, 0.0])
@@ -184,7 +184,7 @@ class FEMGridContact:
         vn_b = -mred * jn_b - vt_b.dot(n)
         rel_b += vt_b + vn_b * n
         self.normal_grad[q] -= jn * Jb + vn_b * rel - vn * vt_b
-        mg_b += mred_b * m_i * m_i / ((m_i + m_g) * (m_i + m_g))
+        mg_b += mred_b * (m_i / (m_i + m_g)) ** 2
         # rel = v_i - p / m_g
         fs.v.grad[t, i] += rel_b
         p_b = -rel_b / m_g

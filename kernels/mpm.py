@@ -216,8 +216,12 @@ def _node_velocity_walls_adjoint(fs: ti.template(), I, dt, gravity, v_bar):
             if I[d] < BOUND:
                 g, _ = boundary.contact_velocity_vjp(ins[2 * d], ti.Vector.zero(float, 3),
                                                      _wall_normal(d, 1.0), fs.w_kind[2 * d], fs.w_mu[2 * d], g)
+        # d(mv/m)/dm = -(mv/m)/m, written as two divisions: a node that a particle reaches
+        # only through a weight of ~1e-11 has m ~ 1e-20 kg, and m * m underflows in f32
+        # (0 -> inf -> NaN in the particle's position adjoint); g / m and mv / m are both
+        # ratios of equally small numbers and stay finite.
         mv_bar = g / m
-        m_bar = -g.dot(fs.g_mv[I]) / (m * m)
+        m_bar = -mv_bar.dot(fs.g_mv[I] / m)
     return mv_bar, m_bar
 
 

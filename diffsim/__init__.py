@@ -7,7 +7,7 @@ Public API (everything a scene script or a user needs)::
     ds.init(arch="cpu", precision="f32")
     sim = ds.MPMSolver(domain_max=(1, 1, 1), grid=64, dt=2e-4)
     sim.add_body(ds.Box((0.5, 0.5, 0.3), 0.2), ds.FixedCorotated(E=1e5, nu=0.3))
-    final, records, loss = ds.rollout(sim, 100)            # differentiable
+    final, records = ds.rollout(sim, 100)                  # differentiable
 
 Units are SI (m, kg, s, Pa), z is up, angles in radians.
 """
@@ -17,7 +17,7 @@ _os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")  # no banner on im
 _os.environ.setdefault("TI_LOG_LEVEL", "warn")
 
 from .runtime import init
-from .errors import (DiffsimError, InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged,
+from .errors import (DiffsimError, GradientNotFinite, InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged,
                      UnstableTimeStep)
 from .materials import (DruckerPrager, FixedCorotated, Material, NeoHookean, NeuralMaterial,
                         NewtonianFluid, ViscoplasticFluid, VonMises, lame)
@@ -46,7 +46,7 @@ from .fitting import Fitter
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "DiffsimError", "InvalidMaterial", "InvalidMesh", "InvalidScene", "SimulationDiverged",
+    "init", "DiffsimError", "GradientNotFinite", "InvalidMaterial", "InvalidMesh", "InvalidScene", "SimulationDiverged",
     "UnstableTimeStep", "Material", "FixedCorotated", "NeoHookean", "VonMises", "DruckerPrager",
     "NewtonianFluid", "ViscoplasticFluid", "NeuralMaterial", "lame", "Box", "Sphere", "Cylinder",
     "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",

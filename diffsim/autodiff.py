@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from . import runtime
-from .errors import InvalidScene
+from . import adjoint_health, runtime
+from .errors import GradientNotFinite, InvalidScene
 from .materials import NeuralMaterial
 
 
@@ -91,14 +91,14 @@ def _get(fields, shapes, n, dtype):
 
 class _MaterialStage(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sim, F, C, prm):
+    def forward(ctx, sim, F, C, prm, substep=None, check=True):
         from .kernels import mpm as km
         fs, n, dt = sim.fields, sim.n, sim.dt
         dtype = F.dtype
         _put((fs.F, fs.C, fs.prm), (F, C, prm), n, dtype)
         km.material_stage(fs, sim.mats, n, dt)
         F1, tau = _get((fs.F1, fs.tau), ((3, 3), (3, 3)), n, dtype)
-        ctx.sim = sim
+        ctx.sim, ctx.substep, ctx.check = sim, substep, check
         ctx.save_for_backward(F, C, prm)
         return F1, tau
 
@@ -114,12 +114,19 @@ class _MaterialStage(torch.autograd.Function):
         _put((fs.F, fs.C, fs.prm, fs.adj_F1, fs.tau.grad), (F, C, prm, gF1, gtau), n, dtype)
         km.material_stage_vjp(fs, sim.mats, n, dt)
         gF, gC, gprm = _get((fs.adj_F, fs.adj_C, fs.adj_prm), ((3, 3), (3, 3), (4,)), n, dtype)
-        return None, gF, gC, gprm.to(prm.dtype)
+        if ctx.check and not adjoint_health.all_finite(gF, gC, gprm):
+            if not adjoint_health.all_finite(gF1, gtau):
+                raise GradientNotFinite(ctx.substep, "material", "the adjoint arriving from the torch "
+                                        "material or the transfer is not finite")
+            bad = ~(torch.isfinite(gF).flatten(1).all(1) & torch.isfinite(gC).flatten(1).all(1)
+                    & torch.isfinite(gprm).all(1))
+            raise GradientNotFinite(ctx.substep, "material", adjoint_health._particle(sim, int(bad.nonzero()[0, 0])))
+        return None, gF, gC, gprm.to(prm.dtype), None, None
 
 
 class _Transfer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sim, x, v, C, tau, c_pos, c_vel, c_omega):
+    def forward(ctx, sim, x, v, C, tau, c_pos, c_vel, c_omega, substep=None, check=True):
         from .kernels import mpm as km
         fs, n = sim.fields, sim.n
         dtype = x.dtype
@@ -130,7 +137,7 @@ class _Transfer(torch.autograd.Function):
         km.grid_update(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         km.g2p(fs, n, dt, dx, lx, ly, lz)
         x1, v1, C1 = _get((fs.x1, fs.v1, fs.C1), ((3,), (3,), (3, 3)), n, dtype)
-        ctx.sim = sim
+        ctx.sim, ctx.substep, ctx.check = sim, substep, check
         ctx.save_for_backward(x, v, C, tau, c_pos, c_vel, c_omega)
         return x1, v1, C1
 
@@ -164,7 +171,11 @@ class _Transfer(torch.autograd.Function):
         out = []
         for f, ref in ((fs.c_pos.grad, c_pos), (fs.c_vel.grad, c_vel), (fs.c_omega.grad, c_omega)):
             out.append(torch.from_numpy(f.to_numpy()[:S]).to(ref.dtype) if S and ref.requires_grad else None)
-        return (None, gx_, gv_, gC_, gtau, *out)
+        if ctx.check and not adjoint_health.all_finite(gx_, gv_, gC_, gtau, *out):
+            # again, stage by stage, from the same output adjoints (they are still in x1.grad ...)
+            km.grid_update(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
+            adjoint_health.reverse_substep_checked(sim, ctx.substep, material=False)
+        return (None, gx_, gv_, gC_, gtau, *out, None, None)
 
 
 def _load_transfer_inputs(sim, x, v, C, tau, c_pos, c_vel, c_omega):
@@ -189,14 +200,14 @@ class _Segment(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega):
+    def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega, start=0, check=True):
         fs, n = sim.fields, sim.n
         dtype = x.dtype
         _put((fs.x, fs.v, fs.C, fs.F, fs.prm), (x, v, C, F, prm), n, dtype)
         record = any(ctx.needs_input_grad)
         ctx.tape_id = _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=record)
         outs = _get((fs.x, fs.v, fs.C, fs.F), ((3,), (3,), (3, 3), (3, 3)), n, dtype)
-        ctx.sim, ctx.rotations = sim, rotations
+        ctx.sim, ctx.rotations, ctx.start, ctx.check = sim, rotations, start, check
         ctx.save_for_backward(x, v, C, F, prm, c_pos, c_vel, c_omega)
         return tuple(outs)
 
@@ -227,12 +238,18 @@ class _Segment(torch.autograd.Function):
                 g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
                 g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
                 g_omega += fs.c_omega.grad.to_numpy()[:S]
-        tape.owner = None  # this segment is done: its tape is free
         *outs, gprm = _get((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1, fs.acc_prm),
                            ((3,), (3,), (3, 3), (3, 3), (4,)), n, dtype)
+        try:
+            if ctx.check and not adjoint_health.all_finite(*outs, gprm, g_pos, g_vel, g_omega):
+                adjoint_health.locate(sim, tape, ctx.start, steps,
+                                      lambda k: load_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations),
+                                      (gx, gv, gC, gF))
+        finally:
+            tape.owner = None  # this segment is done: its tape is free
         return (None, None, *outs, gprm.to(prm.dtype),
                 torch.from_numpy(g_pos).to(c_pos.dtype), torch.from_numpy(g_vel).to(c_vel.dtype),
-                torch.from_numpy(g_omega).to(c_omega.dtype))
+                torch.from_numpy(g_omega).to(c_omega.dtype), None, None)
 
 
 def seed_adjoint(sim, gx, gv, gC, gF):
@@ -406,15 +423,17 @@ def parameter_tensor(sim, params: dict | None = None) -> torch.Tensor:
 
 
 def step(sim, state: MPMState, prm: torch.Tensor, c_pos: torch.Tensor, c_vel: torch.Tensor,
-         c_omega: torch.Tensor) -> MPMState:
-    """One differentiable substep (see the module docstring)."""
-    F1, tau = _MaterialStage.apply(sim, state.F, state.C, prm)
+         c_omega: torch.Tensor, substep: int | None = None, check_gradients: bool = True) -> MPMState:
+    """One differentiable substep (see the module docstring); ``substep`` names it in
+    gradient errors."""
+    F1, tau = _MaterialStage.apply(sim, state.F, state.C, prm, substep, check_gradients)
     for b in sim.bodies:
         if isinstance(b.material, NeuralMaterial):
             F_e, tau_b = b.material.respond(F1[b.start:b.stop])
             F1 = torch.cat([F1[:b.start], F_e.to(F1.dtype), F1[b.stop:]], 0)
             tau = torch.cat([tau[:b.start], tau_b.to(tau.dtype), tau[b.stop:]], 0)
-    x1, v1, C1 = _Transfer.apply(sim, state.x, state.v, state.C, tau, c_pos, c_vel, c_omega)
+    x1, v1, C1 = _Transfer.apply(sim, state.x, state.v, state.C, tau, c_pos, c_vel, c_omega, substep,
+                                 check_gradients)
     return MPMState(x1, v1, C1, F1)
 
 
@@ -435,7 +454,7 @@ def initial_state(sim, requires_grad: bool = False, start: bool = False) -> MPMS
 def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None = None,
             collider_velocity: dict | None = None, collider_position: dict | None = None,
             record_every: int | None = None, checkpoint_every: int | None = None,
-            tape_memory: int | None = None):
+            tape_memory: int | None = None, check_gradients: bool = True):
     """Differentiable rollout of ``steps`` substeps.
 
     Args:
@@ -454,6 +473,11 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
             segment) that may be kept from the forward to the backward pass (default
             1 GiB); segments whose tape was evicted are recomputed. 0: always recompute
             (pure checkpointing, smallest memory).
+        check_gradients: after each backward segment, test the adjoints for NaN/inf and,
+            if one is found, reverse the segment again stage by stage to raise
+            :class:`~diffsim.GradientNotFinite` naming the substep, the stage (G2P,
+            collider, grid, P2G, material, ...) and the particle or node. Costs one
+            ``isfinite`` per segment; False skips it (NaN then propagates silently).
 
     Returns ``(final_state, records)``: ``records`` is a list of ``(step, state)`` pairs.
     The solver's own state is set to the (detached) final state and its clock advanced.
@@ -483,14 +507,16 @@ def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None 
     for a, b in zip(cuts[:-1], cuts[1:]):
         rots = rotations[a:b] if rotations is not None else None
         if neural:
-            seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t)  # noqa: E731
+            seg = lambda *t, a=a, b=b, rots=rots: _per_step_segment(sim, a, b, rots, *t,  # noqa: E731
+                                                                    check=check_gradients)
             args = (x, v, C, F, prm, pos[a:b], vel[a:b], omega)
             if torch.is_grad_enabled() and checkpoint_every != 0:
                 x, v, C, F = _checkpoint(seg, *args, use_reentrant=False)
             else:
                 x, v, C, F = seg(*args)
         else:
-            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega)
+            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega, a,
+                                        check_gradients)
         if record_every and b % int(record_every) == 0:
             records.append((b, MPMState(x, v, C, F)))
     final = MPMState(x, v, C, F)
@@ -551,13 +577,13 @@ def finish_rollout(sim, final, end, rotations, steps, start_time, start_step):
     sim._upload_collider_state()
 
 
-def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega):
+def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega, check=True):
     """Substeps ``a..b`` as a chain of per-step autograd Functions (torch materials)."""
     st = MPMState(x, v, C, F)
     for k in range(b - a):
         if rotations is not None:
             sim.fields.c_rot.from_numpy(rotations[k])
-        st = step(sim, st, prm, pos[k], vel[k], omega)
+        st = step(sim, st, prm, pos[k], vel[k], omega, a + k, check)
     return st.x, st.v, st.C, st.F
 
 

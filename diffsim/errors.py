@@ -40,3 +40,17 @@ class SimulationDiverged(DiffsimError, RuntimeError):
 
 class RuntimeNotInitialized(DiffsimError, RuntimeError):
     """diffsim.init() was called with settings that conflict with an earlier call."""
+
+
+class GradientNotFinite(DiffsimError, FloatingPointError):
+    """A backward pass produced NaN/inf. Names the substep (counted from the start of the
+    rollout), the stage of the reverse pass (``loss``, ``G2P``, ``contact``, ``collider``,
+    ``grid``, ``P2G``, ``material``, ...) and the particle, node or sphere where it first
+    appeared."""
+
+    def __init__(self, step, stage, where, detail=""):
+        msg = f"gradient not finite (NaN/inf) at substep {step}, stage {stage}: {where}"
+        super().__init__(msg + (f"; {detail}" if detail else ""))
+        self.step = step
+        self.stage = stage
+        self.where = where

@@ -35,6 +35,16 @@ EXTERNAL = 6
 
 SIGMA_MIN = 1e-4  # singular values are clamped here before taking logarithms
 
+# Drucker-Prager apex (dry sand). Stress-free sand (F_e = I, the state every particle starts
+# in and returns to after tension) would sit exactly on the apex of the yield cone, where the
+# return map has a kink: which side a particle takes, and so its gradient, would be decided
+# by rounding (and by thread order in the grid sums). The cone's apex is therefore placed
+# APEX_BAND (volumetric log strain) beyond the stress-free tip s: stress-free states lie
+# strictly inside the elastic region (an apparent cohesion of K * 1e-5, ~0.2 Pa for
+# E = 2e4 Pa), and tension past the apex returns to the tip continuously through a band of
+# the same width (tr_e = s + 2 APEX_BAND - tr). Rounding noise in f32 is ~1e-7.
+APEX_BAND = 1e-5
+
 
 def material_mask(codes) -> int:
     """Bit mask of the material codes present in a domain. Kernels take it as a
@@ -103,13 +113,21 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
             alpha = prm[2]
             s = prm[3]
             kappa = 1.0 + 1.5 * lam / mu
-            if tr - s > 0.0:  # tension beyond cohesion: project to the cone's tip
-                eps_e = s / 3.0 * ones
-                J = ti.Matrix.zero(float, 3, 3)
-                for r in ti.static(range(3)):
-                    D[r, 3] = 1.0 / 3.0
+            sa = s + ti.static(APEX_BAND)  # the cone's apex (see APEX_BAND)
+            over = tr - sa
+            if over > 0.0:  # tension beyond the apex: to the tip s, reached continuously
+                if over < ti.static(APEX_BAND):  # tr_e = sa - over, from sa down to s
+                    eps_e = (sa - over) / 3.0 * ones
+                    J = -P1
+                    for r in ti.static(range(3)):
+                        D[r, 3] = 2.0 / 3.0
+                else:
+                    eps_e = s / 3.0 * ones
+                    J = ti.Matrix.zero(float, 3, 3)
+                    for r in ti.static(range(3)):
+                        D[r, 3] = 1.0 / 3.0
             else:
-                dgamma = nrm + kappa * (tr - s) * alpha
+                dgamma = nrm + kappa * over * alpha
                 if dgamma > 0.0 and nrm > 0.0:
                     n = dev / nrm
                     eps_e = eps - dgamma * n
@@ -118,9 +136,9 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
                     dk_dmu = -1.5 * lam / (mu * mu)
                     dk_dlam = 1.5 / mu
                     for r in ti.static(range(3)):
-                        D[r, 0] = -(tr - s) * alpha * dk_dmu * n[r]
-                        D[r, 1] = -(tr - s) * alpha * dk_dlam * n[r]
-                        D[r, 2] = -kappa * (tr - s) * n[r]
+                        D[r, 0] = -over * alpha * dk_dmu * n[r]
+                        D[r, 1] = -over * alpha * dk_dlam * n[r]
+                        D[r, 2] = -kappa * over * n[r]
                         D[r, 3] = kappa * alpha * n[r]
     return eps_e, J, D
 

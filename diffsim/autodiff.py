@@ -418,6 +418,8 @@ def parameter_tensor(sim, params: dict | None = None) -> torch.Tensor:
     if unknown:
         raise InvalidScene(f"params name unknown bodies {sorted(unknown)}; bodies: {[b.name for b in sim.bodies]}")
     dtype = runtime.torch_dtype()
+    # validated like the constructors (ranges, shapes) and against the time-step limit
+    sim.check_time_step({b.name: b.material.with_overrides(params[b.name]) for b in sim.bodies if b.name in params})
     rows = [b.material.parameter_vector(params.get(b.name)).to(dtype).expand(b.count, 4) for b in sim.bodies]
     return torch.cat(rows, 0)
 

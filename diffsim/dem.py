@@ -482,12 +482,23 @@ class DEMSolver:
         if self.fields is not None:
             raise InvalidScene("spheres, pours and walls must be added before the first step/build()")
 
-    def time_step_limit(self) -> float:
-        """The largest accepted dt (s)."""
+    def time_step_limit(self, material: DEMMaterial | None = None) -> float:
+        """The largest accepted dt (s) (for ``material``, default the solver's own)."""
+        mat = material or self.material
         rmin = float(np.concatenate(self._r).min())
-        if self.material.model == "linear":
-            return self.material.contact_time(rmin) / 20.0
-        return self.rayleigh_fraction * self.material.rayleigh_time(rmin)
+        if mat.model == "linear":
+            return mat.contact_time(rmin) / 20.0
+        return self.rayleigh_fraction * mat.rayleigh_time(rmin)
+
+    def check_time_step(self, material: DEMMaterial | None = None, which: str = ""):
+        """Raise :class:`UnstableTimeStep` if dt exceeds :meth:`time_step_limit`."""
+        mat = material or self.material
+        limit = self.time_step_limit(mat)
+        if self.dt > limit:
+            what = ("1/20 of the linear contact time" if mat.model == "linear" else
+                    f"{self.rayleigh_fraction} x the Rayleigh time")
+            raise UnstableTimeStep(f"dt = {self.dt:.3g} s exceeds {what} of the smallest sphere{which}: use dt <= "
+                                   f"{limit:.3g} s", dt=self.dt, limit=limit)
 
     def build(self):
         """Check the time step, allocate the fields and build the first neighbour lists."""
@@ -495,12 +506,7 @@ class DEMSolver:
             return self
         if self.n == 0:
             raise InvalidScene("the DEM system has no spheres")
-        limit = self.time_step_limit()
-        if self.dt > limit:
-            what = ("1/20 of the linear contact time" if self.material.model == "linear" else
-                    f"{self.rayleigh_fraction} x the Rayleigh time")
-            raise UnstableTimeStep(f"dt = {self.dt:.3g} s exceeds {what} of the smallest sphere: use dt <= "
-                                   f"{limit:.3g} s", dt=self.dt, limit=limit)
+        self.check_time_step()
         cfg = runtime.ensure_init()
         if cfg.arch == "gpu" and cfg.precision == "f64":
             raise NotImplementedError(

@@ -34,10 +34,31 @@ import torch
 
 from . import runtime
 from .dem import PARAMETERS, DEMSolver
-from .errors import InvalidScene
+from .errors import InvalidMaterial, InvalidScene
 from .kernels import dem as kd
 
 _PRM_INDEX = {name: i for i, name in enumerate(PARAMETERS)}  # E, nu, e, mu, mu_r, cohesion, k_n
+
+
+def checked_overrides(sim, params: dict) -> dict:
+    """DEM parameter overrides as 0-d tensors, validated like :class:`DEMMaterial`'s
+    arguments (same messages) and against the time-step limit."""
+    import dataclasses
+    out = {}
+    for name, t in params.items():
+        if not torch.is_tensor(t):
+            t = torch.tensor(float(t), dtype=torch.float64)
+        if t.numel() != 1:
+            raise InvalidMaterial(f"DEMMaterial: the override of {name} must be a number, a 0-d or a one-element "
+                                  f"tensor, got shape {tuple(t.shape)}")
+        out[name] = t.reshape(()) if t.is_floating_point() else t.reshape(()).to(torch.float64)
+    if "stiffness" in out and sim.material.model != "linear":
+        raise InvalidMaterial(f"DEMMaterial: stiffness (N/m) is a parameter of the linear model; this material "
+                              f"uses model={sim.material.model!r}, where it has no effect (its gradient would be 0)")
+    if out:
+        mat = dataclasses.replace(sim.material, **{k: float(v.detach()) for k, v in out.items()})
+        sim.check_time_step(mat, " (with the rollout's parameter overrides)")
+    return out
 
 
 def _grads_zero(S):
@@ -225,8 +246,9 @@ def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None,
     unknown = set(params) - set(PARAMETERS)
     if unknown:
         raise InvalidScene(f"unknown DEM parameters {sorted(unknown)}; differentiable ones: {list(PARAMETERS)}")
+    params = checked_overrides(sim, params)
     base = torch.tensor(sim.material.vector(sim.dt), dtype=dtype)
-    entries = [params[name].to(dtype).reshape(()) if name in params else base[i]
+    entries = [params[name].to(dtype) if name in params else base[i]
                for name, i in _PRM_INDEX.items()]
     prm = torch.stack(entries + [base[7], base[8]])
     init = sim.initial_arrays()

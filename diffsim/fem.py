@@ -345,27 +345,30 @@ class FEMSolver:
             np.add.at(area, b.surface.ravel(), np.repeat(a / 3.0, 3))
         return mass, area
 
-    def stable_dt(self) -> float:
+    def stable_dt(self, materials=None) -> float:
         """Largest substep (s) the elastic waves (with damping) allow (the penalty contact is
-        implicit in each node's motion and adds no limit)."""
+        implicit in each node's motion and adds no limit); ``materials``: one FEMMaterial per
+        body replacing the bodies' own (e.g. with a rollout's overrides)."""
         limit = math.inf
-        for b in self.bodies:
+        for bi, b in enumerate(self.bodies):
+            mat = materials[bi] if materials is not None else b.material
             X = b.mesh.vertices[b.mesh.tets]
             vol = np.abs(b.mesh.volumes)
             faces = [(1, 2, 3), (0, 2, 3), (0, 1, 3), (0, 1, 2)]
             amax = np.max([0.5 * np.linalg.norm(np.cross(X[:, j] - X[:, i], X[:, k] - X[:, i]), axis=1)
                            for i, j, k in faces], axis=0)
             h = float(np.min(3.0 * vol / amax))           # smallest tet altitude (m)
-            omega = 2.0 * b.material.wave_speed() / h
-            zeta = 0.5 * b.material.stiffness_damping * omega
+            omega = 2.0 * mat.wave_speed() / h
+            zeta = 0.5 * mat.stiffness_damping * omega
             limit = min(limit, self.cfl * 2.0 / omega * (math.sqrt(1 + zeta * zeta) - zeta))
         return limit
 
-    def check_time_step(self):
-        limit = self.stable_dt()
+    def check_time_step(self, materials=None):
+        limit = self.stable_dt(materials)
         if self.dt > limit:
+            which = " with the rollout's parameter overrides" if materials is not None else ""
             raise UnstableTimeStep(
-                f"dt = {self.dt:.3g} s exceeds the stability limit {limit:.3g} s of this FEM scene (elastic "
+                f"dt = {self.dt:.3g} s exceeds the stability limit {limit:.3g} s of this FEM scene{which} (elastic "
                 f"waves across the thinnest tet with cfl = {self.cfl}, with the stiffness damping); use "
                 f"dt <= {limit:.3g} s, a coarser mesh, a softer material or less stiffness damping",
                 dt=self.dt, limit=limit)

@@ -55,15 +55,31 @@ def _params(sim, params, dtype):
             if k in params:
                 val = params[k]
                 val = val.to(dtype) if torch.is_tensor(val) else torch.as_tensor(np.asarray(val, np.float64), dtype=dtype)
-                if val.dim() == 0:
-                    val = val.expand(B)
+                if val.numel() == 1:
+                    val = val.reshape(()).expand(B)
                 if val.shape != (B,):
                     raise InvalidScene(f"fem_rollout: {k} must be a scalar or one value per body ({B})")
                 base = val
             cols.append(base)
         return torch.stack(cols, 1)
-    return (table(MATERIAL_KEYS, [b.material.vector() for b in sim.bodies]),
-            table(CONTACT_KEYS, [b.contact.vector() for b in sim.bodies]))
+    prm = table(MATERIAL_KEYS, [b.material.vector() for b in sim.bodies])
+    cprm = table(CONTACT_KEYS, [b.contact.vector() for b in sim.bodies])
+    if params:
+        _validate(sim, prm, cprm)
+    return prm, cprm
+
+
+def _validate(sim, prm, cprm):
+    """Overridden parameters checked by the constructors (same messages, per body) and
+    against the time-step limit."""
+    import dataclasses
+    mats = []
+    for bi, b in enumerate(sim.bodies):
+        mv = prm[bi].detach().double().tolist()
+        cv = cprm[bi].detach().double().tolist()
+        mats.append(dataclasses.replace(b.material, **dict(zip(MATERIAL_KEYS, mv))))
+        dataclasses.replace(b.contact, **{"stiffness": cv[0], "damping": cv[1], "friction": cv[2]})
+    sim.check_time_step(mats)
 
 
 class _Chunk(torch.autograd.Function):

@@ -66,21 +66,51 @@ class Material:
         return 0.0
 
     def values(self, overrides: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-        """Parameter values as 0-d float64 tensors, with ``overrides`` (tensors) in place."""
+        """Parameter values as 0-d float64 tensors, with ``overrides`` (tensors) in place.
+
+        Overrides are validated like the constructor's arguments (same messages): each is a
+        number, a 0-d or a one-element tensor, and the material they describe must be valid
+        (:meth:`with_overrides`)."""
+        overrides = self._override_tensors(overrides)
+        if overrides:
+            self.with_overrides(overrides)
+        out = {}
+        for name in self.differentiable:
+            if name in overrides:
+                out[name] = overrides[name]
+            else:
+                out[name] = torch.tensor(float(getattr(self, name)), dtype=torch.float64)
+        return out
+
+    def _override_tensors(self, overrides) -> dict[str, torch.Tensor]:
+        """Overrides as 0-d tensors (numbers, 0-d and one-element tensors accepted)."""
+        mname = type(self).__name__
         overrides = dict(overrides or {})
         unknown = set(overrides) - set(self.differentiable)
         if unknown:
             raise InvalidMaterial(
-                f"{type(self).__name__}: cannot differentiate/override {sorted(unknown)}; "
+                f"{mname}: cannot differentiate/override {sorted(unknown)}; "
                 f"available: {list(self.differentiable)}")
         out = {}
-        for name in self.differentiable:
-            if name in overrides:
-                t = overrides[name]
-                out[name] = t if torch.is_tensor(t) else torch.tensor(float(t), dtype=torch.float64)
-            else:
-                out[name] = torch.tensor(float(getattr(self, name)), dtype=torch.float64)
+        for name, t in overrides.items():
+            if not torch.is_tensor(t):
+                t = torch.tensor(_finite(name, t, mname), dtype=torch.float64)
+            if t.numel() != 1:
+                raise InvalidMaterial(f"{mname}: the override of {name} must be a number, a 0-d or a "
+                                      f"one-element tensor, got shape {tuple(t.shape)}")
+            if not t.is_floating_point():
+                t = t.to(torch.float64)
+            out[name] = t.reshape(())
         return out
+
+    def with_overrides(self, overrides: dict[str, Any] | None = None) -> "Material":
+        """This material with the (float values of the) overrides, validated by the
+        constructor: raises :class:`InvalidMaterial` naming the parameter and its range."""
+        overrides = self._override_tensors(overrides)
+        if not overrides:
+            return self
+        import dataclasses
+        return dataclasses.replace(self, **{k: float(v.detach()) for k, v in overrides.items()})
 
     def parameter_vector(self, overrides: dict[str, Any] | None = None) -> torch.Tensor:
         """The solver's 4-vector of per-particle parameters (see kernels.constitutive)."""

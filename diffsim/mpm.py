@@ -197,24 +197,29 @@ class MPMSolver:
         raise KeyError(f"no body named {name!r}; bodies: {[b.name for b in self.bodies]}")
 
     # ------------------------------------------------------------------------ checks
-    def stable_dt(self) -> float:
-        """Largest substep (s) the elastic-wave CFL and viscous limits allow."""
+    def stable_dt(self, materials: dict | None = None) -> float:
+        """Largest substep (s) the elastic-wave CFL and viscous limits allow; ``materials``
+        ``{body: Material}`` replaces bodies' materials (e.g. with a rollout's overrides)."""
         limit = math.inf
         for b in self.bodies:
-            c = b.material.wave_speed()
+            mat = (materials or {}).get(b.name, b.material)
+            c = mat.wave_speed()
             limit = min(limit, self.cfl * self.dx / c)
-            nu = b.material.viscosity_limit()
+            nu = mat.viscosity_limit()
             if nu > 0:
                 limit = min(limit, self.dx * self.dx / (6.0 * nu))
         return limit
 
-    def check_time_step(self):
-        limit = self.stable_dt()
+    def check_time_step(self, materials: dict | None = None):
+        """Raise :class:`UnstableTimeStep` if ``dt`` exceeds :meth:`stable_dt`."""
+        limit = self.stable_dt(materials)
         if self.dt > limit:
-            worst = max(self.bodies, key=lambda b: b.material.wave_speed())
+            mats = {b.name: (materials or {}).get(b.name, b.material) for b in self.bodies}
+            worst = max(self.bodies, key=lambda b: mats[b.name].wave_speed())
+            which = " (with the rollout's parameter overrides)" if materials else ""
             raise UnstableTimeStep(
-                f"dt = {self.dt:.3g} s exceeds the stability limit {limit:.3g} s of this scene "
-                f"(dx = {self.dx:.4g} m, fastest wave {worst.material.wave_speed():.3g} m/s in body "
+                f"dt = {self.dt:.3g} s exceeds the stability limit {limit:.3g} s of this scene{which} "
+                f"(dx = {self.dx:.4g} m, fastest wave {mats[worst.name].wave_speed():.3g} m/s in body "
                 f"{worst.name!r}, CFL factor {self.cfl}); use dt <= {limit:.3g} s, a coarser grid or a "
                 f"softer material", dt=self.dt, limit=limit)
 

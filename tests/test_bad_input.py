@@ -107,3 +107,81 @@ def test_bad_collider_and_scene_options():
         ds.MPMSolver(walls={"-w": "sticky"})
     with pytest.raises(ds.UnstableTimeStep):
         ds.MPMSolver(dt=-1.0)
+
+
+# ----------------------------------------------------------------------------- rollout overrides
+# The differentiable path validates parameter overrides like the constructors do.
+
+
+def _mpm_override(material, **overrides):
+    sim = ds.MPMSolver(grid=16, dt=1e-3)
+    sim.add_body(ds.Box(center=(0.5, 0.5, 0.5), size=0.2), material, name="b")
+    sim.build()
+    try:
+        return ds.rollout(sim, 2, params={"b": overrides})
+    finally:
+        sim.close()
+
+
+@pytest.mark.parametrize("material,overrides,words", [
+    (ds.FixedCorotated(E=1e3, nu=0.3), {"E": torch.tensor(-1e3)}, ["E", "> 0 Pa", "-1000"]),
+    (ds.FixedCorotated(E=1e3, nu=0.3), {"nu": torch.tensor(0.5)}, ["nu", "(-1, 0.5)"]),
+    (ds.DruckerPrager(E=1e3, nu=0.3), {"friction_angle": torch.tensor(33.0)}, ["friction_angle", "(0, pi/2) rad"]),
+    (ds.DruckerPrager(E=1e3, nu=0.3), {"cohesion": -5.0}, ["cohesion", ">= 0 Pa"]),
+    (ds.FixedCorotated(E=1e3, nu=0.3), {"E": torch.tensor([1e3, 2e3])}, ["E", "one-element", "(2,)"]),
+])
+def test_invalid_overrides_raise_like_the_constructor(material, overrides, words):
+    with pytest.raises(ds.InvalidMaterial) as e:
+        _mpm_override(material, **overrides)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_override_beyond_the_time_step_limit_is_refused():
+    with pytest.raises(ds.UnstableTimeStep) as e:
+        _mpm_override(ds.FixedCorotated(E=1e3, nu=0.3), E=torch.tensor(1e7))
+    assert "overrides" in str(e.value) and "dt <=" in str(e.value)
+
+
+def test_one_element_override_tensor_is_accepted():
+    E = torch.tensor([1e3], dtype=torch.float64, requires_grad=True)
+    sim = ds.MPMSolver(grid=16, dt=1e-3)
+    sim.add_body(ds.Box(center=(0.5, 0.5, 0.5), size=0.2), ds.FixedCorotated(E=1e3, nu=0.3), name="b")
+    final, _ = ds.rollout(sim.build(), 2, params={"b": {"E": E}})
+    final.x[:, 2].sum().backward()
+    assert E.grad.shape == (1,) and torch.isfinite(E.grad).all()
+    sim.close()
+
+
+def _dem(model="hertz", **kw):
+    mat = ds.DEMMaterial(E=5e6, nu=0.3, model=model, **kw)
+    sim = ds.DEMSolver((-0.01, -0.01, -0.01), (0.01, 0.01, 0.01), mat, dt=1e-6, requires_grad=True)
+    sim.add_particles(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.1e-3]]), 1e-3)
+    return sim
+
+
+@pytest.mark.parametrize("params,exc,words", [
+    ({"restitution": torch.tensor(1.5)}, ds.InvalidMaterial, ["restitution", "(0, 1]"]),
+    ({"nu": torch.tensor(0.5)}, ds.InvalidMaterial, ["nu", "(-1, 0.5)"]),
+    ({"stiffness": torch.tensor(1e4)}, ds.InvalidMaterial, ["stiffness", "linear model", "hertz"]),
+    ({"E": torch.tensor([1e6, 2e6])}, ds.InvalidMaterial, ["E", "one-element"]),
+    ({"E": torch.tensor(5e12)}, ds.UnstableTimeStep, ["overrides", "Rayleigh"]),
+])
+def test_dem_overrides_are_validated(params, exc, words):
+    sim = _dem()
+    with pytest.raises(exc) as e:
+        ds.dem_rollout(sim, 2, params=params)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_fem_overrides_are_validated():
+    mesh = ds.box_tet_mesh((0.02, 0.02, 0.01), (2, 2, 1))
+    sim = ds.FEMSolver(dt=1e-5, gravity=(0, 0, 0), tape_substeps=10)
+    sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000))
+    with pytest.raises(ds.InvalidMaterial, match=r"nu must be in \(-1, 0.5\)"):
+        ds.fem_rollout(sim, 10, params={"nu": torch.tensor(0.5)})
+    with pytest.raises(ds.InvalidMaterial, match="friction must be >= 0"):
+        ds.fem_rollout(sim, 10, params={"friction": torch.tensor(-0.1)})
+    with pytest.raises(ds.UnstableTimeStep, match="overrides"):
+        ds.fem_rollout(sim, 10, params={"E": torch.tensor(1e12)})

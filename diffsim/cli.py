@@ -37,20 +37,15 @@ def _cmd_scenes(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .errors import DiffsimError
     from .runner import run_scene
     from .scene import build_scene, parse_options
 
     _init_runtime(args)
-    try:
-        options = parse_options(args.set)
-        scene = build_scene(args.scene, options)
-        out = args.out or f"runs/{scene.name}"
-        summary = run_scene(scene, out, steps=args.steps, every=args.every, resume=args.resume,
-                            progress=not args.quiet, video=not args.no_video)
-    except DiffsimError as exc:
-        print(f"diffsim: error: {exc}", file=sys.stderr)
-        return 2
+    options = parse_options(args.set)
+    scene = build_scene(args.scene, options)
+    out = args.out or f"runs/{scene.name}"
+    summary = run_scene(scene, out, steps=args.steps, every=args.every, resume=args.resume,
+                        progress=not args.quiet, video=not args.no_video)
     brief = {k: summary[k] for k in ("scene", "status", "steps", "particles", "wall_time_s",
                                      "particle_steps_per_s")}
     brief["out"] = out
@@ -60,26 +55,25 @@ def _cmd_run(args) -> int:
 
 def _init_runtime(args):
     from . import runtime
-    runtime.init(arch=args.arch, precision=args.precision, threads=args.threads, seed=args.seed,
-                 deterministic=getattr(args, "deterministic", False))
+    from .errors import DiffsimError
+    try:
+        runtime.init(arch=args.arch, precision=args.precision, threads=args.threads, seed=args.seed,
+                     deterministic=getattr(args, "deterministic", False))
+    except ValueError as exc:  # e.g. --threads 0
+        raise DiffsimError(str(exc)) from None
 
 
 def _cmd_generate(args) -> int:
-    from .errors import DiffsimError
     from .scene import build_scene, parse_options
     from .trajectory import record
     _init_runtime(args)
-    try:
-        scene = build_scene(args.scene, parse_options(args.set))
-        steps = args.steps if args.steps is not None else scene.steps
-        every = args.every if args.every is not None else scene.every
-        traj = record(scene, steps, every, subsample=args.subsample, noise=args.noise,
-                      surface_only=args.surface, seed=args.seed, progress=not args.quiet,
-                      script=str(args.scene), full_state=args.full_state)
-        traj.save(args.out)
-    except DiffsimError as exc:
-        print(f"diffsim: error: {exc}", file=sys.stderr)
-        return 2
+    scene = build_scene(args.scene, parse_options(args.set))
+    steps = args.steps if args.steps is not None else scene.steps
+    every = args.every if args.every is not None else scene.every
+    traj = record(scene, steps, every, subsample=args.subsample, noise=args.noise,
+                  surface_only=args.surface, seed=args.seed, progress=not args.quiet,
+                  script=str(args.scene), full_state=args.full_state)
+    traj.save(args.out)
     print(json.dumps({"out": args.out, "frames": traj.frames, "observed_particles": traj.observed,
                       "particles": traj.metadata["n_particles_scene"], "dt": traj.dt,
                       "noise_m": traj.metadata["observation"]["noise_m"]}))
@@ -89,7 +83,6 @@ def _cmd_generate(args) -> int:
 def _data_and_scene(args):
     """The trajectory of ``--data`` and its scene (``--scene`` or the script the data
     names), built with the data's options plus ``--set`` overrides (not yet built)."""
-    from .errors import DiffsimError
     from .scene import build_scene, parse_options
     from .trajectory import load_trajectory
     data = load_trajectory(args.data)
@@ -97,26 +90,22 @@ def _data_and_scene(args):
     options.update(parse_options(args.set))
     scene_path = args.scene or data.metadata["scene"].get("script")
     if not scene_path:
+        from .errors import DiffsimError
         raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
     return data, options, lambda: build_scene(scene_path, options)
 
 
 def _cmd_fit(args) -> int:
-    from .errors import DiffsimError
     from .fitting import Fitter
     from .scene import parse_options
     _init_runtime(args)
-    try:
-        data, _, make_scene = _data_and_scene(args)
-        scene = make_scene()
-        init = {k: float(v) for k, v in parse_options(args.init).items()} if args.init else None
-        fitter = Fitter(scene, data, args.params.split(","), body=args.body, init=init)
-        out = args.out or f"runs/fit_{scene.name}"
-        result = fitter.run(optimizer=args.optimizer, iters=args.iters, lr=args.lr, out=out,
-                            resume=args.resume, progress=not args.quiet)
-    except DiffsimError as exc:
-        print(f"diffsim: error: {exc}", file=sys.stderr)
-        return 2
+    data, _, make_scene = _data_and_scene(args)
+    scene = make_scene()
+    init = {k: float(v) for k, v in parse_options(args.init).items()} if args.init else None
+    fitter = Fitter(scene, data, args.params.split(","), body=args.body, init=init)
+    out = args.out or f"runs/fit_{scene.name}"
+    result = fitter.run(optimizer=args.optimizer, iters=args.iters, lr=args.lr, out=out,
+                        resume=args.resume, progress=not args.quiet)
     brief = {k: result[k] for k in ("fitted", "std", "final_loss_mm2", "iterations", "evaluations", "seconds")}
     brief["out"] = out
     print(json.dumps(brief))
@@ -124,29 +113,24 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_train_law(args) -> int:
-    from .errors import DiffsimError
     from .learned.constitutive import make_law
     from .learned.training import LawTrainer, save_law
     from .trajectory import InvalidTrajectory
     _init_runtime(args)
-    try:
-        data, options, make_scene = _data_and_scene(args)
-        if not data.full_state and args.window[0] > 0:
-            raise InvalidTrajectory(f"{args.data} has no full state (F, C); record it with "
-                                    f"`diffsim generate --full-state` to train with teacher forcing")
-        scene = make_scene()
-        import torch
-        torch.manual_seed(args.seed)
-        el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
-                          stress_scale=args.stress_scale)
-        trainer = LawTrainer(scene, data, el, pl, body=args.body, lr=args.lr, clip=args.clip,
-                             window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed)
-        hist = trainer.train(args.iters, progress=not args.quiet)
-        save_law(args.out, el, pl, metadata={**trainer.metadata(), "history": hist,
-                                              "kind": args.kind, "options": options})
-    except DiffsimError as exc:
-        print(f"diffsim: error: {exc}", file=sys.stderr)
-        return 2
+    data, options, make_scene = _data_and_scene(args)
+    if not data.full_state and args.window[0] > 0:
+        raise InvalidTrajectory(f"{args.data} has no full state (F, C); record it with "
+                                f"`diffsim generate --full-state` to train with teacher forcing")
+    scene = make_scene()
+    import torch
+    torch.manual_seed(args.seed)
+    el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
+                      stress_scale=args.stress_scale)
+    trainer = LawTrainer(scene, data, el, pl, body=args.body, lr=args.lr, clip=args.clip,
+                         window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed)
+    hist = trainer.train(args.iters, progress=not args.quiet)
+    save_law(args.out, el, pl, metadata={**trainer.metadata(), "history": hist,
+                                          "kind": args.kind, "options": options})
     print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
                       "seconds": hist[-1]["seconds"]}))
     return 0
@@ -239,7 +223,47 @@ def main(argv=None) -> int:
     t.set_defaults(func=_cmd_train_law)
 
     args = p.parse_args(argv)
-    return args.func(args)
+    return _dispatch(args)
+
+
+def _dispatch(args) -> int:
+    """Run the command; every failure the user can act on becomes one line on stderr
+    (exit 2; 130 when interrupted) instead of a traceback."""
+    import signal
+    from .errors import DiffsimError, RunInterrupted
+
+    def _terminate(signum, frame):  # SIGTERM stops a run like Ctrl-C (summary, checkpoint kept)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (e.g. called from a worker): leave SIGTERM alone
+        pass
+    try:
+        return args.func(args)
+    except RunInterrupted as exc:
+        print(f"diffsim: {exc}; continue with: {_resume_command()}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("diffsim: interrupted", file=sys.stderr)
+        return 130
+    except DiffsimError as exc:
+        print(f"diffsim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # missing files, read-only output folders, full disks
+        what = exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"diffsim: error: {what}{where}", file=sys.stderr)
+        return 2
+
+
+def _resume_command() -> str:
+    """The command line of this process with ``--resume`` added (how to continue a run)."""
+    import shlex
+    argv = ["diffsim"] + sys.argv[1:]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

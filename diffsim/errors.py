@@ -54,3 +54,16 @@ class GradientNotFinite(DiffsimError, FloatingPointError):
         self.step = step
         self.stage = stage
         self.where = where
+
+
+class RunInterrupted(DiffsimError, KeyboardInterrupt):
+    """A run was stopped by Ctrl-C or SIGTERM; its summary says ``interrupted`` and
+    ``checkpoint_step`` is the step ``--resume`` continues from (None: no checkpoint yet)."""
+
+    def __init__(self, step, checkpoint_step, out):
+        saved = (f"the checkpoint holds step {checkpoint_step}" if checkpoint_step is not None
+                 else "no checkpoint was written yet")
+        super().__init__(f"interrupted at step {step}; {saved} in {out}")
+        self.step = step
+        self.checkpoint_step = checkpoint_step
+        self.out = out

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io as dio
-from .errors import InvalidScene, SimulationDiverged
+from .errors import InvalidScene, RunInterrupted, SimulationDiverged
 from .progress import Progress
 from .render import write_png
 
@@ -118,8 +118,11 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
         traces.append(_trace_row(scene.diagnostics()))
         frames += _write_frame(scene, frames_dir, 0)
 
-    status, error = "completed", None
+    status, error = "running", None
     wall0 = time.perf_counter()
+    checkpoint_step = resumed_from
+    dio.atomic_write_json(out / "summary.json", _summary(scene, steps, every, traces, frames, stepping_time, 0.0,
+                                                         status, error, resumed_from, checkpoint_step))
     try:
         with Progress(total=steps, desc=scene.name, unit="step", disable=not progress) as bar:
             bar.update(scene.step_count)
@@ -139,13 +142,22 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
                                    "every": every, "traces": traces, "frames": frames,
                                    "stepping_time": stepping_time}
                     dio.save_checkpoint(ckpt_path, arrays, meta)
+                    checkpoint_step = scene.step_count
                     bar.update(0, E=f"{d['energy']:.4g}J")
+        status = "completed"
     except SimulationDiverged as exc:
         status, error = "diverged", str(exc)
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the command line
+        exc = RunInterrupted(scene.step_count, checkpoint_step, str(out))
+        status, error = "interrupted", str(exc)
+        raise exc from None
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         summary = _summary(scene, steps, every, traces, frames, stepping_time, time.perf_counter() - wall0,
-                           status, error, resumed_from)
+                           status, error, resumed_from, checkpoint_step)
         if status == "completed":
             _previews(scene, out, frames_dir, frames, video)
             summary["preview"] = "preview.png"
@@ -153,7 +165,8 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
     return summary
 
 
-def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, error, resumed_from):
+def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, error, resumed_from,
+             checkpoint_step=None):
     n = scene.particle_count
     done = scene.step_count
     return {
@@ -164,6 +177,7 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
         "particle_steps_per_s": (n * done / stepping_time) if stepping_time > 0 else None,
         "steps_per_s": (done / stepping_time) if stepping_time > 0 else None,
         "resumed_from_step": resumed_from,
+        "checkpoint_step": checkpoint_step,
         "frames": frames,
         "traces": {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])},
         "scene_setup": scene.describe(),

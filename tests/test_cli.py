@@ -114,3 +114,45 @@ def test_200_scenes_in_one_process_do_not_grow_memory():
             rss.append(_rss_mb())
     assert rss[1] - rss[0] < 50, rss
     assert pool.stats()["created"] <= 10
+
+
+SLOW_TINY = TINY.replace("steps=60, every=20", "steps=100000, every=20")
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(tmp_path, signame):
+    import signal
+    import time
+    scene = tmp_path / "long.py"
+    scene.write_text(SLOW_TINY)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "diffsim.cli", "run", str(scene), "--out", str(out), "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    summary = out / "summary.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:             # wait until it is stepping and has a checkpoint
+        if (out / "checkpoint.npz").exists() and json.loads(summary.read_text())["status"] == "running":
+            break
+        time.sleep(0.2)
+    assert json.loads(summary.read_text())["status"] == "running"
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "interrupted at step" in lines[0] and "--resume" in lines[0]
+    s = json.loads(summary.read_text())
+    assert s["status"] == "interrupted" and s["checkpoint_step"] and s["checkpoint_step"] % 20 == 0
+    assert s["checkpoint_step"] <= s["steps"] and f"step {s['checkpoint_step']}" in s["error"]
+
+
+def test_missing_mesh_file_is_one_line(tmp_path):
+    scene = tmp_path / "meshy.py"
+    scene.write_text(TINY.replace('sim.add_collider(ds.SphereCollider(center=(0.55, 0.5, 0.25), radius=0.08, name="ball"))',
+                                  'sim.add_collider(ds.MeshCollider("no_such_mesh.stl", name="m"))'))
+    r = _diffsim("run", scene, "--out", tmp_path / "o")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("diffsim: error:") and "no_such_mesh.stl" in r.stderr

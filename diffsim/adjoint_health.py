@@ -86,7 +86,8 @@ def reverse_substep_checked(sim, step, material=True, after_g2p=None):
     if after_g2p is not None:
         after_g2p()
         _check(sim, step, "contact", (), [("grid velocity adjoint", fs.g_v.grad), ("grid mass adjoint", fs.g_m.grad)])
-    km.grid_colliders.grad(fs, sim.cols, dx, lx, ly, lz)
+    from .runtime import call_quietly_once
+    call_quietly_once(("grid_colliders.grad", id(fs), sim.cols), km.grid_colliders.grad, fs, sim.cols, dx, lx, ly, lz)
     _check(sim, step, "collider", (), [("grid velocity adjoint", fs.g_vw.grad)],
            [("position adjoint", fs.c_pos.grad), ("velocity adjoint", fs.c_vel.grad),
             ("angular velocity adjoint", fs.c_omega.grad)])

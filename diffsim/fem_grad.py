@@ -150,11 +150,13 @@ def substep_adjoint(sim, t, rec, n_pairs):
     g = sim.gravity
     N = sim.n
     if sim.models == 1 << kf.NEO_HOOKEAN:   # Taichi's adjoint of the node part, the tet part by hand
-        kf.advance.grad(fs, sim.cols, t, t // rec, 1.0 / rec, sim.dt, N, n_pairs, g[0], g[1], g[2])
+        runtime.call_quietly_once(("advance.grad", id(fs), sim.cols), kf.advance.grad, fs, sim.cols, t, t // rec,
+                                  1.0 / rec, sim.dt, N, n_pairs, g[0], g[1], g[2])
         kf.tet_forces_vjp(fs, t, sim.n_tets)
     else:
-        kf.substep.grad(fs, sim.cols, sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets, n_pairs,
-                        g[0], g[1], g[2])
+        runtime.call_quietly_once(("substep.grad", id(fs), sim.cols, sim.models), kf.substep.grad, fs, sim.cols,
+                                  sim.models, t, t // rec, 1.0 / rec, sim.dt, N, sim.n_tets, n_pairs,
+                                  g[0], g[1], g[2])
 
 
 def input_grads(sim, k, saved):

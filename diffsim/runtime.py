@@ -135,3 +135,22 @@ def torch_dtype():
 def np_dtype():
     """numpy float dtype matching the active precision."""
     return np.float64 if ensure_init().precision == "f64" else np.float32
+
+
+_quiet_compiled: set = set()
+
+
+def call_quietly_once(key, kernel, *args):
+    """Call ``kernel(*args)``; the first call for ``key`` (when Taichi compiles it) runs with
+    Taichi's log at ERROR. Taichi's autodiff warns about never-read adjoint temporaries
+    (small matrix products, branch-local values) while compiling reverse-mode kernels;
+    harmless (the gradients are checked against finite differences in the tests)."""
+    if key in _quiet_compiled:
+        return kernel(*args)
+    import taichi as ti
+    ti.set_logging_level(ti.ERROR)
+    try:
+        return kernel(*args)
+    finally:
+        ti.set_logging_level(ti.WARN)
+        _quiet_compiled.add(key)

@@ -23,7 +23,8 @@ exact adjoint (checked against finite differences in the tests).
 """
 import taichi as ti
 
-from .mathops import cofactor, polar_rotation, polar_rotation_vjp, spectral_vjp, svd3
+from .mathops import (cofactor, divided_difference, expm1_over, log_ratio_over, polar_rotation,
+                      polar_rotation_vjp, spectral_vjp, svd3)
 
 FIXED_COROTATED = 0
 NEO_HOOKEAN = 1
@@ -83,8 +84,10 @@ def _neo_hookean(F, mu, lam):
 def _return_map(mtype, eps, prm, mats: ti.template()):
     """Return mapping in log-strain space: trial ``eps`` -> elastic ``eps_e``.
 
-    Returns ``eps_e``, the Jacobian ``d eps_e / d eps`` (3x3) and ``d eps_e / d prm``
-    (3x4, one column per parameter).
+    Returns ``eps_e``, the Jacobian ``d eps_e / d eps`` (3x3), ``d eps_e / d prm``
+    (3x4, one column per parameter) and ``c`` with ``eps_e_i - eps_e_j = c (eps_i - eps_j)``
+    (every branch scales the deviatoric part uniformly: 1 elastic, 0 at the tip; the
+    adjoint's divided differences use it).
     """
     mu = prm[0]
     lam = prm[1]
@@ -97,6 +100,7 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
     eps_e = eps
     J = I3
     D = ti.Matrix.zero(float, 3, 4)
+    c = 1.0
     if ti.static(_has(mats, VON_MISES)):
         if mtype == VON_MISES:
             ty = prm[2]
@@ -104,6 +108,7 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
             if nrm > k and nrm > 0.0:
                 n = dev / nrm
                 eps_e = tr / 3.0 * ones + k * n
+                c = k / nrm
                 J = P1 + (k / nrm) * (I3 - P1 - n.outer_product(n))
                 for r in ti.static(range(3)):
                     D[r, 0] = -k / mu * n[r]          # d/d mu
@@ -118,11 +123,13 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
             if over > 0.0:  # tension beyond the apex: to the tip s, reached continuously
                 if over < ti.static(APEX_BAND):  # tr_e = sa - over, from sa down to s
                     eps_e = (sa - over) / 3.0 * ones
+                    c = 0.0
                     J = -P1
                     for r in ti.static(range(3)):
                         D[r, 3] = 2.0 / 3.0
                 else:
                     eps_e = s / 3.0 * ones
+                    c = 0.0
                     J = ti.Matrix.zero(float, 3, 3)
                     for r in ti.static(range(3)):
                         D[r, 3] = 1.0 / 3.0
@@ -131,6 +138,7 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
                 if dgamma > 0.0 and nrm > 0.0:
                     n = dev / nrm
                     eps_e = eps - dgamma * n
+                    c = 1.0 - dgamma / nrm
                     J = I3 - n.outer_product(n) - kappa * alpha * n.outer_product(ones) \
                         - (dgamma / nrm) * (I3 - P1 - n.outer_product(n))
                     dk_dmu = -1.5 * lam / (mu * mu)
@@ -140,7 +148,7 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
                         D[r, 1] = -over * alpha * dk_dlam * n[r]
                         D[r, 2] = -kappa * over * n[r]
                         D[r, 3] = kappa * alpha * n[r]
-    return eps_e, J, D
+    return eps_e, J, D, c
 
 
 @ti.func
@@ -149,7 +157,7 @@ def _hencky_plastic(mtype, F, prm, mats: ti.template()):
     U, s, V = svd3(F)
     sc = ti.max(s, SIGMA_MIN)
     eps = ti.log(sc)
-    eps_e, Jm, D = _return_map(mtype, eps, prm, mats)
+    eps_e, Jm, D, _ = _return_map(mtype, eps, prm, mats)
     sig_e = ti.exp(eps_e)
     t = 2.0 * prm[0] * eps_e + prm[1] * eps_e.sum()
     Fe = U @ ti.Matrix([[sig_e[0], 0.0, 0.0], [0.0, sig_e[1], 0.0], [0.0, 0.0, sig_e[2]]]) @ V.transpose()
@@ -285,6 +293,33 @@ def material_vjp(mtype, F_old, C, prm, dt, Fe_bar, tau_bar, mats: ti.template())
 
 
 @ti.func
+def _hencky_divided_differences(s, sig_e, t, g2, c, mu, J1, J2):
+    """``(g_j - g_i) / (s_j - s_i)`` of the Hencky model's ``g1 = exp(eps_e)`` and
+    ``g2 = t / s`` without cancellation. With ``L = log(s_j / s_i)`` the return map gives
+    ``eps_e_j - eps_e_i = c L`` and ``t_j - t_i = 2 mu c L``, so
+
+        dd1 = exp(eps_e_i) c expm1(c L)/(c L) * L / (s_j - s_i)
+        dd2 = 2 mu c L / (s_j - s_i) / s_j - t_i / (s_i s_j)
+
+    with ``L / (s_j - s_i)`` from :func:`log_ratio_over`. Near the apex of dry sand the
+    singular values differ by ~1e-5 while f32 resolves ~1e-7: the plain quotient (or its
+    limit, used below sqrt(eps)) was wrong by percents there. Clamped (tiny or inverted)
+    singular values fall back to the generic quotient."""
+    dd1 = ti.Matrix.zero(float, 3, 3)
+    dd2 = ti.Matrix.zero(float, 3, 3)
+    for i, j in ti.static([(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
+        if s[i] > SIGMA_MIN and s[j] > SIGMA_MIN:
+            q = log_ratio_over(s[j], s[i])            # L / (s_j - s_i)
+            L = q * (s[j] - s[i])
+            dd1[i, j] = sig_e[i] * c * expm1_over(c * L) * q
+            dd2[i, j] = 2.0 * mu * c * q / s[j] - t[i] / (s[i] * s[j])
+        else:
+            dd1[i, j] = divided_difference(sig_e[j], sig_e[i], s[j], s[i], J1[i, i] - J1[i, j])
+            dd2[i, j] = divided_difference(g2[j], g2[i], s[j], s[i], J2[i, i] - J2[i, j])
+    return dd1, dd2
+
+
+@ti.func
 def _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
     mu = prm[0]
     lam = prm[1]
@@ -295,7 +330,7 @@ def _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
             mask[i] = 0.0
     sc = ti.max(s, SIGMA_MIN)
     eps = ti.log(sc)
-    eps_e, Jm, D = _return_map(mtype, eps, prm, mats)
+    eps_e, Jm, D, cdev = _return_map(mtype, eps, prm, mats)
     sig_e = ti.exp(eps_e)
     ones = ti.Vector([1.0, 1.0, 1.0])
     stiff = 2.0 * mu * ti.Matrix.identity(float, 3) + lam * ones.outer_product(ones)
@@ -318,8 +353,9 @@ def _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
             J2[i, j] -= t[i] / (ss[i] * ss[i])
     G = U @ ti.Matrix([[g2[0], 0.0, 0.0], [0.0, g2[1], 0.0], [0.0, 0.0, g2[2]]]) @ V.transpose()
     F_bar = tau_bar.transpose() @ G
-    Fa, d1 = spectral_vjp(U, s, V, g1, J1, Fe_bar)
-    Fb, d2 = spectral_vjp(U, s, V, g2, J2, tau_bar @ F)
+    dd1, dd2 = _hencky_divided_differences(s, sig_e, t, g2, cdev, mu, J1, J2)
+    Fa, d1 = spectral_vjp(U, s, V, g1, J1, Fe_bar, dd1)
+    Fb, d2 = spectral_vjp(U, s, V, g2, J2, tau_bar @ F, dd2)
     F_bar += Fa + Fb
     # parameters: through the return map (D) and directly through the stiffness
     prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])

@@ -215,8 +215,12 @@ def _pair_contact(fs: ti.template(), p, t, dt, gravity):
     rel += (dt * fn / m_eff) * n
     vt = rel - rel.dot(n) * n
     vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
-    stick = ti.min(1.0, dt * cp[N_MU] * fn / (m_eff * vt_len))   # 1: sticking, a constant
-    force = fn * n - (m_eff * stick / dt) * vt
+    # Coulomb: sticking removes vt; sliding applies mu fn along the unit tangent. (Not
+    # min(1, dt mu fn / (m vt_len)): Taichi's adjoint of that quotient divides by
+    # (m vt_len)^2, which underflows in f32 for a sticking node (0 * inf = NaN).)
+    force = fn * n - (m_eff / dt) * vt
+    if dt * cp[N_MU] * fn < m_eff * vt_len:
+        force = fn * n - (cp[N_MU] * fn / vt_len) * vt
     fs.fp[t, i] += force
     for k in ti.static(range(3)):
         fs.fp[t, tri[k]] -= w[k] * force
@@ -271,7 +275,11 @@ def _advance_node(fs: ti.template(), cols: ti.template(), t, i, rec, inv_rec, dt
                 rel += (dt * fn / m) * n
                 vt = rel - rel.dot(n) * n
                 vt_len = ti.sqrt(vt.dot(vt) + 1e-30)
-                rel -= ti.min(1.0, dt * fs.node_prm[i][N_MU] * fn / (m * vt_len)) * vt  # stick: 1
+                slide = dt * fs.node_prm[i][N_MU] * fn / m   # tangential speed friction removes
+                if slide < vt_len:                           # sliding (see _pair_contact)
+                    rel -= (slide / vt_len) * vt
+                else:                                        # sticking
+                    rel -= vt
                 vn = rel + v_wall
             fs.fc[rec, i] += (m * inv_rec / dt) * (vn - v_free) + inv_rec * fs.fp[t, i]
         fs.x[t + 1, i] = xi + dt * vn

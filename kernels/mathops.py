@@ -12,9 +12,11 @@ Everything here is a ``@ti.func`` working in the runtime's default float type.
   ``(tr S) I - S`` is inverted, which is well conditioned unless two singular values sum
   to zero.
 * :func:`spectral_vjp` -- adjoint of an isotropic matrix function ``G(F) = U diag(g(s)) V^T``
-  given ``g``'s Jacobian; the divided differences ``(g_i - g_j)/(s_i - s_j)`` fall back to
-  their limit (from the Jacobian) when ``s_i`` and ``s_j`` are close, so equal singular
-  values (a body at rest) are safe.
+  given ``g``'s Jacobian and its divided differences ``(g_i - g_j)/(s_i - s_j)``; the
+  caller computes those in a form that stays accurate for close ``s_i``, ``s_j``
+  (:func:`divided_difference` is the generic fallback; :func:`log_ratio_over` and
+  :func:`expm1_over` serve log-strain models), so equal singular values (a body at rest)
+  are safe.
 """
 import taichi as ti
 
@@ -209,6 +211,34 @@ def divided_difference(gi, gj, si, sj, limit):
 
 
 @ti.func
+def atanh_over(z):
+    """``atanh(z) / z`` (series for small ``|z|``, where the quotient would cancel)."""
+    z2 = z * z
+    r = 1.0 + z2 * (1.0 / 3.0 + z2 * (1.0 / 5.0 + z2 * (1.0 / 7.0 + z2 * (1.0 / 9.0 + z2 / 11.0))))
+    if ti.abs(z) > 0.1:
+        r = 0.5 * ti.log((1.0 + z) / (1.0 - z)) / z
+    return r
+
+
+@ti.func
+def log_ratio_over(si, sj):
+    """``log(si / sj) / (si - sj)`` for positive ``si``, ``sj``, accurate when they are
+    close: ``2 atanh(z) / (si - sj)`` with ``z = (si - sj) / (si + sj)``."""
+    z = (si - sj) / (si + sj)
+    return 2.0 * atanh_over(z) / (si + sj)
+
+
+@ti.func
+def expm1_over(y):
+    """``(exp(y) - 1) / y`` (series for small ``|y|``; 1 at ``y = 0``)."""
+    r = 1.0 + y * (1.0 / 2.0 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (
+        1.0 / 720.0 + y * (1.0 / 5040.0 + y / 40320.0))))))
+    if ti.abs(y) > 0.1:
+        r = (ti.exp(y) - 1.0) / y
+    return r
+
+
+@ti.func
 def sum_quotient(gi, gj, si, sj):
     """``(gi + gj) / (si + sj)`` with the denominator clamped away from zero."""
     d = si + sj
@@ -219,7 +249,7 @@ def sum_quotient(gi, gj, si, sj):
 
 
 @ti.func
-def spectral_vjp(U, s, V, g, Jg, G_bar):
+def spectral_vjp(U, s, V, g, Jg, G_bar, dd):
     """Adjoint of ``F`` for ``G = U diag(g(s)) V^T`` where ``F = U diag(s) V^T``.
 
     Args:
@@ -227,6 +257,8 @@ def spectral_vjp(U, s, V, g, Jg, G_bar):
         g: ``g(s)``, a 3-vector; must be an isotropic (permutation-symmetric) function.
         Jg: 3x3 Jacobian ``dg_i/ds_j``.
         G_bar: adjoint of G.
+        dd: 3x3 divided differences ``dd[i, j] = (g_j - g_i) / (s_j - s_i)`` (i != j; the
+            limit where they coincide).
     Returns ``F_bar`` (3x3) and ``gbar_diag`` (3-vector: the adjoint of ``g`` itself,
     for parameter derivatives ``dg/dtheta``).
     """
@@ -237,7 +269,7 @@ def spectral_vjp(U, s, V, g, Jg, G_bar):
     for i in ti.static(range(3)):
         P[i, i] = sbar[i]
     for i, j in ti.static([(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
-        A = divided_difference(g[j], g[i], s[j], s[i], Jg[i, i] - Jg[i, j])
+        A = dd[i, j]
         B = sum_quotient(g[j], g[i], s[j], s[i])
         # dG_ij = (A + B)/2 dP_ij + (A - B)/2 dP_ji  (rotated frame)
         P[i, j] += 0.5 * (A + B) * M[i, j]

@@ -362,25 +362,11 @@ def grid_update(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
     grid_colliders(fs, cols, dx, lox, loy, loz)
 
 
-_quiet_compiled = set()
-
-
 def grid_update_adjoint(fs, cols, dt, dx, lox, loy, loz, gx, gy, gz):
     """``g_v.grad -> g_mv.grad, g_m.grad`` (added to, e.g. a grid hook's part; cleared by
     :func:`clear_grid_grad`) and collider grads; needs the forward grid."""
-    key = (id(fs), cols)
-    if key not in _quiet_compiled:
-        # Taichi's autodiff warns about never-read adjoint temporaries of small matrix
-        # products while compiling this kernel (harmless; the gradient is checked in the
-        # tests): compile it quietly once.
-        ti.set_logging_level(ti.ERROR)
-        try:
-            grid_colliders.grad(fs, cols, dx, lox, loy, loz)
-        finally:
-            ti.set_logging_level(ti.WARN)
-        _quiet_compiled.add(key)
-    else:
-        grid_colliders.grad(fs, cols, dx, lox, loy, loz)
+    from diffsim.runtime import call_quietly_once
+    call_quietly_once(("grid_colliders.grad", id(fs), cols), grid_colliders.grad, fs, cols, dx, lox, loy, loz)
     grid_walls_adjoint(fs, dt, gx, gy, gz)
 
 

@@ -10,11 +10,15 @@ that builds its scene, runs ``ds.rollout`` and calls ``backward``.
 import argparse
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 
 import diffsim as ds
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # random_scenes
 
 
 def _dtype():
@@ -33,7 +37,7 @@ def _start_state(sim):
                                torch.eye(3, dtype=_dtype()).repeat(n, 1, 1))
 
 
-def stencil_edge(steps):
+def stencil_edge(steps=None):
     """One particle whose x and y stencil coordinates sit 1e-4 cells above a B-spline
     boundary (weights ~5e-9 per axis) in a 5 cm domain: the node it reaches through both
     small weights has a mass of ~1e-22 kg (its square underflows in f32)."""
@@ -44,7 +48,7 @@ def stencil_edge(steps):
     sim.add_particles(p, ds.FixedCorotated(E=1e4, nu=0.3, density=1000), name="b", velocity=(0.1, -0.05, 0.02))
     sim.build()
     x0, v0, st = _start_state(sim)
-    final, _ = ds.rollout(sim, steps, state=st)
+    final, _ = ds.rollout(sim, steps or 3, state=st)
     loss = final.x.sum() + final.v.sum()
     loss.backward()
     return loss, {"x0": x0.grad, "v0": v0.grad}
@@ -76,20 +80,179 @@ def friction_adjoint(steps):
     return g.sum(), {f"speed_{s:g}": g[i] for i, s in enumerate(speeds)}
 
 
-CASES = {"stencil_edge": stencil_edge, "friction_adjoint": friction_adjoint}
+SHIFT = {}  # parameter -> offset, set by --fd: loss only, no backward
+SCALES = {}  # parameter -> its magnitude (gradient x scale = the loss change per relative change)
+
+
+def _mpm_loss(sim, steps, params, tool=None, seed=0):
+    """Rollout from the start with initial velocities ``v0 + a d`` (d random): gradients of
+    a random linear loss of the final positions and velocities with respect to the material
+    parameters ``params`` {name: value}, ``a`` and (``tool``) a collider's velocity."""
+    x0, v0, st = _start_state(sim)
+    g = torch.Generator().manual_seed(seed)
+    n = sim.n
+    w = torch.randn(n, 3, generator=g, dtype=torch.float64).to(_dtype())
+    d = (0.05 * torch.randn(n, 3, generator=g, dtype=torch.float64)).to(_dtype())
+    a = torch.tensor(SHIFT.get("v0_direction", 0.0), dtype=_dtype(), requires_grad=True)
+    prm = {k: torch.tensor(v + SHIFT.get(k, 0.0), dtype=_dtype(), requires_grad=True) for k, v in params.items()}
+    st = ds.MPMState(st.x, st.v + a * d, st.C, st.F)
+    cv = None
+    if tool is not None:
+        cv = torch.tensor(sim.colliders[0].velocity_at(0.0, sim.dt), dtype=_dtype(), requires_grad=True)
+    final, _ = ds.rollout(sim, steps, state=st, params={sim.bodies[0].name: prm},
+                          collider_velocity={tool: cv} if tool is not None else None)
+    loss = (final.x * w).sum() + 0.1 * (final.v * w).sum()
+    if SHIFT:
+        return loss, {}
+    loss.backward()
+    grads = {k: t.grad for k, t in prm.items()}
+    SCALES.update({k: max(abs(v), 1.0) for k, v in params.items()})
+    grads["v0_direction"] = a.grad
+    if cv is not None:
+        grads["tool_velocity"] = cv.grad
+    return loss, grads
+
+
+def random_mpm(steps, seed=0):
+    """A scene of tests/random_scenes.py (its own horizon unless ``--steps`` is given)."""
+    from random_scenes import random_scene
+    sc = random_scene(seed)
+    tool = "tool" if sc.collider in ("sphere", "rotating_box") else None
+    return _mpm_loss(sc.sim, steps or sc.steps, sc.base, tool, seed)
+
+
+def sand_cone_paddle(steps, seed=0):
+    """Issue case 1: an 896-particle dry Drucker-Prager column (8 x 8 x 14 particles) falls
+    onto a mesh cone while a paddle rotates through it (f32 NaN after ~186 substeps)."""
+    import trimesh
+    sim = ds.MPMSolver(domain_max=(0.2, 0.2, 0.2), grid=32, dt=2e-4, walls={"-z": "sticky"})
+    sp = sim.dx / 2
+    sim.add_body(ds.Box(center=(0.1, 0.1, 0.11), size=(8 * sp, 8 * sp, 14 * sp)),
+                 ds.DruckerPrager(E=2e4, nu=0.3, friction_angle=math.radians(32), density=1500), name="sand",
+                 jitter=0.3, seed=seed)
+    cone = trimesh.creation.cone(radius=0.05, height=0.05, sections=24)
+    sim.add_collider(ds.MeshCollider(cone, position=(0.1, 0.1, 0.02), resolution=40, friction=0.4, name="cone"))
+    sim.add_collider(ds.BoxCollider(center=(0.1, 0.1, 0.09), half_size=(0.045, 0.004, 0.004),
+                                    angular_velocity=(0.0, 0.0, 10.0), friction=0.3, name="paddle"))
+    sim.build()
+    return _mpm_loss(sim, steps or 1000, {"E": 2e4, "friction_angle": math.radians(32), "cohesion": 0.0},
+                     None, seed)
+
+
+def jelly_bumpy(steps, seed=0):
+    """Issue case 2: a 729-particle (9^3) fixed-corotated jelly dropped on a bumpy mesh
+    (a 3 x 3 field of half-buried spheres; f32 NaN after ~872 substeps)."""
+    import trimesh
+    sim = ds.MPMSolver(domain_max=(0.2, 0.2, 0.2), grid=32, dt=2e-4)
+    sp = sim.dx / 2
+    sim.add_body(ds.Box(center=(0.1, 0.1, 0.1), size=9 * sp), ds.FixedCorotated(E=5e3, nu=0.3, density=1000),
+                 name="jelly", velocity=(0.1, 0.05, -0.3), jitter=0.3, seed=seed)
+    bumps = [trimesh.creation.icosphere(subdivisions=2, radius=0.022).apply_translation((x, y, 0.012))
+             for x in (0.06, 0.1, 0.14) for y in (0.06, 0.1, 0.14)]
+    sim.add_collider(ds.MeshCollider(trimesh.util.concatenate(bumps), resolution=48, friction=0.5, name="bumps"))
+    sim.build()
+    return _mpm_loss(sim, steps or 1000, {"E": 5e3, "nu": 0.3}, None, seed)
+
+
+def dem_pile(steps, seed=0):
+    """13 spheres in sustained contact (demos/fit_dem_friction.py's pile) on a mesh floor
+    (a triangulated box, MeshWall) with rolling friction, pushed by a moving plane."""
+    import trimesh
+    R = 1e-3
+    mat = ds.DEMMaterial(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05, density=2500.0,
+                         rolling_smoothing=1.0)
+    sim = ds.DEMSolver((-0.01, -0.01, -0.003), (0.01, 0.01, 0.01), mat, dt=2e-5, skin=1e-3, requires_grad=True)
+    floor = trimesh.creation.box(extents=(0.02, 0.02, 0.002)).apply_translation((0, 0, -0.001))
+    sim.add_wall(ds.MeshWall(floor, name="floor"))
+    a = 2.3 * R
+    sim.add_wall(ds.PlaneWall((-a - R + 2e-6, 0, 0), (1, 0, 0), name="pusher"))
+    g = np.array([-a, 0.0, a])
+    base = np.stack(np.meshgrid(g, g, [R - 2e-6], indexing="ij"), -1).reshape(-1, 3)
+    h = np.sqrt((2 * R) ** 2 - 2 * (a / 2) ** 2) - 3e-6
+    top = np.stack(np.meshgrid(g[:2] + a / 2, g[:2] + a / 2, [R - 2e-6 + h], indexing="ij"), -1).reshape(-1, 3)
+    sim.add_particles(np.concatenate([base, top]), R, check_overlap=False)
+    sim.build()
+    steps = steps or 300
+    n = sim.n
+    rng = np.random.default_rng(seed)
+    dt_ = _dtype()
+    v0 = torch.tensor(rng.normal(0, 1e-3, (n, 3)), dtype=dt_, requires_grad=True)
+    w0 = torch.tensor(rng.normal(0, 5.0, (n, 3)), dtype=dt_)
+    wv = torch.zeros(steps, 2, 3, dtype=dt_)
+    wv[:, 1, 0] = 0.03
+    wv.requires_grad_(True)
+    weights = torch.tensor(rng.normal(size=(n, 3)), dtype=dt_)
+    P = {k: torch.tensor(v, dtype=dt_, requires_grad=True)
+         for k, v in dict(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05).items()}
+    out = ds.dem_rollout(sim, steps, params=P, v0=v0, w0=w0, wall_velocity=wv)
+    loss = (out["x"] * weights).sum() * 1e2 + 1e-4 * (out["w"] ** 2).sum()
+    loss.backward()
+    grads = {k: t.grad for k, t in P.items()}
+    SCALES.update({k: max(abs(float(t.detach())), 1.0) for k, t in P.items()})
+    grads["v0"], grads["wall_velocity"] = v0.grad, wv.grad
+    return loss, grads
+
+
+def fem_press(steps, seed=0):
+    """A 6 x 6 x 2 mm pad pressed into a sphere, pushed, slid and twisted (sticking and
+    sliding friction; tests/test_fem.py's press scene), 200 substeps."""
+    mesh = ds.box_tet_mesh((0.006, 0.006, 0.002), (6, 6, 2), origin=(-0.003, -0.003, 0.0))
+    sim = ds.FEMSolver(dt=2e-5, gravity=(0, 0, 0), tape_substeps=40)
+    body = sim.add_body(mesh, ds.FEMMaterial(E=5e4, nu=0.4, density=1000, mass_damping=20, stiffness_damping=1e-5),
+                        contact=ds.PenaltyContact(stiffness=2e9, friction=0.6, damping=1.0))
+    sim.add_driver(body, body.nodes_where(lambda X: X[:, 2] < 1e-9))
+    sim.add_collider(ds.SphereCollider(center=(0, 0, 0.002 + 0.004 - 0.0001), radius=0.004))
+    rec = 20
+    R = (steps or 200) // rec
+    dt_ = _dtype()
+    vel = torch.zeros((R, 1, 6), dtype=dt_)
+    vel[:, 0, 2], vel[:, 0, 0], vel[:, 0, 3] = 0.2, 0.1, 3.0
+    vel.requires_grad_(True)
+    P = {k: torch.tensor(v, dtype=dt_, requires_grad=True)
+         for k, v in dict(E=5e4, nu=0.4, contact_stiffness=2e9, friction=0.6).items()}
+    out = ds.fem_rollout(sim, R * rec, rec, params=P, driver_velocity=vel)
+    loss = (out["x"][-1] ** 2).sum() * 1e4 + out["force"][1:].sum() * 10 + out["force"][-1, :, 0].sum() * 30
+    loss.backward()
+    grads = {k: t.grad for k, t in P.items()}
+    SCALES.update({k: max(abs(float(t.detach())), 1.0) for k, t in P.items()})
+    grads["driver_velocity"] = vel.grad
+    return loss, grads
+
+
+CASES = {"dem_pile": dem_pile, "fem_press": fem_press, "stencil_edge": stencil_edge, "friction_adjoint": friction_adjoint, "random_mpm": random_mpm,
+         "sand_cone_paddle": sand_cone_paddle, "jelly_bumpy": jelly_bumpy}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("case", choices=sorted(CASES))
     ap.add_argument("precision", choices=["f32", "f64"])
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="substeps (default: the case's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fd", default=None, help="NAME:H1,H2,...: central differences of the loss in NAME "
+                    "(a material parameter or v0_direction) instead of gradients")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     ds.init(precision=a.precision, threads=a.threads)
-    loss, grads = CASES[a.case](a.steps)
+    import inspect
+    fn = CASES[a.case]
+    kw = {"seed": a.seed} if "seed" in inspect.signature(fn).parameters else {}
+    if a.fd:
+        name, hs = a.fd.split(":")
+        out = {}
+        for h in map(float, hs.split(",")):
+            vals = []
+            for sgn in (1.0, -1.0):
+                SHIFT.clear()
+                SHIFT[name] = sgn * h
+                vals.append(float(fn(a.steps, **kw)[0]))
+            out[str(h)] = (vals[0] - vals[1]) / (2 * h)
+        print(json.dumps({"fd": name, "central": out}))
+        return
+    loss, grads = fn(a.steps, **kw)
     print(json.dumps({"loss": float(loss.detach()), "grads": {k: v.detach().double().flatten().tolist()
-                                                     for k, v in grads.items()}}))
+                                                     for k, v in grads.items()},
+                      "scales": SCALES}))
 
 
 if __name__ == "__main__":

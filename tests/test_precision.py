@@ -14,8 +14,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_case(case, precision, steps=None, threads=2):
-    cmd = [sys.executable, os.path.join(HERE, "precision_cases.py"), case, precision, "--threads", str(threads)]
+def run_case(case, precision, steps=None, threads=2, extra=()):
+    cmd = [sys.executable, os.path.join(HERE, "precision_cases.py"), case, precision, "--threads", str(threads),
+           *extra]
     if steps is not None:
         cmd += ["--steps", str(steps)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -28,17 +29,26 @@ def relative_difference(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def compare(case, tol, steps=None):
-    lo, hi = run_case(case, "f32", steps), run_case(case, "f64", steps)
+def compare(case, tol, steps=None, loose=None, seed=None):
+    """f32 and f64 gradients of ``case``: all finite, and within ``tol`` relative (``loose``:
+    {name: tol} for documented f32 limits). A gradient whose effect on the loss is below
+    1e-4 of it (|g| x parameter scale < 1e-4 |loss|) is compared on that scale instead: its
+    relative value is rounding noise in both precisions."""
+    extra = ["--seed", str(seed)] if seed is not None else []
+    lo, hi = run_case(case, "f32", steps, extra=extra), run_case(case, "f64", steps, extra=extra)
     report = {}
     for name, g64 in hi["grads"].items():
         g32 = lo["grads"][name]
         assert np.all(np.isfinite(g64)), f"{case}: f64 gradient {name} not finite"
         assert np.all(np.isfinite(g32)), f"{case}: f32 gradient {name} not finite: {g32[:6]}"
-        report[name] = relative_difference(g32, g64)
+        scale = hi.get("scales", {}).get(name, 1.0)
+        floor = 1e-4 * abs(hi["loss"]) / scale
+        diff = np.linalg.norm(np.subtract(g32, g64))
+        report[name] = float(diff / max(np.linalg.norm(g64), floor))
     print(case, {k: f"{v:.1e}" for k, v in report.items()})
-    worst = max(report.values())
-    assert worst <= tol, f"{case}: f32 vs f64 relative differences {report}"
+    limits = {k: (loose or {}).get(k, tol) for k in report}
+    over = {k: v for k, v in report.items() if v > limits[k]}
+    assert not over, f"{case}: f32 vs f64 relative differences over {limits}: {report}"
     return report
 
 
@@ -51,3 +61,37 @@ def test_particle_next_to_a_stencil_boundary_has_finite_f32_gradients():
 def test_coulomb_wall_adjoint_is_finite_at_tiny_tangential_speeds():
     report = compare("friction_adjoint", 1e-5)
     assert set(report) == {"speed_0.001", "speed_1e-08", "speed_1e-12", "speed_1e-14"}
+
+
+def test_fem_press_with_sticking_friction_f32_matches_f64():
+    # Taichi's adjoint of min(1, dt mu fn / (m |vt|)) divided by (m |vt|)^2, which
+    # underflowed for sticking nodes: NaN gradients of E, nu and the contact stiffness
+    compare("fem_press", 1e-3)
+
+
+@pytest.mark.slow
+def test_dem_pile_on_a_mesh_floor_f32_matches_f64():
+    # restitution acts through the normal damping of resting contacts, whose relative
+    # normal speeds are f32 rounding noise (overlaps of ~3 um between spheres at ~4 mm
+    # carry 1e-4 relative error): its f32 gradient is good to ~10%
+    compare("dem_pile", 3e-3, loose={"restitution": 0.2})
+
+
+@pytest.mark.parametrize("seed", [13, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow),
+                                  pytest.param(7, marks=pytest.mark.slow), pytest.param(14, marks=pytest.mark.slow),
+                                  pytest.param(22, marks=pytest.mark.slow), pytest.param(27, marks=pytest.mark.slow)])
+def test_random_mpm_scenes_f32_match_f64(seed):
+    # plastic flow (2: von Mises, 3: dry sand) in f32 agrees to a few 1e-3 (measured 1.9e-3
+    # and 2.2e-3): yield decisions and return-map Jacobians carry f32's strain resolution
+    compare("random_mpm", 5e-3 if seed in (2, 3) else 1e-3, seed=seed)
+
+
+@pytest.mark.slow
+def test_issue_cases_over_1000_substeps():
+    """The two scenes where f32 gradients turned NaN: finite over 1,000 substeps. The jelly
+    agrees with f64 within 1e-3; dry sand within 5e-3 (measured 3.1e-3 for E, 6.6e-4 for
+    the friction angle, 9.1e-4 for the initial velocities): near zero pressure its plastic
+    flow involves strains of ~1e-5, which f32 (singular values to ~5e-7) resolves to
+    percents; the accurate divided differences of the Hencky adjoint keep the rest."""
+    compare("jelly_bumpy", 1e-3, steps=1000)
+    compare("sand_cone_paddle", 5e-3, steps=1000)

@@ -128,3 +128,39 @@ def locate(sim, tape, start, steps, load, grads, after_g2p=None):
         advance_seeds(sim)
     raise GradientNotFinite(start, "parameters", "a parameter or collider adjoint summed over the segment",
                             "every stage was finite when reversed again: check the loss and the inputs")
+
+
+def first_bad_row(named_arrays, n=None):
+    """``(name, row)`` of the first non-finite row among ``{name: array (rows, ...)}``
+    (only the first ``n`` rows), or None."""
+    for name, a in named_arrays.items():
+        a = np.asarray(a)
+        a = a[:n] if n is not None else a
+        bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(1)
+        if bad.any():
+            return name, int(np.argmax(bad))
+    return None
+
+
+def locate_in_fem_tape(sim, start, k, reseed, reverse_substep):
+    """A FEM chunk's reverse pass (substeps ``start .. start + k`` of the rollout) again,
+    checking the node adjoints of each row as it is produced (Taichi's adjoints clear the
+    rows they consume): raise :class:`GradientNotFinite` at the first non-finite one.
+    ``reseed()`` puts the chunk's output adjoints back, ``reverse_substep(t)`` reverses
+    row ``t + 1 -> t``."""
+    fs = sim.fields
+    reseed()
+    for t in range(k, -1, -1):
+        if t < k:
+            reverse_substep(t)
+        hit = first_bad_row({"position adjoint": fs.x.grad.to_numpy()[t],
+                             "velocity adjoint": fs.v.grad.to_numpy()[t]}, sim.n)
+        if hit is not None:
+            stage = "loss (the adjoint arriving at this substep)" if t == k else \
+                "FEM substep (elastic forces, contact, integration)"
+            raise GradientNotFinite(start + t, stage, f"{hit[0]} of node {hit[1]}")
+    hit = first_bad_row({"material parameter adjoint": fs.tet_prm.grad.to_numpy(),
+                         "contact parameter adjoint": fs.node_prm.grad.to_numpy()})
+    where = f"{hit[0]} of {'tet' if hit[0].startswith('material') else 'node'} {hit[1]}" if hit else \
+        "a driver or parameter adjoint"
+    raise GradientNotFinite(start, "FEM parameters", where)

@@ -32,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import runtime
+from . import adjoint_health, runtime
 from .dem import PARAMETERS, DEMSolver
-from .errors import InvalidMaterial, InvalidScene
+from .errors import GradientNotFinite, InvalidMaterial, InvalidScene
 from .kernels import dem as kd
 
 _PRM_INDEX = {name: i for i, name in enumerate(PARAMETERS)}  # E, nu, e, mu, mu_r, cohesion, k_n
@@ -89,7 +89,7 @@ _EPOCH_FIELDS = ("nbr_n", "rev", "rev_n", "active", "pair_i", "pair_j", "pair_pe
 
 class _Rollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sim, steps, record_every, wall_velocity, prm, x0, v0, w0):
+    def forward(ctx, sim, steps, record_every, wall_velocity, prm, x0, v0, w0, check=True):
         fs = sim.fields
         n, W = sim.n, fs.n_walls
         dt = runtime.np_dtype()
@@ -128,7 +128,7 @@ class _Rollout(torch.autograd.Function):
                 tape.append(("record", len(records)))
                 records.append(sim.state_tensors())
         final = sim.state_tensors()
-        ctx.sim, ctx.tape, ctx.epochs, ctx.steps = sim, tape, epochs, steps
+        ctx.sim, ctx.tape, ctx.epochs, ctx.steps, ctx.check = sim, tape, epochs, steps, check
         ctx.prm = fs.prm.to_numpy()  # restored in backward (another rollout may run in between)
         ctx.has_wall_velocity = wall_velocity is not None
         ctx.n_walls_given = 0 if wall_velocity is None else wall_velocity.shape[1]
@@ -198,25 +198,31 @@ class _Rollout(torch.autograd.Function):
                 kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])
                 gs = _read_grads(A)
                 wv_grad[t] = fs.w_vel.grad.to_numpy()
+                if ctx.check:
+                    hit = adjoint_health.first_bad_row({f"{k} adjoint": gs[k] for k in ("x", "v", "w")}, n)
+                    if hit is not None:
+                        raise GradientNotFinite(t, "DEM step (contacts, walls, integration)",
+                                                f"{hit[0]} of sphere {hit[1]}",
+                                                f"in {runtime.config().precision} the contact law's "
+                                                f"derivatives can overflow: try diffsim.init(precision='f64')")
         kd.derive_constants.grad(fs, model)
         sim._pose_key = None
         bad = [name for name, a in (("parameters", fs.prm.grad.to_numpy()), ("initial state", gs["x"][:n]),
                                     ("wall velocities", wv_grad)) if not np.all(np.isfinite(a))]
-        if bad:
-            raise FloatingPointError(
-                f"dem_rollout: the gradient of the {', '.join(bad)} is not finite (NaN/inf); in "
-                f"{runtime.config().precision} the contact law's derivatives can overflow: use "
-                f"diffsim.init(precision='f64')")
+        if bad and ctx.check:
+            raise GradientNotFinite(0, "DEM material constants", f"the gradient of the {', '.join(bad)}",
+                                    f"in {runtime.config().precision} the contact law's derivatives can "
+                                    f"overflow: try diffsim.init(precision='f64')")
         tdt = runtime.torch_dtype()
         g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)
         g_x0, g_v0, g_w0 = (torch.from_numpy(gs[k][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))
         g_wv = torch.from_numpy(wv_grad[:, : ctx.n_walls_given].astype(np.float64)).to(tdt) \
             if ctx.has_wall_velocity else None
-        return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0
+        return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0, None
 
 
 def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None, v0=None, w0=None,
-                wall_velocity=None, record_every: int | None = None) -> dict:
+                wall_velocity=None, record_every: int | None = None, check_gradients: bool = True) -> dict:
     """Run ``steps`` DEM steps from t = 0 differentiably (see the module docstring).
 
     Args:
@@ -228,6 +234,9 @@ def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None,
         wall_velocity: (steps, k, 3) translation velocities (m/s) of the first k walls per
             step, replacing their own ``velocity``.
         record_every: also return the state every that many steps.
+        check_gradients: NaN/inf adjoints raise :class:`~diffsim.GradientNotFinite` naming
+            the step and sphere where they appear (checked after every reversed step;
+            False: skip).
 
     Returns ``{"x", "v", "w": (n,3) tensors after the last step, "records": [{"x","v","w"}]}``.
     """
@@ -264,6 +273,6 @@ def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None,
             raise InvalidScene(f"wall_velocity must have shape ({steps}, k <= {len(sim.walls)}, 3), got "
                                f"{tuple(wall_velocity.shape)}")
     every = int(record_every or 0)
-    out = _Rollout.apply(sim, steps, every, wall_velocity, prm, x0, v0, w0)
+    out = _Rollout.apply(sim, steps, every, wall_velocity, prm, x0, v0, w0, bool(check_gradients))
     records = [dict(zip("xvw", out[3 + 3 * k: 6 + 3 * k])) for k in range((len(out) - 3) // 3)]
     return {"x": out[0], "v": out[1], "w": out[2], "records": records}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import runtime
+from . import adjoint_health, runtime
 from .errors import InvalidScene
 
 MATERIAL_KEYS = ("E", "nu", "mass_damping", "stiffness_damping")
@@ -89,6 +89,7 @@ class _Chunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
         ctx.sim, ctx.k, ctx.rec, ctx.pairs = sim, k, rec, pairs
+        ctx.start = getattr(sim, "_chunk_start", 0)
         ctx.save_for_backward(x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
         _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
         ctx.token = object()
@@ -105,7 +106,12 @@ class _Chunk(torch.autograd.Function):
         seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc)
         for t in reversed(range(k)):
             substep_adjoint(sim, t, rec, len(ctx.pairs[0]))
-        return (None, None, None, None) + input_grads(sim, k, saved)
+        grads = input_grads(sim, k, saved)
+        if getattr(sim, "_check_gradients", True) and not adjoint_health.all_finite(*grads):
+            adjoint_health.locate_in_fem_tape(
+                sim, ctx.start, k, lambda: seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc),
+                lambda t: substep_adjoint(sim, t, rec, len(ctx.pairs[0])))
+        return (None, None, None, None) + grads
 
 
 def outputs(sim, k, rec, dtype):
@@ -198,7 +204,7 @@ def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R, befo
 
 
 def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
-                x0=None, v0=None, driver_velocity=None) -> dict:
+                x0=None, v0=None, driver_velocity=None, check_gradients: bool = True) -> dict:
     """Run ``substeps`` substeps from ``(x0, v0)`` (default: rest) differentiably.
 
     Args:
@@ -210,6 +216,8 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
         driver_velocity: (substeps // record_every, drivers, 6) tensor, linear (m/s) and
             angular (rad/s) velocity of each driver, constant over each record interval;
             None uses the drivers' own velocities.
+        check_gradients: after each chunk's backward pass, NaN/inf adjoints raise
+            :class:`~diffsim.GradientNotFinite` naming the substep and node (False: skip).
 
     Returns a dict of tensors: ``x`` (R, N, 3) node positions at the end of each record
     interval, ``force`` (R, N, 3) mean contact force on each node over each interval (N),
@@ -217,6 +225,7 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
     ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
     ``max_penetration`` (float, m, not differentiable).
     """
+    sim._check_gradients = bool(check_gradients)
     return run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity,
                       lambda sim, k, rec, pairs, *tensors: _Chunk.apply(sim, k, rec, pairs, *tensors))
 
@@ -284,6 +293,7 @@ def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chu
         cp, cR = (torch.from_numpy(a) for a in sim.collider_rows(k))
         sim.time += k * sim.dt
         pairs = sim.contact_pairs(x.detach().cpu().numpy().astype(np.float64))
+        sim._chunk_start = r * rec          # names the substep in gradient errors
         x, v, xr_, fr_ = chunk(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
         max_pen = max(max_pen, float(sim.fields.pen.to_numpy()[:k].max()))
         xs.append(xr_)

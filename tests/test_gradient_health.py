@@ -69,3 +69,28 @@ def test_finite_gradients_are_untouched_by_the_check():
         (final.x ** 2).sum().backward()
         grads.append(x.grad.clone())
     assert torch.equal(grads[0], grads[1])
+
+
+def test_dem_nan_names_step_and_sphere():
+    sim = ds.DEMSolver((-0.01, -0.01, -0.01), (0.01, 0.01, 0.01), ds.DEMMaterial(E=5e6, nu=0.3), dt=1e-6,
+                       gravity=(0, 0, 0), requires_grad=True)
+    sim.add_particles(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.1e-3], [0.005, 0.005, 0.005]]), 1e-3)
+    v0 = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    out = ds.dem_rollout(sim, 5, v0=v0)
+    loss = (out["x"][2, 0] - out["x"][2, 0].detach()).abs().sqrt() + out["x"].sum()
+    with pytest.raises(ds.GradientNotFinite) as e:
+        loss.backward()
+    assert e.value.step == 4 and "sphere 2" in str(e.value)
+
+
+def test_fem_nan_names_substep_and_node():
+    mesh = ds.box_tet_mesh((0.02, 0.02, 0.01), (2, 2, 1))
+    sim = ds.FEMSolver(dt=1e-5, gravity=(0, 0, -9.81), tape_substeps=10)
+    sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000))
+    E = torch.tensor(1e5, dtype=torch.float64, requires_grad=True)
+    out = ds.fem_rollout(sim, 20, 10, params={"E": E})
+    x = out["x_final"]
+    loss = (x[4, 2] - x[4, 2].detach()).abs().sqrt() + x.sum()
+    with pytest.raises(ds.GradientNotFinite) as e:
+        loss.backward()
+    assert e.value.step == 20 and e.value.stage.startswith("loss") and "node 4" in str(e.value)

@@ -37,15 +37,20 @@ def _cmd_scenes(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .runner import run_scene
+    from .runner import refuse_existing_run, resume_settings, run_scene
     from .scene import build_scene, parse_options
 
     _init_runtime(args)
-    options = parse_options(args.set)
+    from pathlib import Path
+    out = args.out or f"runs/{Path(args.scene).stem}"
+    options, every = parse_options(args.set), args.every
+    if args.resume:   # the interrupted run's options and frame interval (different ones refused)
+        options, every = resume_settings(out, options, every)
+    elif not args.overwrite:
+        refuse_existing_run(out)      # before building: an earlier run's results stay intact
     scene = build_scene(args.scene, options)
-    out = args.out or f"runs/{scene.name}"
-    summary = run_scene(scene, out, steps=args.steps, every=args.every, resume=args.resume,
-                        progress=not args.quiet, video=not args.no_video)
+    summary = run_scene(scene, out, steps=args.steps, every=every, resume=args.resume,
+                        progress=not args.quiet, video=not args.no_video, overwrite=args.overwrite)
     brief = {k: summary[k] for k in ("scene", "status", "steps", "particles", "wall_time_s",
                                      "particle_steps_per_s")}
     brief["out"] = out
@@ -157,7 +162,9 @@ def main(argv=None) -> int:
     r.add_argument("--steps", type=int, default=None, help="substeps to run (default: the scene's)")
     r.add_argument("--out", default=None, help="output folder (default: runs/SCENE)")
     r.add_argument("--every", type=int, default=None, help="substeps between written frames")
-    r.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.npz")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/checkpoint.npz (with its options and --every)")
+    r.add_argument("--overwrite", action="store_true", help="replace the run already in OUT (refused otherwise)")
     r.add_argument("--deterministic", action="store_true",
                    help="one CPU thread: bitwise reproducible (also across --resume)")
     _runtime_args(r)

@@ -71,14 +71,17 @@ def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:
 
 
 def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None, resume: bool = False,
-              progress: bool = True, video: bool = True) -> dict:
+              progress: bool = True, video: bool = True, overwrite: bool = False) -> dict:
     """Step ``scene`` for ``steps`` substeps, writing a frame every ``every`` substeps.
 
     Returns the summary dict (also written to ``OUT/summary.json``). Raises
     :class:`SimulationDiverged` after writing a summary with ``status = "diverged"``;
-    frames written so far are kept.
+    frames written so far are kept. An ``out_dir`` that holds an earlier run is refused
+    (its results stay intact) unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
     out = Path(out_dir)
+    if not resume and not overwrite:
+        refuse_existing_run(out)
     frames_dir = out / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     steps = int(steps if steps is not None else scene.steps)
@@ -139,8 +142,8 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
                                            + (1 if scene.step_count % every else 0))
                     arrays, meta = scene.checkpoint()
                     meta["run"] = {"format": FORMAT, "scene": scene.name, "particles": scene.particle_count,
-                                   "every": every, "traces": traces, "frames": frames,
-                                   "stepping_time": stepping_time}
+                                   "every": every, "steps": steps, "options": _jsonable(scene.options),
+                                   "traces": traces, "frames": frames, "stepping_time": stepping_time}
                     dio.save_checkpoint(ckpt_path, arrays, meta)
                     checkpoint_step = scene.step_count
                     bar.update(0, E=f"{d['energy']:.4g}J")
@@ -163,6 +166,76 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
             summary["preview"] = "preview.png"
         dio.atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def refuse_existing_run(out) -> None:
+    """Raise :class:`InvalidScene` if ``out`` holds an earlier run (see :func:`run_scene`)."""
+    out = Path(out)
+    if holds_run(out):
+        raise InvalidScene(f"{out} already holds a run ({_describe_run(out)}); pass --overwrite to replace it, "
+                           f"--resume to continue it, or choose another --out")
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds the outputs of an earlier run (a summary, a checkpoint or frames)."""
+    out = Path(out)
+    if (out / "summary.json").exists() or (out / "checkpoint.npz").exists():
+        return True
+    frames = out / "frames"
+    return frames.is_dir() and any(frames.iterdir())
+
+
+def _describe_run(out: Path) -> str:
+    import json
+    try:
+        s = json.loads((out / "summary.json").read_text())
+        return f"scene {s.get('scene')!r}, status {s.get('status')!r}, {s.get('steps')} steps"
+    except (OSError, ValueError):
+        return "frames or a checkpoint"
+
+
+def _jsonable(options: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+
+
+def saved_run(out) -> dict | None:
+    """The run record (scene, options, every, steps, ...) of ``OUT/checkpoint.npz``, or
+    None without a checkpoint."""
+    path = Path(out) / "checkpoint.npz"
+    if not path.exists():
+        return None
+    _, meta = dio.load_checkpoint(path)
+    return meta.get("run")
+
+
+def resume_settings(out, options: dict, every: int | None):
+    """Scene options and frame interval for ``--resume``: the checkpoint's, with the given
+    ones allowed only where they agree (a different value is refused, naming it)."""
+    run = saved_run(out)
+    if run is None:
+        return options, every
+    saved = dict(run.get("options") or {})
+    for k, v in options.items():
+        if k in saved and not _same(saved[k], v):
+            raise InvalidScene(f"--resume: the run in {out} was started with {k}={saved[k]!r}, not {v!r}; drop "
+                               f"--set {k}=... to continue it, or start a new run (--overwrite)")
+        if k not in saved:
+            raise InvalidScene(f"--resume: the run in {out} was started without option {k}; drop --set {k}=... "
+                               f"to continue it, or start a new run (--overwrite)")
+    saved_every = run.get("every")
+    if every is not None and saved_every is not None and int(every) != int(saved_every):
+        raise InvalidScene(f"--resume: the run in {out} wrote a frame every {saved_every} steps, not {every}; "
+                           f"drop --every to continue it")
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return tuples, (int(saved_every) if saved_every is not None else every)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
 
 
 def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, error, resumed_from,

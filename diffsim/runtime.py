@@ -72,6 +72,10 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
         if threads is not None:
             kwargs["cpu_max_num_threads"] = int(threads)
     else:
+        backend = probe_gpu()
+        if backend is None:
+            raise RuntimeNotInitialized("arch='gpu' (--arch gpu): no usable GPU backend on this machine (Taichi "
+                                        "found no CUDA or Vulkan device); run on the CPU (--arch cpu)")
         kwargs["arch"] = ti.gpu
         kwargs["device_memory_fraction"] = 0.5
     import contextlib
@@ -83,6 +87,32 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
     _seed_everything(int(seed))
     _config = cfg
     return cfg
+
+
+def probe_gpu(timeout: float = 180.0) -> str | None:
+    """The GPU backend Taichi would use here ("cuda", "vulkan", ...), or None. Probed in a
+    child process: on machines without a GPU driver ``ti.init(arch=ti.gpu)`` can crash the
+    process (a segmentation fault in Taichi 1.7.4) instead of falling back to the CPU.
+    ``DIFFSIM_GPU_BACKEND`` set in the environment skips the probe (its value is returned)."""
+    known = os.environ.get("DIFFSIM_GPU_BACKEND")
+    if known:
+        return known
+    import subprocess
+    import sys
+    code = ("import contextlib, io, taichi as ti\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    ti.init(arch=ti.gpu, offline_cache=False)\n"
+            "print('BACKEND', ti.lang.impl.current_cfg().arch.name)")
+    env = dict(os.environ, TI_LOG_LEVEL="error", ENABLE_TAICHI_HEADER_PRINT="False")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in r.stdout.splitlines():
+        if line.startswith("BACKEND ") and r.returncode == 0:
+            name = line.split()[1]
+            return None if name in ("x64", "arm64", "cpu") else name
+    return None
 
 
 def _seed_everything(seed: int) -> None:

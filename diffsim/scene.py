@@ -161,6 +161,7 @@ def build_scene(path, options: dict | None = None) -> Scene:
     if unknown:
         raise InvalidScene(f"scene {Path(module.__diffsim_path__).name} has no option(s) {unknown}; "
                            f"available: {[p for p in sig.parameters]}")
+    options = check_option_types(sig, options, Path(module.__diffsim_path__).name)
     scene = module.build(**options)
     if not isinstance(scene, Scene):
         raise InvalidScene(f"{module.__diffsim_path__}: build() must return a diffsim.Scene, got "
@@ -171,6 +172,50 @@ def build_scene(path, options: dict | None = None) -> Scene:
         scene.description = (module.__doc__ or "").strip()
     scene.options = {**scene.options, **options}
     return scene
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, (tuple, list)):
+        return "sequence"
+    if isinstance(value, str):
+        return "str"
+    return "other"
+
+
+_KIND_WORDS = {"bool": "True or False", "int": "an integer", "float": "a number", "sequence": "a tuple like (1, 2, 3)",
+               "str": "a word"}
+
+
+def check_option_types(sig, options: dict, script: str) -> dict:
+    """Options checked against the type of each parameter's default (ints stay ints: 32.5
+    is no grid size; ints are accepted where floats are expected; a sequence keeps its
+    length); parameters without a default or with a None default take anything."""
+    out = dict(options)
+    for k, v in options.items():
+        p = sig.parameters.get(k)
+        if p is None or p.default is inspect.Parameter.empty or p.default is None:
+            continue
+        want, got = _kind(p.default), _kind(v)
+        if want == "other" or want == got:
+            if want == "sequence" and len(v) != len(p.default):
+                raise InvalidScene(f"scene {script}: option {k} expects {len(p.default)} values like "
+                                   f"{tuple(p.default)}, got {v!r}")
+            continue
+        if want == "float" and got == "int":
+            out[k] = float(v)
+            continue
+        if want == "int" and got == "float" and float(v).is_integer():   # 3e3 for a count
+            out[k] = int(v)
+            continue
+        raise InvalidScene(f"scene {script}: option {k} expects {_KIND_WORDS.get(want, want)} (default "
+                           f"{p.default!r}), got {v!r}")
+    return out
 
 
 def scenes_dir() -> str:

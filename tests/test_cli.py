@@ -156,3 +156,56 @@ def test_missing_mesh_file_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("diffsim: error:") and "no_such_mesh.stl" in r.stderr
+
+
+def test_rerun_into_an_old_run_is_refused_and_leaves_it_intact(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = _diffsim("run", tiny, "--out", out, "--quiet", "--no-video")
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in (out / "frames").iterdir()}
+    summary = (out / "summary.json").read_bytes()
+    r = _diffsim("run", tiny, "--out", out, "--quiet", "--set", "E=-1")    # would fail
+    assert r.returncode == 2 and "already holds a run" in r.stderr and "--overwrite" in r.stderr
+    assert {p.name: p.read_bytes() for p in (out / "frames").iterdir()} == before
+    assert (out / "summary.json").read_bytes() == summary
+    r = _diffsim("run", tiny, "--out", out, "--quiet", "--no-video", "--overwrite", "--steps", 40)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["steps"] == 40
+
+
+def test_resume_carries_the_options_and_every_of_the_interrupted_run(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = _diffsim("run", tiny, "--out", out, "--steps", 30, "--every", 10, "--set", "E=3e3", "--quiet",
+                 "--no-video", "--deterministic")
+    assert r.returncode == 0, r.stderr
+    r = _diffsim("run", tiny, "--out", out, "--steps", 60, "--resume", "--quiet", "--no-video", "--deterministic")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["options"] == {"E": 3000.0} and s["every"] == 10 and s["steps"] == 60
+    full = tmp_path / "full"
+    r = _diffsim("run", tiny, "--out", full, "--steps", 60, "--every", 10, "--set", "E=3e3", "--quiet",
+                 "--no-video", "--deterministic")
+    assert r.returncode == 0, r.stderr
+    import meshio
+    last = sorted((out / "frames").glob("particles_*.ply"))[-1].name
+    np.testing.assert_array_equal(meshio.read(out / "frames" / last).points, meshio.read(full / "frames" / last).points)
+    r = _diffsim("run", tiny, "--out", out, "--steps", 90, "--resume", "--set", "E=4e3", "--quiet")
+    assert r.returncode == 2 and "E=3000.0" in r.stderr and r.stderr.count("\n") == 1
+    r = _diffsim("run", tiny, "--out", out, "--steps", 90, "--resume", "--every", 20, "--quiet")
+    assert r.returncode == 2 and "every 10" in r.stderr
+
+
+@pytest.mark.parametrize("value,words", [("grid=32.5", "an integer"), ("E=[1,2]", "a number"),
+                                         ("grid=True", "an integer")])
+def test_set_values_are_checked_against_the_option_types(tiny, tmp_path, value, words):
+    r = _diffsim("run", tiny, "--out", tmp_path / "o", "--set", value, "--quiet")
+    assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_arch_gpu_without_a_gpu_is_one_line(tiny, tmp_path):
+    from diffsim.runtime import probe_gpu
+    if probe_gpu() is not None:
+        pytest.skip("this machine has a GPU")
+    r = _diffsim("run", tiny, "--out", tmp_path / "o", "--arch", "gpu", "--quiet")
+    assert r.returncode == 2 and r.stderr.startswith("diffsim: error:") and "--arch cpu" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr

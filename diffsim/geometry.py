@@ -1162,22 +1162,84 @@ def mesh_sdf_grid(mesh: trimesh.Trimesh, spacing: float | None = None, resolutio
         raise InvalidScene(f"SDF grid {shape.tolist()} is too large; increase spacing (m)")
     center = 0.5 * (lo + hi)
     origin = center - 0.5 * (shape - 1) * h
+    cache = _sdf_cache_path(mesh, h, padding, exact, shape)
+    cached = _load_cached_sdf(cache, shape)
+    if cached is not None:
+        return SDFGrid(values=cached, origin=origin, spacing=h)
     axes = [origin[i] + h * np.arange(shape[i]) for i in range(3)]
     nodes = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
-    index = _DistanceIndex(mesh.vertices, mesh.faces)
-    band = np.inf if exact else 4.0 * h + index.rmax
-    dist, arg, certified = index.query(nodes, max_dist=band)
-    if not certified.all():
-        d3 = dist.reshape(tuple(shape))
-        a3 = arg.reshape(tuple(shape))
-        frozen = certified.reshape(tuple(shape))
-        for _ in range(2):
-            _sweep_closest(nodes, shape, d3, a3, index.tri, frozen)
-        dist = d3.reshape(-1)
-    inside = _ParityIndex(mesh.vertices, mesh.faces).contains(nodes)
-    values = np.where(inside, -dist, dist).reshape(tuple(shape))
-    return SDFGrid(values=values.astype(np.float32), origin=origin, spacing=h)
+    from .progress import Progress
+    work = len(nodes) * max(1, len(mesh.faces)) ** 0.5
+    name = mesh.metadata.get("name") or mesh.metadata.get("file_name") or "mesh"
+    with Progress(total=3, desc=f"distance grid of {name} ({'x'.join(map(str, shape.tolist()))}, cached after)",
+                  unit="stage", disable=work < 5e7) as bar:
+        index = _DistanceIndex(mesh.vertices, mesh.faces)
+        band = np.inf if exact else 4.0 * h + index.rmax
+        dist, arg, certified = index.query(nodes, max_dist=band)
+        bar.update(1)
+        if not certified.all():
+            d3 = dist.reshape(tuple(shape))
+            a3 = arg.reshape(tuple(shape))
+            frozen = certified.reshape(tuple(shape))
+            for _ in range(2):
+                _sweep_closest(nodes, shape, d3, a3, index.tri, frozen)
+            dist = d3.reshape(-1)
+        bar.update(1)
+        inside = _ParityIndex(mesh.vertices, mesh.faces).contains(nodes)
+        bar.update(1)
+    values = np.where(inside, -dist, dist).reshape(tuple(shape)).astype(np.float32)
+    _store_cached_sdf(cache, values)
+    return SDFGrid(values=values, origin=origin, spacing=h)
+
+
+_SDF_CACHE_VERSION = 1
+
+
+def sdf_cache_dir() -> Path | None:
+    """Where signed distance grids are cached: ``$DIFFSIM_CACHE/sdf`` or
+    ``~/.cache/diffsim/sdf``; ``DIFFSIM_CACHE=off`` disables the cache."""
+    root = os.environ.get("DIFFSIM_CACHE")
+    if root == "off":
+        return None
+    return Path(root or Path.home() / ".cache" / "diffsim") / "sdf"
+
+
+def _sdf_cache_path(mesh, h, padding, exact, shape) -> Path | None:
+    """Cache file keyed by the mesh's exact vertices and faces and the grid's parameters."""
+    d = sdf_cache_dir()
+    if d is None:
+        return None
+    import hashlib
+    key = hashlib.sha256()
+    key.update(np.ascontiguousarray(mesh.vertices, dtype=np.float64).tobytes())
+    key.update(np.ascontiguousarray(mesh.faces, dtype=np.int64).tobytes())
+    key.update(repr((_SDF_CACHE_VERSION, float(h), int(padding), bool(exact), tuple(int(x) for x in shape))).encode())
+    return d / f"{key.hexdigest()[:32]}.npy"
+
+
+def _load_cached_sdf(path, shape):
+    if path is None or not path.is_file():
+        return None
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):     # unreadable or truncated: recompute (and rewrite)
+        return None
+    return values if values.shape == tuple(int(x) for x in shape) and values.dtype == np.float32 else None
+
+
+def _store_cached_sdf(path, values) -> None:
+    """Atomic write (temporary file, then rename); a read-only cache is skipped."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, values, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def mesh_to_vtu_cells(mesh: trimesh.Trimesh):

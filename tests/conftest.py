@@ -1,9 +1,12 @@
 """Test session setup: one Taichi runtime per process, in float64 (gradient checks need it)."""
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TI_LOG_LEVEL", "warn")
+# signed distance grids are cached on disk: the tests use (and exercise) a cache of their own
+os.environ.setdefault("DIFFSIM_CACHE", tempfile.mkdtemp(prefix="diffsim-test-cache-"))
 
 
 def pytest_configure(config):

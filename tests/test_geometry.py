@@ -443,3 +443,31 @@ def test_mesh_to_vtu_cells():
     pts, cells = mesh_to_vtu_cells(box)
     assert pts.shape == (8, 3) and cells["triangle"].shape == (12, 3)
     assert cells["triangle"].dtype == np.int64
+
+
+def test_sdf_grids_are_cached_on_disk_keyed_by_mesh_and_resolution(tmp_path, monkeypatch):
+    import time
+    from diffsim.geometry import mesh_sdf_grid
+    monkeypatch.setenv("DIFFSIM_CACHE", str(tmp_path))
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.05)
+    t0 = time.perf_counter()
+    a = mesh_sdf_grid(mesh, resolution=40)
+    t_first = time.perf_counter() - t0
+    files = list((tmp_path / "sdf").glob("*.npy"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    b = mesh_sdf_grid(mesh, resolution=40)
+    assert time.perf_counter() - t0 < t_first
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.origin, b.origin)
+    mesh_sdf_grid(mesh, resolution=32)                       # another resolution: another entry
+    moved = mesh.copy()
+    moved.vertices += 1e-3                                   # another mesh: another entry
+    mesh_sdf_grid(moved, resolution=40)
+    assert len(list((tmp_path / "sdf").glob("*.npy"))) == 3
+    files[0].write_bytes(b"truncated")                       # a damaged entry is recomputed
+    c = mesh_sdf_grid(mesh, resolution=40)
+    np.testing.assert_array_equal(a.values, c.values)
+    monkeypatch.setenv("DIFFSIM_CACHE", "off")
+    mesh_sdf_grid(trimesh.creation.box(extents=(0.1, 0.1, 0.1)), resolution=20)
+    assert len(list((tmp_path / "sdf").glob("*.npy"))) == 3

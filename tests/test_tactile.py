@@ -1,5 +1,6 @@
 """Tactile sensor: markers, forces and maps of an FEM pad pressed by a rigid sphere."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +201,22 @@ def test_mount_sensor_facing_sideways_reads_like_facing_down():
     assert np.allclose(rb["shear_force"], ra["shear_force"], atol=1e-6 * ra["normal_force"])
     assert np.allclose(rb["displacement_px"], ra["displacement_px"], atol=1e-6)
     assert np.allclose(rb["depth"], ra["depth"], atol=1e-10)
+
+
+@pytest.mark.slow
+def test_tactile_slide_second_set_up_is_fast(tmp_path):
+    """The surface's distance grid (~40 s on 2 cores) is cached on disk: a second process
+    builds the scene in seconds."""
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, DIFFSIM_CACHE=str(tmp_path))
+    code = "import diffsim as ds; ds.build_scene('tactile_slide')"
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        times.append(time.perf_counter() - t0)
+    print("tactile_slide set-up (s):", [round(t, 1) for t in times])
+    assert times[1] < 5.0      # process start and imports included

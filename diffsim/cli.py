@@ -77,12 +77,20 @@ def _cmd_generate(args) -> int:
     every = args.every if args.every is not None else scene.every
     traj = record(scene, steps, every, subsample=args.subsample, noise=args.noise,
                   surface_only=args.surface, seed=args.seed, progress=not args.quiet,
-                  script=str(args.scene), full_state=args.full_state)
+                  script=_script_reference(args.scene), full_state=args.full_state)
     traj.save(args.out)
     print(json.dumps({"out": args.out, "frames": traj.frames, "observed_particles": traj.observed,
                       "particles": traj.metadata["n_particles_scene"], "dt": traj.dt,
                       "noise_m": traj.metadata["observation"]["noise_m"]}))
     return 0
+
+
+def _script_reference(scene: str) -> str:
+    """How a trajectory names its scene: the absolute path of a script file (so that data
+    can be fitted from any folder), or the name of a built-in scene."""
+    from pathlib import Path
+    p = Path(scene)
+    return str(p.resolve()) if p.is_file() else scene
 
 
 def _data_and_scene(args):
@@ -97,6 +105,15 @@ def _data_and_scene(args):
     if not scene_path:
         from .errors import DiffsimError
         raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
+    if not args.scene:
+        from pathlib import Path
+        from .scene import scenes_dir
+        p = Path(scene_path)
+        if not p.is_file() and not (Path(scenes_dir()) / p.name).is_file() \
+                and not (Path(scenes_dir()) / f"{p.name}.py").is_file():
+            from .errors import DiffsimError
+            raise DiffsimError(f"the data's scene script {scene_path!r} is not found from here; pass "
+                               f"--scene SCENE.py")
     return data, options, lambda: build_scene(scene_path, options)
 
 

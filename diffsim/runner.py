@@ -15,6 +15,7 @@ Every file is written atomically, so an interrupted run leaves only complete fil
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -251,6 +252,7 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
         "steps_per_s": (done / stepping_time) if stepping_time > 0 else None,
         "resumed_from_step": resumed_from,
         "checkpoint_step": checkpoint_step,
+        "pid": os.getpid(),
         "frames": frames,
         "traces": {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])},
         "scene_setup": scene.describe(),

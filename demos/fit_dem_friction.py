@@ -21,11 +21,17 @@ R = 1e-3
 HIDDEN = {"friction": 0.45, "restitution": 0.6}
 
 
-def build():
+def build(mesh_floor=False):
+    """The pile; ``mesh_floor``: the floor as a triangulated slab (a MeshWall) instead of a plane."""
     mat = ds.DEMMaterial(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.02, density=2500.0,
                          rolling_smoothing=1.0)
     sim = ds.DEMSolver((-0.01, -0.01, -0.002), (0.01, 0.01, 0.01), mat, dt=2e-5, skin=1e-3, requires_grad=True)
-    sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
+    if mesh_floor:
+        import trimesh
+        slab = trimesh.creation.box(extents=(0.02, 0.02, 0.001)).apply_translation((0, 0, -0.0005))
+        sim.add_wall(ds.MeshWall(slab, name="floor"))
+    else:
+        sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
     a = 2.3 * R
     sim.add_wall(ds.PlaneWall((-a - R + 2e-6, 0, 0), (1, 0, 0), name="pusher"))
     g = np.array([-a, 0.0, a])

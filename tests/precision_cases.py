@@ -156,21 +156,13 @@ def jelly_bumpy(steps, seed=0):
 
 def dem_pile(steps, seed=0):
     """13 spheres in sustained contact (demos/fit_dem_friction.py's pile) on a mesh floor
-    (a triangulated box, MeshWall) with rolling friction, pushed by a moving plane."""
-    import trimesh
-    R = 1e-3
-    mat = ds.DEMMaterial(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05, density=2500.0,
-                         rolling_smoothing=1.0)
-    sim = ds.DEMSolver((-0.01, -0.01, -0.003), (0.01, 0.01, 0.01), mat, dt=2e-5, skin=1e-3, requires_grad=True)
-    floor = trimesh.creation.box(extents=(0.02, 0.02, 0.002)).apply_translation((0, 0, -0.001))
-    sim.add_wall(ds.MeshWall(floor, name="floor"))
-    a = 2.3 * R
-    sim.add_wall(ds.PlaneWall((-a - R + 2e-6, 0, 0), (1, 0, 0), name="pusher"))
-    g = np.array([-a, 0.0, a])
-    base = np.stack(np.meshgrid(g, g, [R - 2e-6], indexing="ij"), -1).reshape(-1, 3)
-    h = np.sqrt((2 * R) ** 2 - 2 * (a / 2) ** 2) - 3e-6
-    top = np.stack(np.meshgrid(g[:2] + a / 2, g[:2] + a / 2, [R - 2e-6 + h], indexing="ij"), -1).reshape(-1, 3)
-    sim.add_particles(np.concatenate([base, top]), R, check_overlap=False)
+    (a triangulated slab, MeshWall) with rolling friction, pushed by a moving plane."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "fit_dem_friction.py")
+    spec = importlib.util.spec_from_file_location("fit_dem_friction", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    sim = demo.build(mesh_floor=True)
     sim.build()
     steps = steps or 300
     n = sim.n

@@ -183,7 +183,8 @@ class Fitter:
         result = {
             "params": self.params, "body": self.body.name, "optimizer": optimizer,
             "initial": self.init, "fitted": {k: float(v.detach()) for k, v in self.values().items()},
-            "std": unc["std"], "correlation": unc["correlation"], "final_loss_mm2": final_loss,
+            "std": unc["std"], "std_method": unc["method"], "std_note": unc["note"],
+            "correlation": unc["correlation"], "final_loss_mm2": final_loss,
             "residual_rms_mm": math.sqrt(max(final_loss, 0.0)), "iterations": len(self.history),
             "evaluations": self.evaluations, "seconds": time.perf_counter() - t0,
             "data": self.data.path, "observed_particles": self.data.observed, "frames": self.data.frames,
@@ -216,15 +217,20 @@ class Fitter:
         # d value / d u at u0 (diagonal)
         J = np.array([float(torch.autograd.functional.jacobian(lambda t, n=n: to_physical(n, t), u0[i]))
                       for i, n in enumerate(self.params)])
-        try:
-            cov_u = 2.0 * s2 / M * np.linalg.inv(H)
-        except np.linalg.LinAlgError:
-            cov_u = np.full((p, p), np.inf)
+        method = ("Gauss-Newton: Cov = 2 s^2 / M H^-1 (H: Hessian of the mean squared error in the optimised "
+                  "coordinates, s^2 = M L / (M - p)); assumes independent, equal-variance position errors and a "
+                  "converged fit")
+        if not np.all(np.isfinite(H)) or np.linalg.eigvalsh(H).min() <= 0.0:
+            # not a minimum, or a direction the data does not constrain: no honest number
+            return {"std": {n: None for n in self.params}, "correlation": None, "hessian_u": H.tolist(),
+                    "method": method, "note": "the loss is not curved upwards in every direction at the fitted "
+                    "values (not converged, or a parameter the data does not determine): no uncertainty"}
+        cov_u = 2.0 * s2 / M * np.linalg.inv(H)
         cov = cov_u * np.outer(J, J)
-        std = {n: float(math.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(self.params)}
-        d = np.sqrt(np.maximum(np.diag(cov), 1e-300))
+        std = {n: float(math.sqrt(cov[i, i])) for i, n in enumerate(self.params)}
+        d = np.sqrt(np.diag(cov))
         corr = (cov / np.outer(d, d)).tolist()
-        return {"std": std, "correlation": corr, "hessian_u": H.tolist()}
+        return {"std": std, "correlation": corr, "hessian_u": H.tolist(), "method": method, "note": None}
 
 
 def fit_log_parameters(loss_fn, start: dict, iterations: int, tolerance_grad: float = 1e-12,

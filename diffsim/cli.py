@@ -50,7 +50,8 @@ def _cmd_run(args) -> int:
         refuse_existing_run(out)      # before building: an earlier run's results stay intact
     scene = build_scene(args.scene, options)
     summary = run_scene(scene, out, steps=args.steps, every=every, resume=args.resume,
-                        progress=not args.quiet, video=not args.no_video, overwrite=args.overwrite)
+                        progress=not args.quiet, video=not args.no_video, overwrite=args.overwrite,
+                        resume_command=_resume_command())
     brief = {k: summary[k] for k in ("scene", "status", "steps", "particles", "wall_time_s",
                                      "particle_steps_per_s")}
     brief["out"] = out
@@ -284,7 +285,7 @@ def _dispatch(args) -> int:
 def _resume_command() -> str:
     """The command line of this process with ``--resume`` added (how to continue a run)."""
     import shlex
-    argv = ["diffsim"] + sys.argv[1:]
+    argv = ["diffsim"] + [a for a in sys.argv[1:] if a != "--overwrite"]
     if "--resume" not in argv:
         argv.append("--resume")
     return " ".join(shlex.quote(a) for a in argv)

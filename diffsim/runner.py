@@ -72,13 +72,16 @@ def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:
 
 
 def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None, resume: bool = False,
-              progress: bool = True, video: bool = True, overwrite: bool = False) -> dict:
+              progress: bool = True, video: bool = True, overwrite: bool = False,
+              resume_command: str | None = None) -> dict:
     """Step ``scene`` for ``steps`` substeps, writing a frame every ``every`` substeps.
 
     Returns the summary dict (also written to ``OUT/summary.json``). Raises
     :class:`SimulationDiverged` after writing a summary with ``status = "diverged"``;
     frames written so far are kept. An ``out_dir`` that holds an earlier run is refused
     (its results stay intact) unless ``resume`` (continue it) or ``overwrite`` (replace it).
+    An interrupted run's summary says ``interrupted``, its checkpointed step and
+    ``resume_command`` (the command line that continues it, when given).
     """
     out = Path(out_dir)
     if not resume and not overwrite:
@@ -165,6 +168,8 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
         if status == "completed":
             _previews(scene, out, frames_dir, frames, video)
             summary["preview"] = "preview.png"
+        if status == "interrupted":
+            summary["resume_command"] = resume_command
         dio.atomic_write_json(out / "summary.json", summary)
     return summary
 

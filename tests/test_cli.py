@@ -146,6 +146,7 @@ def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(t
     s = json.loads(summary.read_text())
     assert s["status"] == "interrupted" and s["checkpoint_step"] and s["checkpoint_step"] % 20 == 0
     assert s["checkpoint_step"] <= s["steps"] and f"step {s['checkpoint_step']}" in s["error"]
+    assert s["resume_command"].endswith("--resume") and s["resume_command"] in lines[0]
 
 
 def test_missing_mesh_file_is_one_line(tmp_path):

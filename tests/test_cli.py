@@ -138,7 +138,12 @@ def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(t
     assert json.loads(summary.read_text())["status"] == "running"
     time.sleep(0.5)
     proc.send_signal(getattr(signal, signame))
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:           # report what it was doing, leave no orphan
+        proc.kill()
+        out_, err = proc.communicate()
+        pytest.fail(f"no exit 300 s after {signame}; stderr: {err[-3000:]}")
     assert proc.returncode == 130, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err

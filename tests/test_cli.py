@@ -127,8 +127,9 @@ def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(t
     scene.write_text(SLOW_TINY)
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "stderr.txt", "w+")      # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen([sys.executable, "-m", "diffsim.cli", "run", str(scene), "--out", str(out), "--quiet"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     summary = out / "summary.json"
     deadline = time.time() + 300
     while time.time() < deadline:             # wait until it is stepping and has a checkpoint
@@ -139,11 +140,13 @@ def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(t
     time.sleep(0.5)
     proc.send_signal(getattr(signal, signame))
     try:
-        _, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     except subprocess.TimeoutExpired:           # report what it was doing, leave no orphan
         proc.kill()
-        out_, err = proc.communicate()
-        pytest.fail(f"no exit 300 s after {signame}; stderr: {err[-3000:]}")
+        proc.wait()
+        pytest.fail(f"no exit 300 s after {signame}; stderr: {(tmp_path / 'stderr.txt').read_text()[-3000:]}")
+    log.close()
+    err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -242,14 +245,14 @@ def test_kill_9_then_resume_completes_identically_to_an_uninterrupted_run(tmp_pa
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "diffsim.cli", "run", str(scene), "--out", str(out), "--quiet",
-                             "--no-video", "--deterministic"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--no-video", "--deterministic"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint.npz").exists():
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "running" and s["pid"] == proc.pid    # what was known when it died
     r = _diffsim("run", scene, "--out", out, "--resume", "--quiet", "--no-video", "--deterministic")

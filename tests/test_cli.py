@@ -128,8 +128,15 @@ def test_interrupt_leaves_an_interrupted_summary_one_line_and_a_resume_command(t
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(tmp_path / "stderr.txt", "w+")      # a file, not a pipe nobody reads while it runs
+
+    def as_in_a_terminal():
+        # a test suite started in the background of a non-interactive shell (as CI may be)
+        # passes SIGINT on as ignored, and Python then keeps ignoring it; a terminal does not
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "diffsim.cli", "run", str(scene), "--out", str(out), "--quiet",
-                             "--no-video", "--deterministic"], env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+                             "--no-video", "--deterministic"], env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                            preexec_fn=as_in_a_terminal)
     summary = out / "summary.json"
     deadline = time.time() + 300
     while time.time() < deadline:             # wait until it is stepping and has a checkpoint

@@ -175,7 +175,8 @@ class _Transfer(torch.autograd.Function):
             # again, stage by stage, from the same output adjoints (they are still in x1.grad ...)
             km.grid_update(fs, sim.cols, dt, dx, lx, ly, lz, gx, gy, gz)
             adjoint_health.reverse_substep_checked(sim, ctx.substep, material=False)
-            raise GradientNotFinite(ctx.substep, "collider", "a collider adjoint summed over the substep")
+            raise GradientNotFinite(ctx.substep, "transfer", "an output adjoint (not placed by the stage-by-stage "
+                                    "pass: check the loss and the inputs)")
         return (None, gx_, gv_, gC_, gtau, *out, None, None)
 
 

@@ -94,3 +94,25 @@ def test_fem_nan_names_substep_and_node():
     with pytest.raises(ds.GradientNotFinite) as e:
         loss.backward()
     assert e.value.step == 20 and e.value.stage.startswith("loss") and "node 4" in str(e.value)
+
+
+class _NanGradientLaw(torch.nn.Module):
+    """A linear stress plus a term whose derivative is infinite at the rest state."""
+
+    def forward(self, F):
+        eye = torch.eye(3, dtype=F.dtype)
+        kink = (F[..., 0, 0] - F[..., 0, 0].detach()).abs().sqrt()
+        return 1e3 * (F - eye) + kink[..., None, None] * eye
+
+
+def test_torch_material_path_names_the_substep_and_stage():
+    sim = ds.MPMSolver(grid=16, dt=1e-3)
+    sim.add_body(ds.Box((0.5, 0.5, 0.5), 0.15), ds.NeuralMaterial(elasticity=_NanGradientLaw(), density=1000,
+                                                                  wave_speed_estimate=1.0), name="n")
+    sim.build()
+    s = ds.initial_state(sim)
+    x = s.x.clone().requires_grad_(True)
+    final, _ = ds.rollout(sim, 4, state=MPMState(x, s.v, s.C, s.F))
+    with pytest.raises(ds.GradientNotFinite) as e:
+        final.x.sum().backward()
+    assert e.value.step == 3 and e.value.stage == "material"

@@ -107,14 +107,13 @@ def _data_and_scene(args):
         from .errors import DiffsimError
         raise DiffsimError("the data names no scene script; pass --scene SCENE.py")
     if not args.scene:
-        from pathlib import Path
-        from .scene import scenes_dir
-        p = Path(scene_path)
-        if not p.is_file() and not (Path(scenes_dir()) / p.name).is_file() \
-                and not (Path(scenes_dir()) / f"{p.name}.py").is_file():
-            from .errors import DiffsimError
+        from .errors import DiffsimError, InvalidScene
+        from .scene import resolve_script
+        try:
+            resolve_script(scene_path)
+        except InvalidScene:
             raise DiffsimError(f"the data's scene script {scene_path!r} is not found from here; pass "
-                               f"--scene SCENE.py")
+                               f"--scene SCENE.py") from None
     return data, options, lambda: build_scene(scene_path, options)
 
 

@@ -128,8 +128,9 @@ def parse_options(pairs) -> dict:
     return out
 
 
-def load_script(path):
-    """Import a scene script from a file path; returns the module."""
+def resolve_script(path) -> Path:
+    """The scene script file for ``path``: the file itself, or a built-in scene of that
+    name (with or without ``.py``). Raises :class:`InvalidScene` if there is none."""
     path = Path(path)
     if not path.exists():
         builtin = Path(scenes_dir()) / path.name
@@ -140,6 +141,12 @@ def load_script(path):
         else:
             raise InvalidScene(f"scene script {str(path)!r} not found (built-in scenes: "
                                f"{', '.join(n for n, _ in list_scenes())})")
+    return path
+
+
+def load_script(path):
+    """Import a scene script from a file path; returns the module."""
+    path = resolve_script(path)
     name = f"diffsim_scene_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, str(path))
     module = importlib.util.module_from_spec(spec)

@@ -44,14 +44,8 @@ def checked_overrides(sim, params: dict) -> dict:
     """DEM parameter overrides as 0-d tensors, validated like :class:`DEMMaterial`'s
     arguments (same messages) and against the time-step limit."""
     import dataclasses
-    out = {}
-    for name, t in params.items():
-        if not torch.is_tensor(t):
-            t = torch.tensor(float(t), dtype=torch.float64)
-        if t.numel() != 1:
-            raise InvalidMaterial(f"DEMMaterial: the override of {name} must be a number, a 0-d or a one-element "
-                                  f"tensor, got shape {tuple(t.shape)}")
-        out[name] = t.reshape(()) if t.is_floating_point() else t.reshape(()).to(torch.float64)
+    from .materials import scalar_override
+    out = {name: scalar_override("DEMMaterial", name, t) for name, t in params.items()}
     if "stiffness" in out and sim.material.model != "linear":
         raise InvalidMaterial(f"DEMMaterial: stiffness (N/m) is a parameter of the linear model; this material "
                               f"uses model={sim.material.model!r}, where it has no effect (its gradient would be 0)")

@@ -34,6 +34,17 @@ def _finite(name, value, material):
     return v
 
 
+def scalar_override(owner: str, name: str, value) -> torch.Tensor:
+    """A parameter override as a 0-d float tensor: a number, a 0-d or a one-element tensor
+    (gradients flow through the reshape); anything else raises :class:`InvalidMaterial`
+    naming ``owner`` (the material class) and the parameter."""
+    t = value if torch.is_tensor(value) else torch.tensor(_finite(name, value, owner), dtype=torch.float64)
+    if t.numel() != 1:
+        raise InvalidMaterial(f"{owner}: the override of {name} must be a number, a 0-d or a one-element "
+                              f"tensor, got shape {tuple(t.shape)}")
+    return (t if t.is_floating_point() else t.to(torch.float64)).reshape(())
+
+
 def lame(E, nu):
     """Lame parameters ``(mu, lam)`` in Pa from Young's modulus ``E`` (Pa) and Poisson's ratio."""
     mu = E / (2.0 * (1.0 + nu))
@@ -91,17 +102,7 @@ class Material:
             raise InvalidMaterial(
                 f"{mname}: cannot differentiate/override {sorted(unknown)}; "
                 f"available: {list(self.differentiable)}")
-        out = {}
-        for name, t in overrides.items():
-            if not torch.is_tensor(t):
-                t = torch.tensor(_finite(name, t, mname), dtype=torch.float64)
-            if t.numel() != 1:
-                raise InvalidMaterial(f"{mname}: the override of {name} must be a number, a 0-d or a "
-                                      f"one-element tensor, got shape {tuple(t.shape)}")
-            if not t.is_floating_point():
-                t = t.to(torch.float64)
-            out[name] = t.reshape(())
-        return out
+        return {name: scalar_override(mname, name, t) for name, t in overrides.items()}
 
     def with_overrides(self, overrides: dict[str, Any] | None = None) -> "Material":
         """This material with the (float values of the) overrides, validated by the

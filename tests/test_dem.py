@@ -353,3 +353,16 @@ def test_rollout_refuses_what_it_cannot_differentiate():
     g = _grad_scene()
     with pytest.raises(ds.InvalidScene, match="unknown DEM parameters"):
         ds.dem_rollout(g, 10, params={"density": T(1.0)})
+
+
+def test_beverloo_fit_recovers_the_law_free_and_with_fixed_k():
+    from diffsim import granular
+    D = np.array([0.02, 0.024, 0.028])
+    rho_b, d, g = 1450.0, 0.004, 9.81
+    W = 0.58 * rho_b * np.sqrt(g) * (D - 1.5 * d) ** 2.5
+    free = granular.beverloo_fit(W, D, rho_b, d, g)
+    fixed = granular.beverloo_fit(W * 1.1, D, rho_b, d, g, k=1.5)
+    assert free["C"] == pytest.approx(0.58, rel=1e-9) and free["k"] == pytest.approx(1.5, rel=1e-9)
+    assert fixed["C"] == pytest.approx(0.58 * 1.1, rel=1e-9) and fixed["k"] == 1.5
+    with pytest.raises(ValueError, match="exceed"):
+        granular.beverloo_fit(W, D, rho_b, d, g, k=6.0)

@@ -47,8 +47,13 @@ def test_silo_discharge_is_steady_and_follows_beverloo():
                                   inside=lambda p: np.hypot(p[:, 0], p[:, 1]) < 0.03)
     assert 1300 < rho_b < 1600
     fit = granular.beverloo_fit(rates, orifices, rho_b, 2 * P["radius"], P["gravity"])
-    print("Beverloo fit", fit)
-    assert 1.0 <= fit["k"] <= 3.0 and 0.4 <= fit["C"] <= 0.8, fit
+    fixed = granular.beverloo_fit(rates, orifices, rho_b, 2 * P["radius"], P["gravity"], k=1.5)
+    print("Beverloo fit", fit, "with k = 1.5", fixed)
+    # The (C, k) pair of a free fit over 20-28 mm is ill-conditioned (rates differ by ~1%
+    # between runs in rounding order; measured C 0.56 / k 1.73 and C 0.38 / k 1.02): the law
+    # is checked with Beverloo's k = 1.5 (C ~ 0.58 in the literature), the free k loosely.
+    assert 0.4 <= fixed["C"] <= 0.7 and max(map(abs, fixed["relative_residuals"])) < 0.1, fixed
+    assert 0.5 <= fit["k"] <= 3.0 and max(map(abs, fit["relative_residuals"])) < 0.05, fit
 
 
 def test_angle_of_repose_rises_with_rolling_friction():

@@ -85,7 +85,7 @@ def case_forward(ds, name, material, steps, repeats=5):
 def case_grad(ds, name, steps, checkpoint_every, repeats=3, tape_memory=None):
     import torch
     sim = _box_solver(ds, ds.FixedCorotated(E=3e5, nu=0.2), 31)
-    s0 = ds.initial_state(sim)
+    s0 = sim.current_state()
     E = torch.tensor(3e5, dtype=torch.float64, requires_grad=True)
     v0 = s0.v.clone().requires_grad_(True)
     state = ds.MPMState(s0.x, v0, s0.C, s0.F)

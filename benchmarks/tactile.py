@@ -11,7 +11,7 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
   node looks its distance up, no triangle search) and slides 2 mm along x with friction.
   ``ms_per_substep`` = median over 5 runs of 400 forward substeps (``FEMSolver.step``);
   ``backward_over_forward`` = the backward pass of a 400-substep differentiable rollout
-  (``fem_rollout``, loss on the final marker pixels and the contact forces) over its
+  (``ds.rollout``, loss on the final marker pixels and the contact forces) over its
   forward pass (median of 3).
 
 * ``dome_mpm_press`` -- the same dome pressing an elastic MPM object made from J03_2.obj
@@ -20,7 +20,7 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
   the coupled substep, ``mpm_ms_per_substep`` the same object stepped alone (medians of
   5 alternating runs of 200 substeps) and ``overhead_over_mpm`` = coupled / MPM-only - 1.
   ``backward_over_forward``: the backward pass of a 200-substep differentiable coupled
-  rollout (``FEMMPMCoupling.rollout``; loss on the marker pixels, the normal force and
+  rollout (``ds.rollout`` of the coupling; loss on the marker pixels, the normal force and
   the object's particle positions; gradients for the elastomer's and the object's E)
   over its forward pass (median of 3).
 
@@ -84,9 +84,9 @@ def run_rigid(arch, threads, precision, substeps=400, dt=4e-6):
     def rollout():
         E = torch.tensor(3e5, dtype=ds.runtime.torch_dtype(), requires_grad=True)
         t0 = time.perf_counter()
-        out = ds.fem_rollout(sim, substeps, substeps // 4, params={"E": E})
-        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
-                        out["driver_rotation"][-1, 0])
+        out = ds.rollout(sim, substeps, record_every=substeps // 4, params={"E": E})
+        o = out.outputs
+        r = sensor.read(out.final.x, o["force"][-1], o["driver_translation"][-1, 0], o["driver_rotation"][-1, 0])
         loss = (r["displacement_px"] ** 2).sum() + r["normal_force"]
         t1 = time.perf_counter()
         loss.backward()
@@ -145,10 +145,11 @@ def run_mpm(arch, threads, precision, substeps=200, dt=4e-6):
         E_pad = torch.tensor(3e5, dtype=ds.runtime.torch_dtype(), requires_grad=True)
         E_obj = torch.tensor(5e4, dtype=ds.runtime.torch_dtype(), requires_grad=True)
         t0 = time.perf_counter()
-        out = both.rollout(substeps, substeps // 4, fem_params={"E": E_pad}, mpm_params={"object": {"E": E_obj}})
-        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
-                        out["driver_rotation"][-1, 0])
-        loss = (r["displacement_px"] ** 2).sum() + r["normal_force"] + 1e3 * (weights * out["mpm"].x).sum()
+        out = ds.rollout(both, substeps, record_every=substeps // 4,
+                         params={"fem.E": E_pad, "mpm.object.E": E_obj})
+        o = out.outputs
+        r = sensor.read(out.final.fem.x, o["force"][-1], o["driver_translation"][-1, 0], o["driver_rotation"][-1, 0])
+        loss = (r["displacement_px"] ** 2).sum() + r["normal_force"] + 1e3 * (weights * out.final.mpm.x).sum()
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Recover DEM friction and restitution from observed motion, by gradient descent through
-the DEM (``diffsim.dem_rollout``).
+the DEM (``diffsim.rollout``).
 
 A small pile of spheres (13, R = 1 mm) on a floor is spun and shoved by a moving wall; the
 "observed" trajectory comes from hidden values (friction 0.45, restitution 0.6). Starting
@@ -60,8 +60,9 @@ def main(argv=None):
     every = steps // 4
 
     def run(params):
-        out = ds.dem_rollout(sim, steps, params=params, v0=v0, w0=w0, wall_velocity=wall, record_every=every)
-        return torch.stack([r["x"] for r in out["records"]])
+        out = ds.rollout(sim, steps, params=params, state=sim.initial_state().replace(v=v0, w=w0),
+                         control={w.name: wall[:, i] for i, w in enumerate(sim.walls[:2])}, record_every=every)
+        return out.stacked("x")
 
     with torch.no_grad():
         observed = run({k: torch.tensor(v, dtype=f64) for k, v in HIDDEN.items()})

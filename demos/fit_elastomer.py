@@ -1,6 +1,6 @@
 """Recover a tactile sensor's elastomer stiffness (Young's modulus E) and its contact
 stiffness from a marker-displacement sequence, by gradient descent through the whole press
-(``diffsim.fem_rollout`` + ``TactileSensor.read``).
+(``diffsim.rollout`` + ``TactileSensor.read``).
 
 A dome sensor (FEM, markers detected in the DiffTactile reference image, fisheye camera)
 is pressed 0.27 mm into a soft FEM block (E = 3e4 Pa, known: a soft object, so that the
@@ -63,10 +63,12 @@ def press_velocity(records, every):
 
 
 def marker_sequence(sim, sensor, params, records=8, every=300):
-    out = ds.fem_rollout(sim, records * every, every, params=params,
-                         driver_velocity=press_velocity(records, every))
-    seq = [sensor.read(out["x"][r], None, out["driver_translation"][r, 0], out["driver_rotation"][r, 0])
-           ["markers_px"] for r in range(records)]
+    vel = press_velocity(records, every)
+    out = ds.rollout(sim, records * every, record_every=every, params=params,
+                     control={d.name: vel[:, i] for i, d in enumerate(sim.drivers)})
+    o = out.outputs
+    seq = [sensor.read(s.x, None, o["driver_translation"][r, 0], o["driver_rotation"][r, 0])["markers_px"]
+           for r, (_, s) in enumerate(out.records)]
     return torch.stack(seq)
 
 

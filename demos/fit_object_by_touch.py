@@ -1,5 +1,5 @@
 """Identify an MPM object's stiffness by touching it: gradients through the FEM-MPM
-coupling (``FEMMPMCoupling.rollout``) from what a tactile sensor reads.
+coupling (``diffsim.rollout``) from what a tactile sensor reads.
 
 A flat GelSight-style pad (FEM, a grid of markers) is pushed down onto a soft jelly block
 (MPM, fixed corotated, resting on a sticky floor) and reads its normal force over time.
@@ -43,10 +43,11 @@ def build():
 
 def force_trace(both, sensor, E, substeps):
     """The sensor's normal force (N) averaged over each ``EVERY`` substeps of the press."""
-    out = both.rollout(substeps, EVERY, mpm_params={"jelly": {"E": E}})
-    return torch.stack([sensor.read(out["x"][r], out["force"][r], out["driver_translation"][r, 0],
-                                    out["driver_rotation"][r, 0])["normal_force"]
-                        for r in range(substeps // EVERY)])
+    out = ds.rollout(both, substeps, record_every=EVERY, params={"mpm.jelly.E": E})
+    o = out.outputs
+    return torch.stack([sensor.read(s.fem.x, o["force"][r], o["driver_translation"][r, 0],
+                                    o["driver_rotation"][r, 0])["normal_force"]
+                        for r, (_, s) in enumerate(out.records)])
 
 
 def main(argv=None):

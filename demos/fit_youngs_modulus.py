@@ -43,7 +43,7 @@ def main():
     ds.init(precision=args.precision)
     dtype = torch.float64 if args.precision == "f64" else torch.float32
     sim = make_scene()
-    state0 = ds.initial_state(sim)
+    state0 = sim.current_state()
     with torch.no_grad():
         target = trajectory(sim, state0, torch.tensor(args.true_E, dtype=dtype))
     log_E = torch.tensor(math.log(args.true_E / 3.0), dtype=dtype, requires_grad=True)

@@ -7,7 +7,11 @@ Public API (everything a scene script or a user needs)::
     ds.init(arch="cpu", precision="f32")
     sim = ds.MPMSolver(domain_max=(1, 1, 1), grid=64, dt=2e-4)
     sim.add_body(ds.Box((0.5, 0.5, 0.3), 0.2), ds.FixedCorotated(E=1e5, nu=0.3))
-    final, records = ds.rollout(sim, 100)                  # differentiable
+    out = ds.rollout(sim, 100, params={"E": E})           # differentiable, any system
+    loss = out.final.x[:, 2].mean(); loss.backward()
+
+Every system (MPMSolver, FEMSolver, DEMSolver, FEMMPMCoupling, a StepModule) implements
+one protocol (:mod:`diffsim.core`, ``docs/architecture.md``).
 
 Units are SI (m, kg, s, Pa), z is up, angles in radians.
 """
@@ -27,16 +31,14 @@ from .colliders import (BoxCollider, Collider, CylinderCollider, MeshCollider, P
 from .mpm import MPMSolver
 from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, PlaneWall, Pour,
                   Wall as DEMWall)
-from .autodiff import MPMState, initial_state, parameter_tensor, rollout
-from .dem_grad import dem_rollout
+from .core import Rollout, State, StepModule, System, rollout
+from .autodiff import MPMState, parameter_tensor
 from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, grid_tet_mesh,
                       load_tet_mesh, tetrahedralize, voxel_tet_mesh)
 from .fem import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
-from .fem_grad import fem_rollout
 from .cameras import FisheyeCamera, PinholeCamera, look_at
 from .tactile import TactileSensor, mount_sensor
 from .coupling import FEMMPMCoupling
-from .coupling_grad import coupled_rollout
 from .markers import detect_markers, grid_markers, marker_flow_image, read_png
 from .scene import Scene, build_scene
 from .runner import run_scene
@@ -50,11 +52,11 @@ __all__ = [
     "UnstableTimeStep", "Material", "FixedCorotated", "NeoHookean", "VonMises", "DruckerPrager",
     "NewtonianFluid", "ViscoplasticFluid", "NeuralMaterial", "lame", "Box", "Sphere", "Cylinder",
     "MeshShape", "load_mesh", "mesh_sdf_grid", "Collider", "PlaneCollider", "BoxCollider",
-    "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "rollout",
-    "initial_state", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
-    "CylinderWall", "BoxWall", "MeshWall", "Pour", "dem_rollout", "TetMesh", "box_tet_mesh",
+    "SphereCollider", "CylinderCollider", "MeshCollider", "MPMSolver", "MPMState", "State", "System", "Rollout", "StepModule",
+    "rollout", "parameter_tensor", "DEMSolver", "DEMMaterial", "DEMWall", "PlaneWall",
+    "CylinderWall", "BoxWall", "MeshWall", "Pour", "TetMesh", "box_tet_mesh",
     "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
-    "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "fem_rollout", "PinholeCamera",
-    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "coupled_rollout", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
+    "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "PinholeCamera",
+    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
 ]

@@ -43,30 +43,23 @@ everywhere and one-sided at contact or yield onset.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from . import adjoint_health, runtime
+from .core.state import State
 from .errors import GradientNotFinite, InvalidScene
 from .materials import NeuralMaterial
 
 
-@dataclass
-class MPMState:
-    """Particle state as torch tensors: x (N,3) m, v (N,3) m/s, C (N,3,3) 1/s, F (N,3,3)."""
-    x: torch.Tensor
-    v: torch.Tensor
-    C: torch.Tensor
-    F: torch.Tensor
+class MPMState(State):
+    """MPM particle state: x (N,3) m, v (N,3) m/s, C (N,3,3) 1/s (APIC affine), F (N,3,3)
+    (deformation gradient); a :class:`~diffsim.State` with these four fields."""
 
-    def detach(self) -> "MPMState":
-        return MPMState(self.x.detach(), self.v.detach(), self.C.detach(), self.F.detach())
-
-    def tensors(self):
-        return self.x, self.v, self.C, self.F
+    def __init__(self, x: torch.Tensor, v: torch.Tensor, C: torch.Tensor, F: torch.Tensor):
+        super().__init__(x=x, v=v, C=C, F=F)
 
 
 def _c(t: torch.Tensor, dtype) -> torch.Tensor:
@@ -455,11 +448,12 @@ def initial_state(sim, requires_grad: bool = False, start: bool = False) -> MPMS
     return MPMState(*ts)
 
 
-def rollout(sim, steps: int, state: MPMState | None = None, params: dict | None = None,
+def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | None = None,
             collider_velocity: dict | None = None, collider_position: dict | None = None,
             record_every: int | None = None, checkpoint_every: int | None = None,
             tape_memory: int | None = None, check_gradients: bool = True):
-    """Differentiable rollout of ``steps`` substeps.
+    """Differentiable MPM rollout of ``steps`` substeps from the solver's current time
+    (behind :func:`diffsim.rollout`, which resets the solver first).
 
     Args:
         sim: a built (or buildable) :class:`MPMSolver`.

@@ -171,7 +171,7 @@ def _runtime_args(p, precision="f32"):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="diffsim", description="Differentiable physics simulation (MPM).")
+    p = argparse.ArgumentParser(prog="diffsim", description="Differentiable physics simulation (MPM, FEM, DEM, learned step modules).")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a scene script and write frames, a preview and summary.json")

@@ -11,7 +11,7 @@ Each substep runs the MPM step (one fused kernel) with the FEM surface as a grid
 (:mod:`diffsim.kernels.coupling`: the FEM nodes and the grid exchange inelastic impulses
 with Coulomb friction, momentum conserving), then the FEM substep, which sees the
 reaction as a contact force (so the sensor's forces and markers include it). The MPM and
-FEM share one dt. Differentiable rollouts: :meth:`FEMMPMCoupling.rollout`
+FEM share one dt. Differentiable rollouts: :func:`diffsim.rollout`
 (:mod:`diffsim.coupling_grad`).
 """
 from __future__ import annotations
@@ -19,10 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import runtime
+from .core.state import State
+from .core.system import Rollout, System
 from .errors import InvalidScene
 
 
-class FEMMPMCoupling:
+class FEMMPMCoupling(System):
     """An :class:`~diffsim.MPMSolver` and an :class:`~diffsim.FEMSolver` stepped together.
 
     Args:
@@ -94,12 +96,58 @@ class FEMMPMCoupling:
             self.mpm.step(1, hook)
         self.fem.step(n, before_substep=before_substep, before_chunk=before_chunk)
 
-    def rollout(self, substeps: int, record_every: int | None = None, fem_params: dict | None = None,
-                mpm_params: dict | None = None, driver_velocity=None, mpm_state=None) -> dict:
-        """Differentiable rollout of both solvers from the start: see
-        :func:`diffsim.coupling_grad.coupled_rollout`."""
-        from .coupling_grad import coupled_rollout
-        return coupled_rollout(self, substeps, record_every, fem_params, mpm_params, driver_velocity, mpm_state)
+    # ------------------------------------------------------------------ protocol
+    def initial_state(self) -> State:
+        self.build()
+        return State(fem=self.fem.initial_state(), mpm=self.mpm.initial_state())
+
+    def current_state(self) -> State:
+        self.build()
+        return State(fem=self.fem.current_state(), mpm=self.mpm.current_state())
+
+    def parameter_values(self) -> dict:
+        """The FEM's and the MPM's parameters, prefixed ``fem.`` and ``mpm.``."""
+        return {**{f"fem.{k}": v for k, v in self.fem.parameter_values().items()},
+                **{f"mpm.{k}": v for k, v in self.mpm.parameter_values().items()}}
+
+    def control_names(self) -> list:
+        """The FEM drivers' velocities (``fem.<driver>.velocity``; MPM colliders follow
+        their own schedule)."""
+        return [f"fem.{k}" for k in self.fem.control_names()]
+
+    def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
+        """Both solvers from the start (:mod:`diffsim.coupling_grad`); records hold
+        ``fem`` (x, v) and ``mpm`` (x, v, C, F) states; outputs as the FEM's."""
+        from .autodiff import MPMState
+        from .coupling_grad import rollout_coupled
+        self.build()
+        fem_params = _split(params, "fem.")
+        mpm_params = {}
+        for name, value in _split(params, "mpm.").items():
+            body, key = name.rsplit(".", 1)
+            mpm_params.setdefault(body, {})[key] = value
+        fem_control = _split(control, "fem.")
+        driver_velocity = self.fem.driver_controls(steps, record_every, fem_control)
+        fem_overrides = self.fem.parameter_overrides(fem_params)
+        mpm_state = fem_state = None
+        if state is not None:
+            m = state["mpm"]
+            mpm_state = MPMState(*(m[k] for k in ("x", "v", "C", "F")))
+            fem_state = (state["fem"]["x"], state["fem"]["v"])
+        if tape_memory is not None:
+            from .autodiff import _tapes
+            _tapes(self.mpm).budget = int(tape_memory)
+        out = rollout_coupled(self, steps, self.fem.record_interval(steps, record_every), fem_overrides, mpm_params,
+                              driver_velocity, mpm_state, fem_state, check_gradients, records=bool(record_every))
+        self.fem.hold_state(out["x_final"].detach().double().numpy(), out["v_final"].detach().double().numpy())
+        self.fem.step_count = steps
+        records = []
+        if record_every:
+            for r, (step, ms) in enumerate(out["mpm_records"]):
+                records.append((step, State(fem=State(x=out["x"][r], v=out["v"][r]), mpm=ms)))
+        final = State(fem=State(x=out["x_final"], v=out["v_final"]), mpm=out["mpm"])
+        return Rollout(final, records, {k: out[k] for k in ("force", "driver_translation", "driver_rotation",
+                                                             "max_penetration")})
 
     def reset(self):
         self.mpm.reset()
@@ -139,3 +187,8 @@ class FEMMPMCoupling:
         return {"solver": "FEM-MPM coupling", "friction": self.friction,
                 "density_threshold": self.density_threshold, "mpm": self.mpm.describe(),
                 "fem": self.fem.describe()}
+
+
+def _split(named: dict, prefix: str) -> dict:
+    """The entries of ``named`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in named.items() if k.startswith(prefix)}

@@ -63,13 +63,12 @@ class _CoupledChunk(torch.autograd.Function):
         ctx.tape_id = _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record=True)
         ctx.token = object()
         fem._tape_owner = ctx.token
-        xk, vk, xs, fcs = fem_grad.outputs(fem, k, rec, x0.dtype)
         outs = _get((mpm.fields.x, mpm.fields.v, mpm.fields.C, mpm.fields.F), ((3,), (3,), (3, 3), (3, 3)),
                     mpm.n, mx.dtype)
-        return (xk, vk, xs, fcs, *outs)
+        return (*fem_grad.outputs(fem, k, rec, x0.dtype), *outs)
 
     @staticmethod
-    def backward(ctx, g_xk, g_vk, g_xs, g_fc, g_mx, g_mv, g_mC, g_mF):
+    def backward(ctx, g_xk, g_vk, g_xs, g_vs, g_fc, g_mx, g_mv, g_mC, g_mF):
         both, k, rec = ctx.both, ctx.k, ctx.rec
         fem, mpm, hook = both.fem, both.mpm, both.hook
         fs = mpm.fields
@@ -84,7 +83,7 @@ class _CoupledChunk(torch.autograd.Function):
             _put((fs.prm,), mpm_in[4:], mpm.n, mpm_in[4].dtype)
             hook.normal.from_numpy(_np(mpm, normals))
         hook.normal_grad.fill(0)
-        fem_grad.seed_adjoint(fem, k, rec, g_xk, g_vk, g_xs, g_fc)
+        fem_grad.seed_adjoint(fem, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
         seed_adjoint(mpm, g_mx, g_mv, g_mC, g_mF)
         pos, vel, omega, rots = ctx.sched
         dt, dx, lx, ly, lz = mpm.kernel_args[:5]
@@ -103,27 +102,29 @@ class _CoupledChunk(torch.autograd.Function):
         return (None,) * 4 + (g_normals, None) + g_fem + (*g_state, g_prm.to(mpm_in[4].dtype))
 
 
-def coupled_rollout(both, substeps: int, record_every: int | None = None, fem_params: dict | None = None,
-                    mpm_params: dict | None = None, driver_velocity=None, mpm_state: MPMState | None = None) -> dict:
+def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_params: dict | None = None,
+                    mpm_params: dict | None = None, driver_velocity=None, mpm_state: MPMState | None = None,
+                    fem_state=None, check_gradients: bool = True, records: bool = True) -> dict:
     """Differentiable rollout of an :class:`~diffsim.FEMMPMCoupling` from the start (both
-    solvers are reset; see the module docstring).
+    solvers are reset; see the module docstring); behind :func:`diffsim.rollout`.
 
     Args:
-        substeps, record_every, fem_params, driver_velocity: as ``params`` etc. of
-            :func:`diffsim.fem_rollout` (FEM material, contact and driver inputs).
-        mpm_params: MPM material overrides ``{body: {"E": tensor, ...}}`` (as in
-            :func:`diffsim.rollout`).
+        substeps, record_every, fem_params, driver_velocity, check_gradients: as in
+            :func:`diffsim.fem_grad.rollout_chunks` (FEM material, contact and driver inputs).
+        mpm_params: MPM material overrides ``{body: {"E": tensor, ...}}``.
         mpm_state: the MPM's initial :class:`~diffsim.MPMState` (default: as the bodies
-            were added, no gradient).
+            were added, no gradient); ``fem_state``: the FEM's ``(x, v)`` (default: rest).
+        records: end a chunk at every record interval (for MPM states there).
 
-    Returns :func:`diffsim.fem_rollout`'s dict plus ``mpm`` (the final MPM state) and
-    ``mpm_records`` (``(substep, MPMState)`` at the end of every chunk). MPM colliders
-    follow their own schedule (no gradients for them).
+    Returns :func:`diffsim.fem_grad.rollout_chunks`'s dict plus ``mpm`` (the final MPM
+    state) and ``mpm_records`` (``(substep, MPMState)`` at the end of every record
+    interval, or of the whole rollout). MPM colliders follow their own schedule (no
+    gradients for them).
     """
     both.build()
     mpm, fem = both.mpm, both.fem
     if mpm._external:
-        raise NotImplementedError("FEMMPMCoupling.rollout with torch materials (NeuralMaterial) in the MPM")
+        raise NotImplementedError("a differentiable FEM-MPM rollout with torch materials (NeuralMaterial) in the MPM")
     substeps = int(substeps)
     if substeps < 1:
         raise InvalidScene(f"substeps must be >= 1, got {substeps}")
@@ -134,6 +135,7 @@ def coupled_rollout(both, substeps: int, record_every: int | None = None, fem_pa
     current = list(state.tensors())
     done, records = [0], []
     nodes = both.hook_nodes
+    fem._check_gradients = bool(check_gradients)
 
     def chunk(sim, k, rec, pairs, *fem_in):
         a = done[0]
@@ -141,11 +143,13 @@ def coupled_rollout(both, substeps: int, record_every: int | None = None, fem_pa
         rots = rotations[a:a + k + 1] if rotations is not None else None
         out = _CoupledChunk.apply(both, k, rec, pairs, normals, (pos[a:a + k], vel[a:a + k], omega, rots),
                                   *fem_in, *current, mprm)
-        current[:] = out[4:]
+        current[:] = out[5:]
         done[0] += k
         records.append((done[0], MPMState(*current)))
-        return out[:4]
-    out = fem_grad.run_chunks(fem, substeps, record_every, fem_params or {}, None, None, driver_velocity, chunk)
+        return out[:5]
+    x0, v0 = (None, None) if fem_state is None else fem_state
+    out = fem_grad.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,
+                              records_per_chunk=1 if records else None)
     final = MPMState(*current)
     finish_rollout(mpm, final, end, rotations, substeps, 0.0, 0)
     out["mpm"], out["mpm_records"] = final, records

@@ -9,7 +9,7 @@
 
 Contact law and integration: :mod:`diffsim.kernels.dem`. Neighbour lists are rebuilt
 (cell grid, counting sort) when a sphere has moved more than half the skin since the
-last build; contact histories are carried over. Gradients: :func:`diffsim.dem_rollout`.
+last build; contact histories are carried over. Gradients: :func:`diffsim.rollout` (:mod:`diffsim.dem_grad`).
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import taichi as ti
 
 from . import pool, runtime
 from .colliders import rotation_step
+from .core.state import State
+from .core.system import Rollout, System
 from .errors import InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged, UnstableTimeStep
 from .kernels import dem as kd
 
@@ -326,7 +328,7 @@ def random_packing(lo, hi, radius, count, rng, obstacles=None, max_rounds=200):
 # ----------------------------------------------------------------------------- solver
 
 
-class DEMSolver:
+class DEMSolver(System):
     """Spheres of one :class:`DEMMaterial` in a box domain (the domain sizes the neighbour
     cell grid; spheres that leave it are clamped into its boundary cells).
 
@@ -340,7 +342,7 @@ class DEMSolver:
         max_neighbors: neighbour slots per sphere (an error names an overflow).
         outflow_z: spheres whose centre falls below this height (m) are removed and their
             mass counted as discharged.
-        requires_grad: allocate adjoint fields (for :func:`diffsim.dem_rollout`).
+        requires_grad: allocate adjoint fields (for :func:`diffsim.rollout`).
     """
 
     def __init__(self, domain_min, domain_max, material: DEMMaterial, dt: float, gravity=(0, 0, -9.81),
@@ -882,6 +884,51 @@ class DEMSolver:
         self._pose_key = None
         self._update_wall_pose()
         self._rebuild()
+
+    # ------------------------------------------------------------------ protocol
+    def initial_state(self) -> State:
+        import torch
+        dtype = runtime.torch_dtype()
+        return State({k: torch.as_tensor(a, dtype=dtype) for k, a in self.initial_arrays().items()})
+
+    def current_state(self) -> State:
+        self.build()
+        return State(dict(zip("xvw", self.state_tensors())))
+
+    def parameter_values(self) -> dict:
+        """The material's ``E``, ``nu``, ``restitution``, ``friction``, ``rolling_friction``,
+        ``cohesion`` and (linear model) ``stiffness``."""
+        return {k: float(getattr(self.material, k)) for k in PARAMETERS}
+
+    def control_names(self) -> list:
+        """Each wall's translation ``velocity``: (steps, 3) or (3,) m/s."""
+        return [f"{w.name}.velocity" for w in self.walls]
+
+    def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
+        import torch
+        from .dem_grad import rollout_steps
+        dtype = runtime.torch_dtype()
+        wall_velocity = None
+        given = {i: control[f"{w.name}.velocity"] for i, w in enumerate(self.walls) if f"{w.name}.velocity" in control}
+        if given:
+            cols = []
+            for i in range(max(given) + 1):
+                if i in given:
+                    v = given[i].to(dtype) if torch.is_tensor(given[i]) else torch.as_tensor(given[i], dtype=dtype)
+                    v = v.expand(steps, 3) if v.shape == (3,) else v
+                    if v.shape != (steps, 3):
+                        raise InvalidScene(f"control {self.walls[i].name}.velocity must have shape (3,) or "
+                                           f"({steps}, 3), got {tuple(v.shape)}")
+                else:
+                    v = torch.as_tensor(np.array([self.walls[i].velocity_at(k * self.dt) for k in range(steps)]),
+                                        dtype=dtype)
+                cols.append(v)
+            wall_velocity = torch.stack(cols, 1)
+        x0, v0, w0 = (None, None, None) if state is None else (state["x"], state["v"], state["w"])
+        out = rollout_steps(self, steps, params, x0, v0, w0, wall_velocity, record_every, check_gradients)
+        every = record_every or steps
+        records = [((k + 1) * every, State(r)) for k, r in enumerate(out["records"])]
+        return Rollout(State(x=out["x"], v=out["v"], w=out["w"]), records)
 
     def describe(self) -> dict:
         m = self.material

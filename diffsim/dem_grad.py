@@ -2,13 +2,14 @@
 
     sim = ds.DEMSolver(..., requires_grad=True)          # f64 recommended: ds.init(precision="f64")
     E = torch.tensor(5e6, dtype=torch.float64, requires_grad=True)
-    out = ds.dem_rollout(sim, 200, params={"E": E}, v0=v0, wall_velocity=wv)
-    loss = out["x"][:, 2].mean(); loss.backward()
+    start = sim.initial_state()
+    out = ds.rollout(sim, 200, params={"E": E}, state=start.replace(v=v0), control={"lid.velocity": wv})
+    loss = out.final.x[:, 2].mean(); loss.backward()
 
 Gradients flow to the material parameters (``E``, ``nu``, ``restitution``, ``friction``,
 ``rolling_friction``, ``cohesion``, ``stiffness``), the initial positions, velocities and
-angular velocities, and the walls' translation velocities per step (``wall_velocity``,
-(steps, W, 3) m/s; a wall's position is the integral of its velocity, so a loss on the
+angular velocities, and the walls' translation velocities per step (control
+``"<wall>.velocity"``, (steps, 3) m/s; a wall's position is the integral of its velocity, so a loss on the
 spheres "sees" where the wall pushed them).
 
 How: each step is one Taichi kernel that reads state A and writes state B (kinematics,
@@ -114,7 +115,7 @@ class _Rollout(torch.autograd.Function):
             if fs.max_disp[None] > 0.5 * sim.skin:
                 sim._rebuild()
                 if int(fs.removed[None]) != removed0:
-                    raise NotImplementedError("dem_rollout: spheres left through the outflow region during a "
+                    raise NotImplementedError("DEM rollout: spheres left through the outflow region during a "
                                               "differentiable rollout; removal is not differentiable")
                 epochs.append(dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs))
                 tape.append(("remap", len(epochs) - 1))
@@ -215,9 +216,10 @@ class _Rollout(torch.autograd.Function):
         return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0, None
 
 
-def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None, v0=None, w0=None,
-                wall_velocity=None, record_every: int | None = None, check_gradients: bool = True) -> dict:
-    """Run ``steps`` DEM steps from t = 0 differentiably (see the module docstring).
+def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=None, v0=None, w0=None,
+                  wall_velocity=None, record_every: int | None = None, check_gradients: bool = True) -> dict:
+    """Run ``steps`` DEM steps from t = 0 differentiably (see the module docstring); behind
+    :func:`diffsim.rollout`.
 
     Args:
         sim: a :class:`DEMSolver` created with ``requires_grad=True``.
@@ -235,11 +237,11 @@ def dem_rollout(sim: DEMSolver, steps: int, params: dict | None = None, x0=None,
     Returns ``{"x", "v", "w": (n,3) tensors after the last step, "records": [{"x","v","w"}]}``.
     """
     if not isinstance(sim, DEMSolver):
-        raise InvalidScene("dem_rollout needs a DEMSolver")
+        raise InvalidScene("a differentiable DEM rollout needs a DEMSolver")
     if not sim.requires_grad:
-        raise InvalidScene("dem_rollout needs DEMSolver(..., requires_grad=True) (adjoint fields)")
+        raise InvalidScene("a differentiable DEM rollout needs DEMSolver(..., requires_grad=True) (adjoint fields)")
     if sim.pours:
-        raise NotImplementedError("dem_rollout: pouring inserts spheres, which is not differentiable")
+        raise NotImplementedError("DEM rollout: pouring inserts spheres, which is not differentiable")
     steps = int(steps)
     if steps < 1:
         raise InvalidScene("steps must be >= 1")

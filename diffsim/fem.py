@@ -13,7 +13,7 @@ driven kinematically by a rigid 6-DoF motion (a sensor's back plate, a gripper f
 zero velocity = fixed). Surface nodes touch rigid colliders (:mod:`diffsim.colliders`,
 analytic or mesh SDFs, so no triangle search) through a penalty pressure with Coulomb
 friction. The kernels and the contact law: :mod:`diffsim.kernels.fem`; gradients:
-:func:`diffsim.fem_rollout`.
+:func:`diffsim.rollout`.
 
 Units: SI (m, kg, s, Pa). ``contact.stiffness`` is a pressure per metre of penetration
 (Pa/m): a node of surface area ``A`` at depth ``d`` feels ``k_n A d``, so the contact
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import pool, runtime
+from .core.state import State
+from .core.system import Rollout, System
 from .colliders import Collider, pack_colliders, rotation_step, sdf_size
 from .errors import InvalidMaterial, InvalidScene, SimulationDiverged, UnstableTimeStep
 from .tetmesh import TetMesh, check_tet_mesh
@@ -171,7 +173,7 @@ class Driver:
         return {"name": self.name, "nodes": int(self.nodes.size), "center": self.center.tolist()}
 
 
-class FEMSolver:
+class FEMSolver(System):
     """Explicit FEM of tetrahedral soft bodies with kinematic drivers and rigid colliders.
 
     Args:
@@ -455,6 +457,7 @@ class FEMSolver:
         from .kernels import fem as kf
         self.build()
         x, v = self.rest_state()
+        self._pending_state = None
         kf.load_state(self.fields, self._np(x), self._np(v), 0, self.n)
         for d in self.drivers:
             d.reset()
@@ -469,6 +472,7 @@ class FEMSolver:
     def set_state(self, x, v):
         from .kernels import fem as kf
         self.build()
+        self._pending_state = None
         x = np.asarray(x, np.float64).reshape(self.n, 3)
         v = np.asarray(v, np.float64).reshape(self.n, 3)
         kf.load_state(self.fields, self._np(x), self._np(v), 0, self.n)
@@ -482,7 +486,23 @@ class FEMSolver:
     def get_state(self) -> dict:
         """``{"x": (N,3) m, "v": (N,3) m/s}`` now."""
         self.build()
+        if getattr(self, "_pending_state", None) is not None:
+            return {k: a.copy() for k, a in self._pending_state.items()}
         return {"x": self._row(self.fields.x, 0), "v": self._row(self.fields.v, 0)}
+
+    def hold_state(self, x, v):
+        """The state after a differentiable rollout, kept aside until the solver steps or
+        its fields are read: writing it into the fields now would overwrite the rollout's
+        tape, which its backward pass still uses."""
+        self._pending_state = {"x": np.asarray(x, np.float64).reshape(self.n, 3),
+                               "v": np.asarray(v, np.float64).reshape(self.n, 3)}
+
+    def _settle_state(self):
+        """Write a held state into the fields (the last rollout's tape is then stale)."""
+        if getattr(self, "_pending_state", None) is not None:
+            st = self._pending_state
+            self.set_state(st["x"], st["v"])
+            self._tape_owner = None
 
     def positions(self, body: str | None = None) -> np.ndarray:
         x = self.get_state()["x"]
@@ -674,6 +694,7 @@ class FEMSolver:
         (``before_chunk(x)`` with the positions at its start)."""
         from .kernels import fem as kf
         self.build()
+        self._settle_state()
         n = int(n)
         while n > 0:
             k = min(n, self.K)
@@ -707,6 +728,7 @@ class FEMSolver:
     # ------------------------------------------------------------------------ outputs
     def diagnostics(self) -> dict:
         from .kernels import fem as kf
+        self._settle_state()
         st = self.get_state()
         m = self._mass
         free = np.ones(self.n, bool)
@@ -742,6 +764,88 @@ class FEMSolver:
         meshes = {f"collider{i}": c.surface() for i, c in enumerate(self.colliders)}
         images = {f"{s.name}_markers": s.flow_image(st["x"]) for s in self.sensors}
         return {"particles": (st["x"], data), "meshes": meshes, "images": images}
+
+    # ------------------------------------------------------------------------ protocol
+    def initial_state(self) -> State:
+        x, v = self.rest_state()
+        dtype = runtime.torch_dtype()
+        return State(x=_torch(x, dtype), v=_torch(v, dtype))
+
+    def current_state(self) -> State:
+        dtype = runtime.torch_dtype()
+        st = self.get_state()
+        return State(x=_torch(st["x"], dtype), v=_torch(st["v"], dtype))
+
+    def parameter_values(self) -> dict:
+        """``{"body.E": value, ...}``: each body's material (``E``, ``nu``, ``mass_damping``,
+        ``stiffness_damping``) and contact (``contact_stiffness``, ``contact_damping``,
+        ``friction``) parameters."""
+        from .fem_grad import CONTACT_KEYS, MATERIAL_KEYS
+        out = {}
+        for b in self.bodies:
+            out.update({f"{b.name}.{k}": float(v) for k, v in zip(MATERIAL_KEYS, b.material.vector())})
+            out.update({f"{b.name}.{k}": float(v) for k, v in zip(CONTACT_KEYS, b.contact.vector())})
+        return out
+
+    def control_names(self) -> list:
+        """Each driver's ``velocity``: (R, 6) per record interval or (6,) constant, linear
+        (m/s) then angular (rad/s)."""
+        return [f"{d.name}.velocity" for d in self.drivers]
+
+    def parameter_overrides(self, params: dict) -> dict:
+        """``{"pad.E": t, ...}`` (qualified names) -> ``{"E": (bodies,) tensor}`` for the
+        differentiable rollout (bodies not named keep their own values)."""
+        import torch
+        dtype = runtime.torch_dtype()
+        names = [b.name for b in self.bodies]
+        table = {}
+        for name, value in params.items():
+            body, key = name.rsplit(".", 1)
+            table.setdefault(key, {})[names.index(body)] = value
+        defaults = self.parameter_values()
+        return {key: torch.stack([_torch(per.get(i, defaults[f"{b}.{key}"]), dtype).reshape(())
+                                  for i, b in enumerate(names)]) for key, per in table.items()}
+
+    def driver_controls(self, steps: int, record_every: int | None, control: dict) -> dict:
+        """``{"<driver>.velocity": (R, 6) or (6,)}`` -> ``{driver index: (R', 6) tensor}``
+        (R = steps // record_every rows, or 1 without records; R' rows of
+        :meth:`record_interval`)."""
+        dtype = runtime.torch_dtype()
+        R = steps // (record_every or steps)
+        rows = steps // self.record_interval(steps, record_every)
+        out = {}
+        for d, drv in enumerate(self.drivers):
+            given = control.get(f"{drv.name}.velocity")
+            if given is not None:
+                given = _torch(given, dtype)
+                given = given.expand(R, 6) if given.shape == (6,) else given
+                if given.shape != (R, 6):
+                    raise InvalidScene(f"control {drv.name}.velocity must have shape (6,) or ({R}, 6) (one row "
+                                       f"per record interval), got {tuple(given.shape)}")
+                out[d] = given.expand(rows, 6) if R == 1 else given
+        return out
+
+    def record_interval(self, steps: int, record_every: int | None) -> int:
+        """The substeps per interval a rollout runs with: ``record_every``, or without
+        records the largest that divides both ``steps`` and the tape (``tape_substeps``)."""
+        return int(record_every) if record_every else math.gcd(int(steps), self.K)
+
+    def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
+        from .fem_grad import rollout_chunks
+        self.build()
+        overrides = self.parameter_overrides(params)
+        driver_velocity = self.driver_controls(steps, record_every, control)
+        x0 = v0 = None
+        if state is not None:
+            x0, v0 = state["x"], state["v"]
+        out = rollout_chunks(self, steps, self.record_interval(steps, record_every), overrides, x0, v0,
+                             driver_velocity, check_gradients)
+        self.hold_state(out["x_final"].detach().double().numpy(), out["v_final"].detach().double().numpy())
+        self.step_count = steps
+        records = [((r + 1) * record_every, State(x=out["x"][r], v=out["v"][r])) for r in range(out["x"].shape[0])] \
+            if record_every else []
+        extras = {k: out[k] for k in ("force", "driver_translation", "driver_rotation", "max_penetration")}
+        return Rollout(State(x=out["x_final"], v=out["v_final"]), records, extras)
 
     def checkpoint(self):
         st = self.get_state()
@@ -784,3 +888,8 @@ class FEMSolver:
                 "colliders": [c.describe() for c in self.colliders],
                 "sensors": [s.describe() for s in self.sensors],
                 "max_penetration": self.max_penetration}
+
+
+def _torch(a, dtype):
+    from .fem_grad import _tensor
+    return _tensor(a, dtype)

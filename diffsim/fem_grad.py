@@ -2,14 +2,14 @@
 
     ds.init(precision="f64")                        # gradient checks; f32 works too
     E = torch.tensor(3e5, dtype=torch.float64, requires_grad=True)
-    out = ds.fem_rollout(sim, substeps=600, record_every=50, params={"E": E},
-                         driver_velocity=vel)       # (600 // 50, drivers, 6) [v (m/s), w (rad/s)]
-    loss = out["x"][-1, sensor_nodes, 2].sum(); loss.backward()
+    out = ds.rollout(sim, 600, record_every=50, params={"E": E},     # every body's E
+                     control={"press.velocity": vel})   # (600 // 50, 6) [v (m/s), w (rad/s)]
+    loss = out.records[-1][1].x[sensor_nodes, 2].sum(); loss.backward()
 
 Gradients reach the material parameters (``E``, ``nu``, ``mass_damping``,
 ``stiffness_damping``), the contact parameters (``contact_stiffness``,
-``contact_damping``, ``friction``), each a scalar tensor (all bodies) or one value per body,
-the initial state ``x0``/``v0`` and the drivers' linear and angular velocities per record
+``contact_damping``, ``friction``), for all bodies (``"E"``) or one (``"pad.E"``),
+the initial state (``x``, ``v``) and the drivers' linear and angular velocities per record
 interval (a driver's pose is the integral of its velocities, computed in torch).
 Colliders follow their own (non-differentiable) kinematics.
 
@@ -45,7 +45,7 @@ def _params(sim, params, dtype):
     B = len(sim.bodies)
     unknown = set(params) - set(MATERIAL_KEYS) - set(CONTACT_KEYS)
     if unknown:
-        raise InvalidScene(f"fem_rollout: unknown parameter(s) {sorted(unknown)}; known: "
+        raise InvalidScene(f"rollout: unknown parameter(s) {sorted(unknown)}; known: "
                            f"{list(MATERIAL_KEYS + CONTACT_KEYS)}")
 
     def table(keys, defaults):
@@ -58,7 +58,7 @@ def _params(sim, params, dtype):
                 if val.numel() == 1:
                     val = val.reshape(()).expand(B)
                 if val.shape != (B,):
-                    raise InvalidScene(f"fem_rollout: {k} must be a scalar or one value per body ({B})")
+                    raise InvalidScene(f"rollout: {k} must be a scalar or one value per body ({B})")
                 base = val
             cols.append(base)
         return torch.stack(cols, 1)
@@ -97,34 +97,34 @@ class _Chunk(torch.autograd.Function):
         return outputs(sim, k, rec, x0.dtype)
 
     @staticmethod
-    def backward(ctx, g_xk, g_vk, g_xs, g_fc):
+    def backward(ctx, g_xk, g_vk, g_xs, g_vs, g_fc):
         sim, k, rec = ctx.sim, ctx.k, ctx.rec
         saved = ctx.saved_tensors
         if getattr(sim, "_tape_owner", None) is not ctx.token:
             _run(sim, k, rec, ctx.pairs, *saved)
             sim._tape_owner = ctx.token
-        seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc)
+        seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
         for t in reversed(range(k)):
             substep_adjoint(sim, t, rec, len(ctx.pairs[0]))
         grads = input_grads(sim, k, saved)
         if getattr(sim, "_check_gradients", True) and not adjoint_health.all_finite(*grads):
             adjoint_health.locate_in_fem_tape(
-                sim, ctx.start, k, lambda: seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc),
+                sim, ctx.start, k, lambda: seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc),
                 lambda t: substep_adjoint(sim, t, rec, len(ctx.pairs[0])))
         return (None, None, None, None) + grads
 
 
 def outputs(sim, k, rec, dtype):
-    """A chunk's outputs from the tape: final positions and velocities, positions at the
-    end of each record interval, mean contact forces over each."""
+    """A chunk's outputs from the tape: final positions and velocities, positions and
+    velocities at the end of each record interval, mean contact forces over each."""
     rows = np.array([k] + [(r + 1) * rec for r in range(k // rec)], np.int32)
     xs = _read(sim, sim.fields.x, rows, dtype)
-    vk = _read(sim, sim.fields.v, rows[:1], dtype)[0]
+    vs = _read(sim, sim.fields.v, rows, dtype)
     fcs = _read(sim, sim.fields.fc, np.arange(k // rec, dtype=np.int32), dtype)
-    return xs[0], vk, xs[1:], fcs
+    return xs[0], vs[0], xs[1:], vs[1:], fcs
 
 
-def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc):
+def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc):
     """Clear the tape's adjoints and put the output adjoints of a ``k``-substep chunk in."""
     fs = sim.fields
     for f in fs.tape_fields():
@@ -140,7 +140,10 @@ def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_fc):
     fs.x.grad.from_numpy(gx)
     gv = np.zeros((sim.K + 1, N, 3), dtype)
     if g_vk is not None:
-        gv[k] = g_vk.detach().cpu().numpy()
+        gv[k] += g_vk.detach().cpu().numpy()
+    if g_vs is not None:
+        for r in range(k // rec):
+            gv[(r + 1) * rec] += g_vs[r].detach().cpu().numpy()
     fs.v.grad.from_numpy(gv)
     if g_fc is not None:
         gf = np.zeros((fs.n_records, N, 3), dtype)
@@ -203,26 +206,28 @@ def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R, befo
     sim.run_chunk(k, rec, sim.upload_pairs(pairs), before_substep)
 
 
-def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
-                x0=None, v0=None, driver_velocity=None, check_gradients: bool = True) -> dict:
-    """Run ``substeps`` substeps from ``(x0, v0)`` (default: rest) differentiably.
+def rollout_chunks(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
+                   x0=None, v0=None, driver_velocity=None, check_gradients: bool = True) -> dict:
+    """The differentiable FEM rollout behind :func:`diffsim.rollout` (from rest at time 0,
+    or from ``(x0, v0)``).
 
     Args:
         sim: a built or unbuilt :class:`~diffsim.FEMSolver` (it is reset to time 0; its
             fields are scratch space of the rollout).
         record_every: substeps per record interval (default: all in one); must divide
             ``substeps`` and ``sim.K`` must be a multiple of it.
-        params: overrides, torch tensors or floats, see the module docstring.
-        driver_velocity: (substeps // record_every, drivers, 6) tensor, linear (m/s) and
-            angular (rad/s) velocity of each driver, constant over each record interval;
-            None uses the drivers' own velocities.
+        params: overrides ``{key: scalar or (bodies,) tensor}`` (``MATERIAL_KEYS``,
+            ``CONTACT_KEYS``).
+        driver_velocity: ``{driver index: (substeps // record_every, 6) tensor}``, linear
+            (m/s) and angular (rad/s) velocity of that driver, constant over each record
+            interval; other drivers follow their own velocities.
         check_gradients: after each chunk's backward pass, NaN/inf adjoints raise
             :class:`~diffsim.GradientNotFinite` naming the substep and node (False: skip).
 
-    Returns a dict of tensors: ``x`` (R, N, 3) node positions at the end of each record
-    interval, ``force`` (R, N, 3) mean contact force on each node over each interval (N),
-    ``x_final``/``v_final`` (N, 3), the drivers' poses at the end of each interval
-    ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
+    Returns a dict of tensors: ``x``/``v`` (R, N, 3) node positions and velocities at the
+    end of each record interval, ``force`` (R, N, 3) mean contact force on each node over
+    each interval (N), ``x_final``/``v_final`` (N, 3), the drivers' poses at the end of each
+    interval ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
     ``max_penetration`` (float, m, not differentiable).
     """
     sim._check_gradients = bool(check_gradients)
@@ -230,21 +235,23 @@ def fem_rollout(sim, substeps: int, record_every: int | None = None, params: dic
                       lambda sim, k, rec, pairs, *tensors: _Chunk.apply(sim, k, rec, pairs, *tensors))
 
 
-def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chunk) -> dict:
-    """:func:`fem_rollout` with the chunk Function given: ``chunk(sim, k, rec, pairs, x, v,
-    prm, cprm, drv_t, drv_R, col_p, col_R) -> (x_k, v_k, x_records, force_records)`` (the
-    FEM-MPM coupling passes one that steps the MPM along)."""
+def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chunk, records_per_chunk=None) -> dict:
+    """:func:`rollout_chunks` with the chunk Function given: ``chunk(sim, k, rec, pairs, x, v,
+    prm, cprm, drv_t, drv_R, col_p, col_R) -> (x_k, v_k, x_records, v_records,
+    force_records)`` (the FEM-MPM coupling passes one that steps the MPM along);
+    ``records_per_chunk`` caps the record intervals per chunk (default: as many as the
+    tape holds)."""
     sim.build()
     sim.reset()
     dtype = runtime.torch_dtype()
     substeps = int(substeps)
     rec = int(record_every or substeps)
     if substeps < 1 or substeps % rec:
-        raise InvalidScene(f"fem_rollout: record_every ({rec}) must divide substeps ({substeps})")
+        raise InvalidScene(f"rollout: record_every ({rec}) must divide substeps ({substeps})")
     if sim.K % rec and rec <= sim.K:
-        raise InvalidScene(f"fem_rollout: tape_substeps ({sim.K}) must be a multiple of record_every ({rec})")
+        raise InvalidScene(f"rollout: tape_substeps ({sim.K}) must be a multiple of record_every ({rec})")
     if rec > sim.K:
-        raise InvalidScene(f"fem_rollout: record_every ({rec}) exceeds tape_substeps ({sim.K}); build the "
+        raise InvalidScene(f"rollout: record_every ({rec}) exceeds tape_substeps ({sim.K}); build the "
                            f"solver with tape_substeps >= {rec}")
     R = substeps // rec
     prm, cprm = _params(sim, params or {}, dtype)
@@ -253,25 +260,19 @@ def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chu
     v = _tensor(vr if v0 is None else v0, dtype)
     D = len(sim.drivers)
     Dp = max(1, D)
-    if driver_velocity is None:
-        vel = torch.zeros((R, Dp, 6), dtype=dtype)
-        for r in range(R):
-            t = r * rec * sim.dt
-            for d, drv in enumerate(sim.drivers):
-                vel[r, d, :3] = torch.as_tensor(drv.velocity_at(t))
-                vel[r, d, 3:] = torch.as_tensor(drv.angular_velocity_at(t))
-    else:
-        vel = _tensor(driver_velocity, dtype)
-        if vel.shape != (R, D, 6):
-            raise InvalidScene(f"fem_rollout: driver_velocity must have shape ({R}, {D}, 6), got "
-                               f"{tuple(vel.shape)}")
-        if D == 0:
-            vel = torch.zeros((R, 1, 6), dtype=dtype)
+    vel = torch.zeros((R, Dp, 6), dtype=dtype)
+    for r in range(R):
+        t = r * rec * sim.dt
+        for d, drv in enumerate(sim.drivers):
+            vel[r, d, :3] = torch.as_tensor(drv.velocity_at(t))
+            vel[r, d, 3:] = torch.as_tensor(drv.angular_velocity_at(t))
+    if driver_velocity:  # {driver index: (R, 6)}: differentiable columns
+        vel = torch.stack([driver_velocity[d].to(dtype) if d in driver_velocity else vel[:, d] for d in range(Dp)], 1)
     trans = torch.zeros((Dp, 3), dtype=dtype)
     rot = torch.eye(3, dtype=dtype).expand(Dp, 3, 3)
     j = torch.arange(rec + 1, dtype=dtype)
-    xs, fcs, trans_out, rot_out = [], [], [], []
-    per_chunk = sim.K // rec
+    xs, vs, fcs, trans_out, rot_out = [], [], [], [], []
+    per_chunk = min(sim.K // rec, records_per_chunk or sim.K)
     r = 0
     max_pen = 0.0
     while r < R:
@@ -294,12 +295,13 @@ def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chu
         sim.time += k * sim.dt
         pairs = sim.contact_pairs(x.detach().cpu().numpy().astype(np.float64))
         sim._chunk_start = r * rec          # names the substep in gradient errors
-        x, v, xr_, fr_ = chunk(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
+        x, v, xr_, vr_, fr_ = chunk(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
         max_pen = max(max_pen, float(sim.fields.pen.to_numpy()[:k].max()))
         xs.append(xr_)
+        vs.append(vr_)
         fcs.append(fr_)
         r += nrec
-    return {"x": torch.cat(xs), "force": torch.cat(fcs), "x_final": x, "v_final": v,
+    return {"x": torch.cat(xs), "v": torch.cat(vs), "force": torch.cat(fcs), "x_final": x, "v_final": v,
             "driver_translation": torch.stack(trans_out)[:, :D], "driver_rotation": torch.stack(rot_out)[:, :D],
             "max_penetration": max_pen}
 

@@ -33,11 +33,17 @@ TRANSFORMS = {
     "E": ("log", 0.0, None), "yield_stress": ("log", 0.0, None), "bulk_modulus": ("log", 0.0, None),
     "viscosity": ("log", 0.0, None), "cohesion": ("log", 0.0, None),
     "nu": ("logistic", 0.0, 0.5), "friction_angle": ("logistic", 0.0, math.pi / 2),
+    # DEM and FEM contact, FEM damping
+    "friction": ("log", 0.0, None), "rolling_friction": ("log", 0.0, None), "restitution": ("logistic", 0.0, 1.0),
+    "contact_stiffness": ("log", 0.0, None), "contact_damping": ("log", 0.0, None),
+    "mass_damping": ("log", 0.0, None), "stiffness_damping": ("log", 0.0, None), "stiffness": ("log", 0.0, None),
+    # step modules (e.g. learned.damping.LinearDamping)
+    "rate": ("log", 0.0, None),
 }
 
 
 def to_unconstrained(name, value):
-    kind, lo, hi = TRANSFORMS[name]
+    kind, lo, hi = TRANSFORMS[name.rsplit(".", 1)[-1]]
     if kind == "log":
         if not value > 0:
             raise InvalidScene(f"initial {name} must be > 0, got {value}")
@@ -49,23 +55,26 @@ def to_unconstrained(name, value):
 
 
 def to_physical(name, u: torch.Tensor) -> torch.Tensor:
-    kind, lo, hi = TRANSFORMS[name]
+    kind, lo, hi = TRANSFORMS[name.rsplit(".", 1)[-1]]
     if kind == "log":
         return torch.exp(u)
     return lo + (hi - lo) * torch.sigmoid(u)
 
 
 class Fitter:
-    """Fit material parameters of one body of ``scene`` to ``data``.
+    """Fit parameters of ``scene``'s system (any :class:`~diffsim.System`: MPM, FEM, DEM,
+    a step module) to observed positions ``data``, through :func:`diffsim.rollout`.
 
     Args:
         scene: a :class:`~diffsim.Scene` built with the options the data was recorded with.
         data: the observed :class:`Trajectory` (checked against the scene first).
-        params: names, e.g. ``["E", "nu", "yield_stress"]`` (see :data:`TRANSFORMS`).
-        body: the body whose material is fitted (default: the only body having them).
-        init: starting values (default: the scene's own values).
-        checkpoint_every: segment length of the differentiable rollout (default: one
-            segment per frame).
+        params: names, e.g. ``["E", "nu", "yield_stress"]`` (MPM), ``["friction"]`` (DEM),
+            ``["E"]`` (FEM), or qualified (``"jelly.E"``); see :data:`TRANSFORMS` and
+            ``system.parameter_values()``.
+        body: the body whose parameters are fitted (default: the only body having them).
+        init: starting values (default: the system's own values).
+        checkpoint_every: segment length of the differentiable rollout where the system
+            has one (default: one segment per frame).
     """
 
     def __init__(self, scene, data: Trajectory, params, body: str | None = None, init: dict | None = None,
@@ -78,33 +87,32 @@ class Fitter:
         params = [p.strip() for p in params if p.strip()]
         if not params:
             raise InvalidScene("no parameters to fit; pass e.g. --params E,nu")
-        unknown = [p for p in params if p not in TRANSFORMS]
+        unknown = [p for p in params if p.rsplit(".", 1)[-1] not in TRANSFORMS]
         if unknown:
             raise InvalidScene(f"cannot fit {unknown}; fittable: {sorted(TRANSFORMS)}")
-        candidates = [b for b in self.sim.bodies if all(p in b.material.differentiable for p in params)]
-        if body is not None:
-            candidates = [b for b in candidates if b.name == body]
-            if not candidates:
-                raise InvalidScene(f"body {body!r} does not exist or its material has not all of {params}")
-        if len(candidates) != 1:
-            raise InvalidScene(f"{len(candidates)} bodies have parameters {params} "
-                               f"({[b.name for b in candidates]}); choose one with body=/--body")
-        self.body = candidates[0]
+        known = self.sim.parameter_values()
+        if body is None:  # the one body having all of them, if there is one
+            owners = sorted({k.rsplit(".", 1)[0] for k in known if "." in k})
+            full = [o for o in owners if all(f"{o}.{p}" in known for p in params)]
+            body = full[0] if len(full) == 1 else None
+        self.qualified = [_qualify(self.sim, p, body) for p in params]
+        owners = {q.rsplit(".", 1)[0] for q in self.qualified if "." in q}
+        self.body = owners.pop() if len(owners) == 1 else None
         self.params = params
         init = dict(init or {})
         bad = set(init) - set(params)
         if bad:
             raise InvalidScene(f"initial values given for {sorted(bad)}, which are not fitted")
-        self.init = {p: float(init.get(p, getattr(self.body.material, p))) for p in params}
+        self.init = {p: float(init.get(p, known[q])) for p, q in zip(params, self.qualified)}
         dtype = runtime.torch_dtype()
         self.u = torch.tensor([to_unconstrained(p, self.init[p]) for p in params], dtype=torch.float64,
                               requires_grad=True)
         self.steps = (data.frames - 1) * data.frame_every
         self.every = data.frame_every
-        self.checkpoint_every = checkpoint_every or self.every
+        self.options = {"checkpoint_every": checkpoint_every or self.every} \
+            if "checkpoint_every" in self.sim.rollout_options else {}
         self.target = torch.tensor(data.positions[1:], dtype=dtype)      # (T-1, M, 3)
         self.ids = torch.as_tensor(data.ids)
-        self.start = None
         self.history = []
         self.evaluations = 0
 
@@ -115,13 +123,10 @@ class Fitter:
 
     def loss(self, u=None) -> torch.Tensor:
         """Mean squared position error (mm^2) of the rollout with parameters ``u``."""
-        from .autodiff import initial_state, rollout
-        sim = self.sim
-        sim.reset()
-        if self.start is None:
-            self.start = initial_state(sim, start=True)
-        _, frames = rollout(sim, self.steps, state=self.start, params={self.body.name: self.values(u)},
-                            record_every=self.every, checkpoint_every=self.checkpoint_every)
+        from .core import rollout
+        values = self.values(u)
+        _, frames = rollout(self.sim, self.steps, params={q: values[p] for p, q in zip(self.params, self.qualified)},
+                            record_every=self.every, **self.options)
         pred = torch.stack([s.x[self.ids] for _, s in frames])
         self.evaluations += 1
         return ((pred - self.target) ** 2).mean() / MM2
@@ -181,7 +186,7 @@ class Fitter:
         final_loss = float(self.loss().detach())
         unc = self.uncertainty()
         result = {
-            "params": self.params, "body": self.body.name, "optimizer": optimizer,
+            "params": self.params, "body": self.body, "optimizer": optimizer,
             "initial": self.init, "fitted": {k: float(v.detach()) for k, v in self.values().items()},
             "std": unc["std"], "std_method": unc["method"], "std_note": unc["note"],
             "correlation": unc["correlation"], "final_loss_mm2": final_loss,
@@ -231,6 +236,21 @@ class Fitter:
         d = np.sqrt(np.diag(cov))
         corr = (cov / np.outer(d, d)).tolist()
         return {"std": std, "correlation": corr, "hessian_u": H.tolist(), "method": method, "note": None}
+
+
+def _qualify(system, name: str, body: str | None) -> str:
+    """The one qualified parameter of ``system`` that ``name`` (of ``body``) stands for."""
+    known = system.parameter_values()
+    if name in known:
+        return name
+    hits = [k for k in known if k.endswith("." + name) and (body is None or k == f"{body}.{name}")]
+    if body is not None and not hits:
+        raise InvalidScene(f"body {body!r} does not exist or has no parameter {name!r}; parameters: {list(known)}")
+    if not hits:
+        raise InvalidScene(f"this {type(system).__name__} has no parameter {name!r}; parameters: {list(known)}")
+    if len(hits) > 1:
+        raise InvalidScene(f"{len(hits)} bodies have parameter {name!r} ({hits}); choose one with body=/--body")
+    return hits[0]
 
 
 def fit_log_parameters(loss_fn, start: dict, iterations: int, tolerance_grad: float = 1e-12,

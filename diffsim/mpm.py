@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from . import pool, runtime
+from .core.state import State
+from .core.system import Rollout, System
 from .colliders import KINDS, Collider, pack_colliders, sdf_size as collider_sdf_size
 from .errors import InvalidScene, SimulationDiverged, UnstableTimeStep
 from .materials import Material, NeuralMaterial
@@ -52,7 +54,7 @@ class Body:
         return slice(self.start, self.start + self.count)
 
 
-class MPMSolver:
+class MPMSolver(System):
     """A 3D MLS-MPM domain with several bodies, materials and colliders.
 
     Args:
@@ -437,6 +439,53 @@ class MPMSolver:
         self.time = 0.0
         self.step_count = 0
         self._upload_collider_state()
+
+    # ------------------------------------------------------------------------ protocol
+    rollout_options = frozenset({"checkpoint_every"})
+    starts_anywhere = True
+
+    def initial_state(self) -> State:
+        from .autodiff import initial_state
+        self.build()
+        return initial_state(self, start=True)
+
+    def current_state(self) -> State:
+        from .autodiff import initial_state
+        self.build()
+        return initial_state(self)
+
+    def parameter_values(self) -> dict:
+        """``{"body.E": value, ...}``: each body's material parameters (see the materials'
+        ``differentiable`` names)."""
+        return {f"{b.name}.{k}": float(getattr(b.material, k)) for b in self.bodies for k in b.material.differentiable}
+
+    def control_names(self) -> list:
+        """Each collider's ``velocity`` ((steps, 3) or (3,) m/s) and start ``position`` ((3,) m)."""
+        return [f"{c.name}.{q}" for c in self.colliders for q in ("velocity", "position")]
+
+    def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients, start=0,
+                 checkpoint_every=None) -> Rollout:
+        from .autodiff import MPMState, mpm_rollout
+        self.build()
+        self.reset()
+        if start:
+            self.time, self.step_count = start * self.dt, start
+            for c in self.colliders:  # where its own schedule puts it at substep ``start``
+                for k in range(start):
+                    c.advance(k * self.dt, self.dt)
+            self._upload_collider_state()
+        per_body = {}
+        for name, value in params.items():
+            body, key = name.rsplit(".", 1)
+            per_body.setdefault(body, {})[key] = value
+        actions = {q: {n.rsplit(".", 1)[0]: v for n, v in control.items() if n.endswith("." + q)}
+                   for q in ("velocity", "position")}
+        if state is not None and not isinstance(state, MPMState):
+            state = MPMState(*(state[k] for k in ("x", "v", "C", "F")))
+        final, records = mpm_rollout(self, steps, state, per_body, actions["velocity"] or None,
+                                     actions["position"] or None, record_every, checkpoint_every, tape_memory,
+                                     check_gradients)
+        return Rollout(final, records)
 
     def checkpoint(self) -> tuple[dict, dict]:
         """``(arrays, meta)`` from which :meth:`restore` continues bitwise identically."""

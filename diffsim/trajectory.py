@@ -169,7 +169,7 @@ class Trajectory:
         if abs(sim.dt - self.substep_dt) > 1e-12 * self.substep_dt:
             raise InvalidTrajectory(f"{w} used substeps of {self.substep_dt} s, scene {scene.name!r} uses "
                                     f"{sim.dt} s")
-        x0 = sim.initial_positions()[self.ids]
+        x0 = _positions(sim.initial_state())[self.ids]
         err = np.abs(x0 - self.positions[0]).max()
         noise = float(self.metadata.get("observation", {}).get("noise_m", 0.0))
         if err > max(1e-4, 6 * noise + 1e-6):
@@ -254,20 +254,25 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
     if noise < 0:
         raise InvalidTrajectory(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
-    x0 = sim.initial_positions()
-    ids = np.arange(sim.n)
+    x0 = _positions(sim.initial_state())
+    bodies = getattr(sim, "bodies", None) or []
+    mpm = all(hasattr(b, "spacing") for b in bodies) and bool(bodies)
+    if (surface_only or full_state) and not mpm:
+        raise InvalidTrajectory(f"surface_only and full_state need an MPM scene, not a {type(sim).__name__}")
+    ids = np.arange(len(x0))
     if surface_only:
         ids = np.concatenate([b.start + surface_particles(x0[b.slice], b.spacing) for b in sim.bodies])
     if subsample < 1:
         keep = max(1, int(round(subsample * len(ids))))
         ids = np.sort(rng.choice(ids, size=keep, replace=False))
-    extent = max(float(np.ptp(x0[b.slice], axis=0).max()) for b in sim.bodies)
+    extent = max(float(np.ptp(x0[b.start:b.stop], axis=0).max()) for b in bodies) if bodies else \
+        float(np.ptp(x0, axis=0).max())
     noise_m = noise * extent
     frames, vels, defs, affs = [], [], [], []
     n_frames = steps // every
     with Progress(total=n_frames * every, desc=f"record {scene.name}", unit="step", disable=not progress) as bar:
         for f in range(n_frames + 1):
-            st = sim.get_state()
+            st = {k: t.detach().double().numpy() for k, t in sim.current_state().items()}
             frames.append(st["x"][ids])
             vels.append(st["v"][ids])
             if full_state:
@@ -283,8 +288,8 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
         "format": FORMAT, "substep_dt": sim.dt, "frame_every": int(every),
         "n_particles_scene": sim.n,
         "scene": {"name": scene.name, "script": script, "options": scene.options},
-        "bodies": [{"name": b.name, "start": b.start, "count": b.count, "material": b.material.describe()}
-                   for b in sim.bodies],
+        "bodies": [{"name": b.name, "start": b.start, "count": b.stop - b.start,
+                    "material": b.material.describe()} for b in bodies],
         "observation": {"subsample": subsample, "noise": noise, "noise_m": noise_m,
                         "surface_only": bool(surface_only), "seed": seed, "observed": int(len(ids))},
     }
@@ -294,3 +299,8 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
                       particle_ids=None if full else ids.astype(np.int64),
                       deformation=np.stack(defs) if full_state else None,
                       affine=np.stack(affs) if full_state else None)
+
+
+def _positions(state) -> np.ndarray:
+    """Particle/node/sphere positions (N,3) float64 of a system's state."""
+    return state.x.detach().double().cpu().numpy()

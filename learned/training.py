@@ -65,10 +65,10 @@ class LawTrainer:
     # ------------------------------------------------------------------ rollouts
     def state_at(self, frame: int):
         """The data's MPM state at ``frame`` (requires full-state data unless frame 0)."""
-        from diffsim.autodiff import MPMState, initial_state
+        from diffsim.autodiff import MPMState
         d, dt = self.data, self.dtype
         if frame == 0 and not d.full_state:
-            return initial_state(self.sim, start=True)
+            return self.sim.initial_state()
         if not d.full_state:
             raise ValueError("teacher forcing from frame > 0 needs full-state data (diffsim generate --full-state)")
         return MPMState(torch.tensor(d.positions[frame], dtype=dt), torch.tensor(d.velocities[frame], dtype=dt),
@@ -76,16 +76,11 @@ class LawTrainer:
 
     def rollout_positions(self, start_frame: int, frames: int, state=None):
         """Positions (frames, N, 3) after each of ``frames`` frames from ``start_frame``."""
-        from diffsim.autodiff import rollout
+        import diffsim as ds
         sim, every = self.sim, self.data.frame_every
-        sim.reset()
-        sim.time = start_frame * every * sim.dt
-        for c in sim.colliders:  # colliders where they were at that frame
-            for k in range(start_frame * every):
-                c.advance(k * sim.dt, sim.dt)
-        sim._upload_collider_state()
         state = self.state_at(start_frame) if state is None else state
-        _, recs = rollout(sim, frames * every, state=state, record_every=every, checkpoint_every=self.checkpoint_every)
+        _, recs = ds.rollout(sim, frames * every, state=state, record_every=every, start=start_frame * every,
+                             checkpoint_every=self.checkpoint_every)
         return torch.stack([s.x for _, s in recs])
 
     def window(self, iteration: int, iterations: int) -> int:

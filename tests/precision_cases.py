@@ -30,7 +30,7 @@ def _leaf(t):
 
 
 def _start_state(sim):
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     n = sim.n
     x0, v0 = _leaf(s.x), _leaf(s.v)
     return x0, v0, ds.MPMState(x0, v0, torch.zeros(n, 3, 3, dtype=_dtype()),
@@ -100,7 +100,7 @@ def _mpm_loss(sim, steps, params, tool=None, seed=0):
     if tool is not None:
         cv = torch.tensor(sim.colliders[0].velocity_at(0.0, sim.dt), dtype=_dtype(), requires_grad=True)
     final, _ = ds.rollout(sim, steps, state=st, params={sim.bodies[0].name: prm},
-                          collider_velocity={tool: cv} if tool is not None else None)
+                          control={tool: cv} if tool is not None else None)
     loss = (final.x * w).sum() + 0.1 * (final.v * w).sum()
     if SHIFT:
         return loss, {}
@@ -176,8 +176,9 @@ def dem_pile(steps, seed=0):
     weights = torch.tensor(rng.normal(size=(n, 3)), dtype=dt_)
     P = {k: torch.tensor(v, dtype=dt_, requires_grad=True)
          for k, v in dict(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05).items()}
-    out = ds.dem_rollout(sim, steps, params=P, v0=v0, w0=w0, wall_velocity=wv)
-    loss = (out["x"] * weights).sum() * 1e2 + 1e-4 * (out["w"] ** 2).sum()
+    out = ds.rollout(sim, steps, params=P, state=sim.initial_state().replace(v=v0, w=w0),
+                     control={w.name: wv[:, i] for i, w in enumerate(sim.walls[:2])})
+    loss = (out.final.x * weights).sum() * 1e2 + 1e-4 * (out.final.w ** 2).sum()
     loss.backward()
     grads = {k: t.grad for k, t in P.items()}
     SCALES.update({k: max(abs(float(t.detach())), 1.0) for k, t in P.items()})
@@ -202,8 +203,9 @@ def fem_press(steps, seed=0):
     vel.requires_grad_(True)
     P = {k: torch.tensor(v, dtype=dt_, requires_grad=True)
          for k, v in dict(E=5e4, nu=0.4, contact_stiffness=2e9, friction=0.6).items()}
-    out = ds.fem_rollout(sim, R * rec, rec, params=P, driver_velocity=vel)
-    loss = (out["x"][-1] ** 2).sum() * 1e4 + out["force"][1:].sum() * 10 + out["force"][-1, :, 0].sum() * 30
+    out = ds.rollout(sim, R * rec, record_every=rec, params=P, control={"driver0": vel[:, 0]})
+    force = out.outputs["force"]
+    loss = (out.records[-1][1].x ** 2).sum() * 1e4 + force[1:].sum() * 10 + force[-1, :, 0].sum() * 30
     loss.backward()
     grads = {k: t.grad for k, t in P.items()}
     SCALES.update({k: max(abs(float(t.detach())), 1.0) for k, t in P.items()})

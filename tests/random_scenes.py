@@ -89,7 +89,7 @@ def loss_fn(scene, weights, v_dir, tool_velocity=None):
     the rollout from the scene's start with initial velocities ``v0 + a * v_dir`` and the
     tool moving at ``cv`` (when it has a translation velocity)."""
     sim = scene.sim
-    s0 = ds.initial_state(sim, start=True)
+    s0 = sim.initial_state()
     n = sim.n
 
     def f(params, a, cv=None):
@@ -100,7 +100,7 @@ def loss_fn(scene, weights, v_dir, tool_velocity=None):
         st = ds.MPMState(s0.x, s0.v + a * v_dir, torch.zeros(n, 3, 3, dtype=dtype),
                          torch.eye(3, dtype=dtype).repeat(n, 1, 1))
         col = {"tool": cv} if cv is not None else None
-        final, _ = ds.rollout(sim, scene.steps, state=st, params={"body": params}, collider_velocity=col)
+        final, _ = ds.rollout(sim, scene.steps, state=st, params={"body": params}, control=col)
         return (final.x * weights).sum() + 0.1 * (final.v * weights).sum()
 
     return f

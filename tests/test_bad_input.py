@@ -170,7 +170,7 @@ def _dem(model="hertz", **kw):
 def test_dem_overrides_are_validated(params, exc, words):
     sim = _dem()
     with pytest.raises(exc) as e:
-        ds.dem_rollout(sim, 2, params=params)
+        ds.rollout(sim, 2, params=params)
     for w in words:
         assert w in str(e.value)
 
@@ -180,8 +180,8 @@ def test_fem_overrides_are_validated():
     sim = ds.FEMSolver(dt=1e-5, gravity=(0, 0, 0), tape_substeps=10)
     sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000))
     with pytest.raises(ds.InvalidMaterial, match=r"nu must be in \(-1, 0.5\)"):
-        ds.fem_rollout(sim, 10, params={"nu": torch.tensor(0.5)})
+        ds.rollout(sim, 10, params={"nu": torch.tensor(0.5)})
     with pytest.raises(ds.InvalidMaterial, match="friction must be >= 0"):
-        ds.fem_rollout(sim, 10, params={"friction": torch.tensor(-0.1)})
+        ds.rollout(sim, 10, params={"friction": torch.tensor(-0.1)})
     with pytest.raises(ds.UnstableTimeStep, match="overrides"):
-        ds.fem_rollout(sim, 10, params={"E": torch.tensor(1e12)})
+        ds.rollout(sim, 10, params={"E": torch.tensor(1e12)})

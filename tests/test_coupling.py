@@ -71,13 +71,17 @@ def test_coupled_gradients_match_finite_differences(sideways):
     wf = torch.tensor(rng.normal(size=(fem.n, 3)))
     wm = torch.tensor(rng.normal(size=(mpm.n, 3)))
     wv = torch.tensor(rng.normal(size=(mpm.n, 3)))
-    start = ds.initial_state(mpm, start=True)
+    start = mpm.initial_state()
 
     def loss(E_fem, E_mpm, drive, v0):
-        out = both.rollout(steps, record_every=K, fem_params={"E": E_fem}, mpm_params={"jelly": {"E": E_mpm}},
-                           driver_velocity=drive, mpm_state=ds.MPMState(start.x, v0, start.C, start.F))
-        return ((wf * out["x_final"]).sum() * 1e2 + (wm * out["mpm"].x).sum() * 1e2 + (wv * out["mpm"].v).sum()
-                + out["force"].sum()), out
+        state = both.initial_state()
+        state = state.replace(mpm=state.mpm.replace(v=v0))
+        res = ds.rollout(both, steps, record_every=K, params={"fem.E": E_fem, "mpm.jelly.E": E_mpm},
+                         control={f"fem.{d.name}.velocity": drive[:, i] for i, d in enumerate(fem.drivers)},
+                         state=state)
+        out = {"force": res.outputs["force"]}
+        return ((wf * res.final.fem.x).sum() * 1e2 + (wm * res.final.mpm.x).sum() * 1e2
+                + (wv * res.final.mpm.v).sum() + out["force"].sum()), out
 
     E_fem = torch.tensor(2e5, dtype=torch.float64, requires_grad=True)
     E_mpm = torch.tensor(3e4, dtype=torch.float64, requires_grad=True)

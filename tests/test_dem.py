@@ -289,9 +289,11 @@ def test_gradients_match_central_differences_through_120_steps():
     base = dict(E=1e6, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05)
 
     def loss(params, v0_, wv_):
-        out = ds.dem_rollout(sim, steps, params=params, v0=v0_, w0=w0, wall_velocity=wv_, record_every=60)
-        return (out["x"] * weights).sum() * 1e2 + 1e-4 * (out["w"] ** 2).sum() + \
-            (out["records"][0]["v"][:, 0]).sum()
+        start = sim.initial_state().replace(v=v0_, w=w0)
+        out = ds.rollout(sim, steps, state=start, params=params, record_every=60,
+                         control={w.name: wv_[:, i] for i, w in enumerate(sim.walls[:2])})
+        return (out.final.x * weights).sum() * 1e2 + 1e-4 * (out.final.w ** 2).sum() + \
+            (out.records[0][1].v[:, 0]).sum()
 
     P = {k: T(v, requires_grad=True) for k, v in base.items()}
     v0r, wvr = v0.clone().requires_grad_(True), wv.clone().requires_grad_(True)
@@ -328,13 +330,13 @@ def test_gradients_match_central_differences_through_120_steps():
 def test_backward_after_another_rollout_uses_its_own_parameters():
     sim = _grad_scene()
     E = T(1e6, requires_grad=True)
-    ds.dem_rollout(sim, 20, params={"E": E})["x"].sum().backward()
+    ds.rollout(sim, 20, params={"E": E}).final.x.sum().backward()
     clean = float(E.grad)
     E.grad = None
-    out = ds.dem_rollout(sim, 20, params={"E": E})
+    out = ds.rollout(sim, 20, params={"E": E})
     with torch.no_grad():
-        ds.dem_rollout(sim, 20, params={"E": T(3e6)})  # overwrites the solver's parameters
-    out["x"].sum().backward()
+        ds.rollout(sim, 20, params={"E": T(3e6)})  # overwrites the solver's parameters
+    out.final.x.sum().backward()
     assert float(E.grad) == pytest.approx(clean, rel=1e-12)
 
 
@@ -349,10 +351,12 @@ def test_rollout_refuses_what_it_cannot_differentiate():
     sim = _solver()
     sim.add_particles([[0, 0, 0]], R)
     with pytest.raises(ds.InvalidScene, match="requires_grad"):
-        ds.dem_rollout(sim, 10)
+        ds.rollout(sim, 10)
     g = _grad_scene()
-    with pytest.raises(ds.InvalidScene, match="unknown DEM parameters"):
-        ds.dem_rollout(g, 10, params={"density": T(1.0)})
+    with pytest.raises(ds.InvalidScene, match="unknown parameter 'density'"):
+        ds.rollout(g, 10, params={"density": T(1.0)})
+    with pytest.raises(NotImplementedError, match="starts at substep 0"):
+        ds.rollout(g, 10, state=g.initial_state(), start=5)
 
 
 def test_beverloo_fit_recovers_the_law_free_and_with_fixed_k():

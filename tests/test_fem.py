@@ -166,7 +166,8 @@ def test_gradients_match_central_differences_through_80_substeps_of_contact():
     weights = torch.linspace(0.3, 1.0, 3, dtype=torch.float64)[:, None, None]
 
     def loss(params, vel):
-        out = ds.fem_rollout(sim, R * rec, rec, params=params, driver_velocity=vel)
+        res = ds.rollout(sim, R * rec, record_every=rec, params=params, control={"driver0": vel[:, 0]})
+        out = {"force": res.outputs["force"], "x": res.stacked("x")}
         return ((out["x"][-1] ** 2).sum() * 1e4 + (out["force"][1:] * weights).sum() * 10
                 + out["force"][-1, :, 0].sum() * 30), out
 
@@ -198,17 +199,19 @@ def test_rollout_matches_forward_stepping_and_recomputes_overwritten_chunks():
     """A rollout longer than the tape (3 chunks) equals sim.step, and its gradient with
     respect to the initial velocity matches finite differences (chunks recomputed)."""
     sim = _press_scene()
-    out = ds.fem_rollout(sim, 120, 20)
+    out = ds.rollout(sim, 120, record_every=20)
+    assert np.allclose(sim.positions(), out.final.x.numpy(), rtol=0, atol=0)   # the solver holds the final state
+    assert sim.time == pytest.approx(120 * sim.dt) and sim.step_count == 120
     sim.reset()
     sim.step(120)
-    assert np.allclose(out["x_final"].numpy(), sim.positions(), rtol=0, atol=1e-15)
+    assert np.allclose(out.final.x.numpy(), sim.positions(), rtol=0, atol=1e-15)
     # not from rest: at v = 0 the Hunt-Crossley factor max(approach speed, 0) sits on its kink
     v0 = torch.from_numpy(np.random.default_rng(0).normal(0.0, 1e-2, size=(sim.n, 3)))
     w = torch.from_numpy(np.random.default_rng(1).normal(size=(sim.n, 3)))
 
     def loss(v):
-        o = ds.fem_rollout(sim, 120, 20, v0=v)
-        return (o["x"][1] * w).sum() + (o["x_final"] * w).sum()
+        o = ds.rollout(sim, 120, record_every=20, state=sim.initial_state().replace(v=v))
+        return (o.records[1][1].x * w).sum() + (o.final.x * w).sum()
     v = v0.clone().requires_grad_(True)
     loss(v).backward()
     d = torch.from_numpy(np.random.default_rng(2).normal(size=(sim.n, 3)))
@@ -264,8 +267,9 @@ def test_two_body_contact_gradients_match_central_differences():
     vel0 = torch.tensor([[[0.002, 0.0, -0.05, 0.0, 0.0, 0.5], [0.0] * 6]], dtype=torch.float64)
 
     def loss(E, vel):
-        out = ds.fem_rollout(sim, 300, 300, params={"E": E}, driver_velocity=vel)
-        return (out["x_final"] * w).sum() * 1e3 + out["force"][0, :, 2].abs().sum()
+        out = ds.rollout(sim, 300, record_every=300, params={f"{b.name}.E": E[i] for i, b in enumerate(sim.bodies)},
+                         control={d.name: vel[:, i] for i, d in enumerate(sim.drivers)})
+        return (out.final.x * w).sum() * 1e3 + out.outputs["force"][0, :, 2].abs().sum()
     E = T([1e5, 2e5], requires_grad=True)
     vel = vel0.clone().requires_grad_(True)
     L = loss(E, vel)

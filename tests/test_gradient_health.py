@@ -18,7 +18,7 @@ def _two_blobs():
 
 
 def _state(sim, poison):
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     v = s.v.clone()
     if poison:
         v[0, 0] = float("nan")                        # the lone particle: its grid nodes turn NaN
@@ -76,8 +76,8 @@ def test_dem_nan_names_step_and_sphere():
                        gravity=(0, 0, 0), requires_grad=True)
     sim.add_particles(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.1e-3], [0.005, 0.005, 0.005]]), 1e-3)
     v0 = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
-    out = ds.dem_rollout(sim, 5, v0=v0)
-    loss = (out["x"][2, 0] - out["x"][2, 0].detach()).abs().sqrt() + out["x"].sum()
+    x = ds.rollout(sim, 5, state=sim.initial_state().replace(v=v0)).final.x
+    loss = (x[2, 0] - x[2, 0].detach()).abs().sqrt() + x.sum()
     with pytest.raises(ds.GradientNotFinite) as e:
         loss.backward()
     assert e.value.step == 4 and "sphere 2" in str(e.value)
@@ -88,8 +88,7 @@ def test_fem_nan_names_substep_and_node():
     sim = ds.FEMSolver(dt=1e-5, gravity=(0, 0, -9.81), tape_substeps=10)
     sim.add_body(mesh, ds.FEMMaterial(E=1e5, nu=0.3, density=1000))
     E = torch.tensor(1e5, dtype=torch.float64, requires_grad=True)
-    out = ds.fem_rollout(sim, 20, 10, params={"E": E})
-    x = out["x_final"]
+    x = ds.rollout(sim, 20, record_every=10, params={"E": E}).final.x
     loss = (x[4, 2] - x[4, 2].detach()).abs().sqrt() + x.sum()
     with pytest.raises(ds.GradientNotFinite) as e:
         loss.backward()
@@ -110,7 +109,7 @@ def test_torch_material_path_names_the_substep_and_stage():
     sim.add_body(ds.Box((0.5, 0.5, 0.5), 0.15), ds.NeuralMaterial(elasticity=_NanGradientLaw(), density=1000,
                                                                   wave_speed_estimate=1.0), name="n")
     sim.build()
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     x = s.x.clone().requires_grad_(True)
     final, _ = ds.rollout(sim, 4, state=MPMState(x, s.v, s.C, s.F))
     with pytest.raises(ds.GradientNotFinite) as e:

@@ -36,7 +36,7 @@ def _rollout_loss(sim, weights, x0, v0, params=None, cvel=None):
     n = x0.shape[0]
     state = MPMState(x0, v0, torch.zeros(n, 3, 3, dtype=x0.dtype), torch.eye(3, dtype=x0.dtype).repeat(n, 1, 1))
     cv = {"press": cvel} if cvel is not None else None
-    final, _ = ds.rollout(sim, STEPS, state=state, params=params, collider_velocity=cv)
+    final, _ = ds.rollout(sim, STEPS, state=state, params=params, control=cv)
     return (final.x * weights).sum() + 0.05 * (final.v * weights).sum()
 
 
@@ -48,7 +48,7 @@ def _check(results, tol):
 
 def test_elastic_parameters_initial_state_and_collider_velocity():
     sim = _press_scene(ds.FixedCorotated(E=3e3, nu=0.3))
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     E = torch.tensor(3e3, dtype=torch.float64, requires_grad=True)
     nu = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
@@ -79,7 +79,7 @@ def test_material_parameters_through_plasticity(model):
     else:
         mat, names = ds.DruckerPrager(E=5e3, nu=0.3, friction_angle=math.radians(30)), ("E", "friction_angle")
     sim = _press_scene(mat)
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     vals = [torch.tensor(float(getattr(mat, k)), dtype=torch.float64, requires_grad=True) for k in names]
 
@@ -115,7 +115,7 @@ def test_neural_material_weights():
     torch.manual_seed(3)
     net = _TinyNet()
     sim = _press_scene(ds.NeuralMaterial(elasticity=net, density=1000.0, wave_speed_estimate=5.0))
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     params = list(net.parameters())
 
@@ -153,7 +153,7 @@ def test_neural_material_with_plastic_projection():
     torch.manual_seed(4)
     net, plast = _TinyNet(), _TinyPlasticity()
     sim = _press_scene(ds.NeuralMaterial(elasticity=net, plasticity=plast, density=1000.0, wave_speed_estimate=5.0))
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     params = [plast.w, net.mlp[2].weight]
 
@@ -175,7 +175,7 @@ def test_neural_material_with_plastic_projection():
 
 def test_checkpointing_does_not_change_gradients():
     sim = _press_scene(ds.FixedCorotated(E=3e3, nu=0.3))
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     grads = []
     for K in (0, 7, 50):
         E = torch.tensor(3e3, dtype=torch.float64, requires_grad=True)
@@ -195,7 +195,7 @@ def test_backward_after_other_rollouts_uses_its_own_trajectory():
     """The tape is shared: a rollout run between a forward and its backward must not
     change the gradient (the segment is recomputed when the tape was overwritten)."""
     sim = _press_scene(ds.FixedCorotated(E=3e3, nu=0.3))
-    s = ds.initial_state(sim)
+    s = sim.current_state()
     grads = []
     for interleave in (False, True):
         E = torch.tensor(3e3, dtype=torch.float64, requires_grad=True)
@@ -241,7 +241,7 @@ def test_onset_cases(case):
         st = MPMState(x0, torch.zeros(n, 3, dtype=torch.float64), torch.zeros(n, 3, 3, dtype=torch.float64),
                       torch.eye(3, dtype=torch.float64).repeat(n, 1, 1))
         f, _ = ds.rollout(sim, 60, state=st, params={"block": dict(zip(names, a[:-1]))},
-                          collider_velocity={"press": a[-1]})
+                          control={"press": a[-1]})
         return (f.x * w).sum()
 
     loss(*vals, cv).backward()

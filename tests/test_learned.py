@@ -94,7 +94,7 @@ def test_network_weight_gradients_through_mpm_match_finite_differences():
     sim.bodies[0].material = ds.NeuralMaterial(elasticity=el, plasticity=pl, density=ref.density,
                                                wave_speed_estimate=ref.wave_speed())
     sim.build()
-    start = ds.initial_state(sim, start=True)
+    start = sim.initial_state()
     w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     params = [el.mlp[0].weight, el.mlp[2].weight, pl.mlp[4].weight]
 

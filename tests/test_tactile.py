@@ -96,9 +96,9 @@ def test_sensor_readings_are_differentiable_through_the_press():
     sim, sensor = _press(steps_per_chunk=100)
 
     def loss(E):
-        out = ds.fem_rollout(sim, 1000, 100, params={"E": E})
-        r = sensor.read(out["x"][-1], out["force"][-1], out["driver_translation"][-1, 0],
-                        out["driver_rotation"][-1, 0])
+        out = ds.rollout(sim, 1000, record_every=100, params={"E": E})
+        o = out.outputs
+        r = sensor.read(out.final.x, o["force"][-1], o["driver_translation"][-1, 0], o["driver_rotation"][-1, 0])
         return (r["displacement_px"] ** 2).sum() + 10 * r["normal_force"]
     E = torch.tensor(1e5, dtype=torch.float64, requires_grad=True)
     L = loss(E)

@@ -1,0 +1,4 @@
+"""``python -m diffsim ...`` is the ``diffsim`` command."""
+from .cli import main
+
+raise SystemExit(main())

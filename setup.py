@@ -22,6 +22,9 @@ setup(
         "trimesh",
         "meshio",
         "scipy",
+        "pillow",      # PNG read/write
+        "matplotlib",  # plots (loss curves)
+        "tqdm",        # progress bars
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],

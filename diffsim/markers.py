@@ -4,7 +4,7 @@ A camera inside a GelSight/DiffTactile-like sensor looks at the elastomer's inne
 which carries a grid of dark dot markers. This module holds the numpy-only pieces around
 those markers (no Taichi, no torch, no Pillow):
 
-- :func:`read_png`: a minimal PNG decoder (zlib + numpy).
+- :func:`read_png`: PNG decoding (Pillow) to uint8 arrays.
 - :func:`detect_markers` / :func:`marker_rows`: dark-dot centroids in an image, sorted by
   rows then columns.
 - :func:`grid_markers`: a regular grid of procedural marker positions in the pad's plane.
@@ -19,6 +19,7 @@ therefore covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``. Lengths in 3D are in met
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -32,144 +33,42 @@ __all__ = ["read_png", "detect_markers", "marker_rows", "grid_markers", "bind_to
 
 # --------------------------------------------------------------------------- PNG decoding
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# colour type -> (name, samples per pixel, allowed bit depths)
-_PNG_TYPES = {0: ("gray", 1, (1, 2, 4, 8, 16)), 2: ("RGB", 3, (8, 16)),
-              3: ("palette", 1, (1, 2, 4, 8)), 4: ("gray+alpha", 2, (8, 16)),
-              6: ("RGBA", 4, (8, 16))}
-
 
 def read_png(path) -> np.ndarray:
-    """Decode a PNG file into an ``(H, W, C)`` uint8 array.
+    """Decode a PNG file into an ``(H, W, C)`` uint8 array (with Pillow).
 
     ``path`` is a file path or the PNG bytes themselves. ``C`` is 1 (gray), 2 (gray +
-    alpha), 3 (RGB) or 4 (RGBA). Supported: every non-interlaced PNG colour type, all five
-    scanline filters; 16-bit samples are reduced to 8 bits (high byte), 1/2/4-bit gray is
-    scaled to 0..255, palette images become RGB (RGBA when a ``tRNS`` chunk gives palette
-    alpha). Colour-key transparency of gray/RGB images, gamma and colour profiles are
-    ignored. Raises ``ValueError`` for anything that is not a valid, supported PNG
-    (interlaced images included).
+    alpha), 3 (RGB) or 4 (RGBA): 16-bit samples are reduced to 8 bits (high byte), 1/2/4-bit
+    gray is scaled to 0..255, palette images become RGB (RGBA when the palette has alpha).
+    Raises ``ValueError`` for anything that is not a readable PNG.
     """
+    from PIL import Image, UnidentifiedImageError
     if isinstance(path, (bytes, bytearray)):
-        data, name = bytes(path), "<bytes>"
+        src, name = io.BytesIO(bytes(path)), "<bytes>"
     else:
-        name = os.fspath(path)
-        with open(name, "rb") as f:
-            data = f.read()
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{name}: not a PNG file (bad signature); expected a .png image")
-    header, palette, trns, idat = None, None, None, []
-    pos = len(_PNG_SIGNATURE)
-    while True:
-        if pos + 12 > len(data):
-            raise ValueError(f"{name}: truncated PNG (no IEND chunk)")
-        length, tag = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        crc_bytes = data[pos + 8 + length:pos + 12 + length]
-        if len(body) != length or len(crc_bytes) != 4:
-            raise ValueError(f"{name}: truncated PNG chunk {tag!r}")
-        if zlib.crc32(tag + body) & 0xFFFFFFFF != struct.unpack(">I", crc_bytes)[0]:
-            raise ValueError(f"{name}: corrupted PNG (CRC mismatch in chunk {tag!r})")
-        pos += 12 + length
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif tag == b"PLTE":
-            palette = np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
-        elif tag == b"tRNS":
-            trns = np.frombuffer(body, dtype=np.uint8)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-    if header is None or not idat:
-        raise ValueError(f"{name}: PNG without IHDR or IDAT chunk")
-    width, height, depth, ctype, compression, filter_method, interlace = header
-    if ctype not in _PNG_TYPES or depth not in _PNG_TYPES[ctype][2]:
-        raise ValueError(f"{name}: unsupported PNG colour type {ctype} with bit depth {depth}")
-    if compression != 0 or filter_method != 0:
-        raise ValueError(f"{name}: unknown PNG compression/filter method")
-    if interlace != 0:
-        raise ValueError(f"{name}: interlaced (Adam7) PNG is not supported; "
-                         "re-save the image without interlacing")
-    if width == 0 or height == 0:
-        raise ValueError(f"{name}: PNG has zero size {width}x{height}")
-    samples = _PNG_TYPES[ctype][1]
-    bpp = max(1, samples * depth // 8)  # bytes per complete pixel (filter unit)
-    stride = (width * samples * depth + 7) // 8
+        src = name = os.fspath(path)
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"{name}: no such image file")
     try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise ValueError(f"{name}: corrupted PNG image data ({exc})") from None
-    if len(raw) < height * (stride + 1):
-        raise ValueError(f"{name}: PNG image data too short for {width}x{height}")
-    rows = np.frombuffer(raw, dtype=np.uint8)[:height * (stride + 1)].reshape(height, stride + 1)
-    if rows[:, 0].max() > 4:
-        raise ValueError(f"{name}: invalid PNG scanline filter type {int(rows[:, 0].max())}")
-    pix = _unfilter(rows[:, 1:], rows[:, 0], bpp)
-
-    if depth == 16:
-        img = pix.reshape(height, width, samples, 2)[..., 0]  # high byte
-    elif depth == 8:
-        img = pix.reshape(height, width, samples)
-    else:  # 1, 2, 4 bits: gray or palette, one sample per pixel
-        bits = np.unpackbits(pix, axis=1).reshape(height, -1, depth)
-        weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)
-        img = (bits * weights).sum(axis=2, dtype=np.uint8)[:, :width, None]
-        if ctype == 0:
-            img = img * np.uint8(255 // ((1 << depth) - 1))
-    if ctype == 3:
-        if palette is None:
-            raise ValueError(f"{name}: palette PNG without a PLTE chunk")
-        index = img[..., 0]
-        if index.max() >= len(palette):
-            raise ValueError(f"{name}: palette index {int(index.max())} out of range "
-                             f"(palette has {len(palette)} entries)")
-        if trns is not None:
-            alpha = np.full(len(palette), 255, dtype=np.uint8)
-            alpha[:min(len(trns), len(palette))] = trns[:len(palette)]
-            palette = np.concatenate([palette, alpha[:, None]], axis=1)
-        img = palette[index]
-    return np.ascontiguousarray(img, dtype=np.uint8)
-
-
-def _unfilter(data: np.ndarray, ftypes: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo PNG scanline filters. ``data (H, stride)`` filtered bytes, ``ftypes (H,)``.
-
-    Byte ``x`` is reconstructed from its left neighbour ``a`` (one pixel = ``bpp`` bytes
-    back), the byte above ``b`` and the upper-left ``c``. Filters 0-2 (None, Sub, Up) are
-    linear and done a row at a time (Sub by a wrapping cumulative sum). Average and Paeth
-    are non-linear in ``a``, so a row cannot be vectorised along itself; instead, when any
-    row uses them, the image is swept along anti-diagonals (pixel ``j`` of row ``r`` at
-    step ``r + j``), which only needs results of earlier steps and is vectorised over all
-    rows: ``H + W`` numpy steps instead of ``H * W``.
-    """
-    h, stride = data.shape
-    if not np.isin(ftypes, (3, 4)).any():
-        out = np.empty((h, stride), dtype=np.uint8)
-        prev = np.zeros(stride, dtype=np.uint8)
-        for r in range(h):
-            x, ft = data[r], ftypes[r]
-            if ft == 1:  # stride is a multiple of bpp; uint8 sums wrap modulo 256
-                out[r] = np.cumsum(x.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
+        with Image.open(src) as im:
+            if im.format != "PNG":
+                raise ValueError(f"{name}: not a PNG file ({im.format}); expected a .png image")
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            if im.mode.startswith("I"):   # 16-bit gray: the high byte
+                img = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+            elif im.mode in ("L", "LA", "RGB", "RGBA"):
+                img = np.asarray(im, dtype=np.uint8)
             else:
-                out[r] = x + prev if ft == 2 else x
-            prev = out[r]
-        return out
-    n = stride // bpp
-    x = data.reshape(h, n, bpp).astype(np.int16)
-    ft = ftypes.astype(np.int16)
-    # padded with a zero row on top and a zero pixel on the left: a, b, c need no cases
-    out = np.zeros((h + 1, n + 1, bpp), dtype=np.int16)
-    for k in range(h + n - 1):
-        r = np.arange(max(0, k - n + 1), min(h, k + 1))
-        j = k - r
-        a, b, c = out[r + 1, j], out[r, j + 1], out[r, j]
-        f = ft[r][:, None]
-        pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = np.choose(f, (0, a, b, (a + b) >> 1, paeth))
-        out[r + 1, j + 1] = (x[r, j] + pred) & 0xFF
-    return out[1:, 1:].reshape(h, stride).astype(np.uint8)
+                raise ValueError(f"{name}: unsupported PNG pixel mode {im.mode}")
+    except (UnidentifiedImageError, SyntaxError, OSError, EOFError, struct.error, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{name}: not a PNG file or a corrupted one ({exc})") from None
+    return np.ascontiguousarray(img if img.ndim == 3 else img[:, :, None], dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- detection

@@ -3,7 +3,7 @@
 - :func:`render_points` draws point clouds (z-buffered disc splats with depth shading) and
   triangle meshes (flat-shaded, z-buffered) with an orthographic camera, plus a thin gray
   outline of the bottom face of the bounds (the "ground") so orientation is readable.
-- :func:`write_png` is a minimal PNG encoder (zlib + struct), atomic.
+- :func:`write_png` writes PNGs (Pillow), atomically.
 - :func:`write_animation` writes a GIF/MP4 through imageio when it is importable (optional
   dependency) and returns ``False`` otherwise.
 - :func:`hstack_images` puts images side by side for comparisons.
@@ -15,10 +15,9 @@ the image with a margin, so the centre of the bounds lands in the centre of the 
 """
 from __future__ import annotations
 
+import io
 import os
-import struct
 import warnings
-import zlib
 from typing import Sequence
 
 import numpy as np
@@ -416,43 +415,27 @@ def render_points(clouds, width: int = 640, height: int = 480, bounds=None,
     return img.reshape(height, width, 3)
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + tag + data
-            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-
 def encode_png(image, compress_level: int = 6) -> bytes:
-    """Encode an ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA or ``(H, W)`` gray uint8 image as PNG bytes."""
+    """Encode an ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA or ``(H, W)`` gray uint8 image as PNG
+    bytes (Pillow)."""
+    from PIL import Image
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise ValueError(f"PNG image must be uint8, got {img.dtype} (scale and cast first)")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    if img.ndim == 2:
-        ctype, ch = 0, 1
-    elif img.ndim == 3 and img.shape[2] in (3, 4):
-        ctype, ch = (2, 3) if img.shape[2] == 3 else (6, 4)
-    else:
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
         raise ValueError(f"PNG image must be (H, W), (H, W, 3) or (H, W, 4), got {img.shape}")
-    h, w = img.shape[:2]
-    if h == 0 or w == 0:
+    if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"PNG image must be non-empty, got {img.shape}")
-    rows = np.ascontiguousarray(img).reshape(h, w * ch)
-    raw = np.empty((h, w * ch + 1), dtype=np.uint8)
-    raw[:, 0] = 0  # filter type 0 (None) on every row
-    raw[:, 1:] = rows
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), compress_level))
-            + _png_chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
 
 
 def write_png(path, image) -> None:
-    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8 image (also ``(H, W, 4)`` RGBA) as PNG.
-
-    A minimal encoder (8-bit, filter type 0 per row, zlib), written atomically; parent
-    directories are created.
-    """
+    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8 image (also ``(H, W, 4)`` RGBA) as PNG,
+    atomically; parent directories are created."""
     atomic_write_bytes(path, encode_png(image))
 
 

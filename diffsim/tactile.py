@@ -201,7 +201,7 @@ class TactileSensor:
         """Sensor readings from the pad's node positions ``x`` (all solver nodes (N,3) or
         the body's (V,3), world, m) and contact forces ``force`` (same rows, N); numpy or
         torch (differentiable). ``translation``/``rotation``: the driver's pose when ``x``
-        is not the solver's current state (e.g. from :func:`~diffsim.fem_rollout`)."""
+        is not the solver's current state (e.g. a record of :func:`~diffsim.rollout`)."""
         b = self.body
         if x.shape[0] != len(self.X):
             x = x[b.start:b.stop]

@@ -101,18 +101,19 @@ def test_png_16bit_palette_and_low_bit_gray():
 
 def test_png_errors(tmp_path):
     good = encode_png(np.zeros((2, 2), dtype=np.uint8))
-    with pytest.raises(ValueError, match="signature"):
+    with pytest.raises(ValueError, match="not a PNG"):
         read_png(b"GIF89a" + good[6:])
     bad_crc = bytearray(good)
     bad_crc[-20] ^= 0xFF  # inside the IDAT data
-    with pytest.raises(ValueError, match="CRC"):
+    with pytest.raises(ValueError, match="corrupted"):
         read_png(bytes(bad_crc))
-    with pytest.raises(ValueError, match="interlaced"):
-        read_png(encode_filtered(np.zeros((2, 2)), 2, 2, 0, 8, [0, 0], interlace=1))
-    with pytest.raises(ValueError, match="bit depth"):
-        read_png(encode_filtered(np.zeros((2, 2)), 2, 2, 2, 4, [0, 0]))
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match="<bytes>"):
         read_png(good[:30])
+    gif = tmp_path / "marker.gif"
+    from PIL import Image
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(gif)
+    with pytest.raises(ValueError, match="not a PNG file \\(GIF\\)"):
+        read_png(gif)
     with pytest.raises(FileNotFoundError):
         read_png(tmp_path / "missing.png")
 

@@ -1,43 +1,25 @@
 """Tests for diffsim.render (software renderer, PNG encoder) and diffsim.progress."""
 import io
-import struct
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
 
-from diffsim.progress import Progress, format_duration
+from diffsim.progress import Progress
 from diffsim.render import hstack_images, render_points, write_animation, write_png
 
 W, H = 160, 120
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """Minimal decoder for the PNGs write_png produces (8-bit, non-interlaced, filter 0)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, tag
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat += body
-        elif tag == b"IEND":
-            break
-        pos += 12 + length
-    w, h, depth, ctype, comp, filt, interlace = header
-    assert (depth, comp, filt, interlace) == (8, 0, 0, 0)
-    ch = {0: 1, 2: 3, 6: 4}[ctype]
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + w * ch)
-    assert (raw[:, 0] == 0).all()  # filter type 0 on every row
-    img = raw[:, 1:].reshape(h, w, ch)
-    return img[:, :, 0] if ch == 1 else img
+    """An independent decoder (Pillow) for what write_png produced."""
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        return np.asarray(im)
 
 
 def sphere_points(n=5000, r=0.1, center=(0.0, 0.0, 0.1), seed=0):
@@ -231,48 +213,18 @@ def test_write_animation_with_imageio(tmp_path):
 # --------------------------------------------------------------------------- progress
 
 
-def test_progress_log_mode_prints_final_line_only_when_fast():
+def test_progress_log_mode_shows_counts_values_and_stays_short():
     s = io.StringIO()
     with Progress(total=10, desc="elastic_drop", unit="step", stream=s) as bar:
         for _ in range(10):
-            bar.update(1, loss=0.125)
+            bar.update(1, loss=np.float64(0.125), frame=np.int64(3))
     out = s.getvalue()
-    assert out.count("\n") == 1 and "\r" not in out
-    for piece in ("elastic_drop", "10/10 step", "100.0%", "step/s", "done in", "loss=0.125"):
+    for piece in ("elastic_drop", "10/10", "100%", "step/s", "loss=0.125", "frame=3"):
         assert piece in out, (piece, out)
+    assert out.count("\r") <= 3        # a fast loop in a log: the first and the last line
     assert bar.n == 10 and bar.elapsed >= 0
-    e1 = bar.elapsed
-    time.sleep(0.01)
-    assert bar.elapsed == e1  # frozen after close
     bar.close()  # idempotent
     assert s.getvalue() == out
-
-
-def test_progress_log_mode_throttles_to_5s():
-    t = [0.0]
-    s = io.StringIO()
-    bar = Progress(total=12, desc="run", unit="step", stream=s, clock=lambda: t[0])
-    for _ in range(12):
-        t[0] += 1.0
-        bar.update(1)
-    bar.close()
-    lines = s.getvalue().splitlines()
-    assert len(lines) == 3  # at t = 5 s, 10 s, and the final line
-    assert "5/12 step" in lines[0] and "eta 00:07" in lines[0] and "1.00 step/s" in lines[0]
-    assert "12/12" in lines[-1] and "done in 12.0s" in lines[-1]
-
-
-def test_progress_tty_mode_redraws_one_line():
-    t = [0.0]
-    s = io.StringIO()
-    with Progress(total=100, desc="d", unit="it", stream=s, tty=True, clock=lambda: t[0]) as bar:
-        for _ in range(100):
-            t[0] += 0.01  # 100 updates per second: redraw at most every 0.1 s
-            bar.update()
-    out = s.getvalue()
-    assert out.endswith("\n") and out.count("\n") == 1
-    assert 5 <= out.count("\r") <= 12
-    assert "100%|####################| 100/100 it" in out
 
 
 def test_progress_disabled_prints_nothing():
@@ -280,16 +232,15 @@ def test_progress_disabled_prints_nothing():
     with Progress(total=5, stream=s, disable=True) as bar:
         for _ in range(5):
             bar.update(1, x=1)
+        bar.write("hidden")
     assert s.getvalue() == ""
-    assert bar.n == 5 and bar.elapsed >= 0
+    assert bar.n == 5
 
 
-def test_progress_unknown_total_and_format_duration():
+def test_progress_unknown_total_and_messages():
     s = io.StringIO()
     with Progress(desc="gen", unit="frame", stream=s) as bar:
         bar.update(3)
-    assert "3 frame" in s.getvalue() and "%" not in s.getvalue()
-    assert format_duration(75.3) == "01:15"
-    assert format_duration(3725) == "1:02:05"
-    assert format_duration(None) == "--:--"
-    assert format_duration(2.34, precise=True) == "2.3s"
+        bar.write("checkpoint written")
+    out = s.getvalue()
+    assert "3frame" in out.replace(" ", "") and "%" not in out and "checkpoint written\n" in out

@@ -3,6 +3,13 @@ import numpy as np
 import torch
 
 
+def central_difference(f, h):
+    """``(f(h) - f(-h)) / (2 h)`` for ``f`` of a step (tensor or float result), without
+    gradients: the one finite-difference formula the gradient tests share."""
+    with torch.no_grad():
+        return (float(f(h)) - float(f(-h))) / (2 * h)
+
+
 def directional_fd_check(loss_fn, inputs, grads, h_rel=1e-6, n_dirs=3, seed=0, scale=None):
     """Compare analytic directional derivatives with central finite differences.
 

@@ -11,6 +11,7 @@ import torch
 import trimesh
 
 import diffsim as ds
+from _helpers import central_difference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 1e-3
@@ -302,8 +303,7 @@ def test_gradients_match_central_differences_through_120_steps():
     contacts = sim.fields.nbr_n.to_numpy()[:n].sum()
     assert contacts > 10
 
-    def fd(f, h):
-        return (f(h) - f(-h)) / (2 * h)
+    fd = central_difference
     with torch.no_grad():
         for k, val in base.items():
             def f(eps, k=k, val=val):

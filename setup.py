@@ -13,7 +13,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["diffsim", "diffsim.core", "diffsim.kernels", "diffsim.learned"],
+    packages=["diffsim", "diffsim.core", "diffsim.mpm", "diffsim.fem", "diffsim.dem", "diffsim.coupling",
+              "diffsim.tactile", "diffsim.kernels", "diffsim.learned"],
     package_dir={"diffsim": "diffsim", "diffsim.kernels": "kernels", "diffsim.learned": "learned"},
     install_requires=[
         "taichi==1.7.4",

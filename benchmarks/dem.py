@@ -41,7 +41,7 @@ def _peak_rss_mb():
 def run_silo(orifice, duration, arch, threads):
     import numpy as np
     import diffsim as ds
-    from diffsim import granular
+    from diffsim.dem import granular
     ds.init(arch=arch, threads=threads)
     sc = ds.build_scene(os.path.join(ROOT, "scenes", "dem_silo.py"), {"orifice": orifice, "duration": duration})
     sim = sc.solver
@@ -67,7 +67,7 @@ def silo_beverloo(rates, orifices):
     import numpy as np
     sys.path.insert(0, os.path.join(ROOT, "scenes"))
     from dem_silo import find_data  # noqa: E402
-    from diffsim import granular
+    from diffsim.dem import granular
     path = find_data()
     P = json.load(open(os.path.join(path, "params.json")))
     x = np.loadtxt(os.path.join(path, "settled_state.csv"), delimiter=",", skiprows=1)[:, 1:4]

@@ -49,7 +49,7 @@ def _peak_rss_mb():
 
 def _dome_over_rigid(dt, substeps):
     import diffsim as ds
-    from diffsim.tactile import mount_sensor
+    from diffsim.tactile.sensor import mount_sensor
     sim = ds.FEMSolver(dt=dt, gravity=(0, 0, 0), tape_substeps=substeps)
     obj = sim.add_collider(ds.MeshCollider(os.path.join(ROOT, "scenes", "data", "difftactile", "J03_2.obj"),
                                            scale=1e-3, resolution=96, name="object"))
@@ -103,7 +103,7 @@ def run_rigid(arch, threads, precision, substeps=400, dt=4e-6):
 
 def _dome_over_mpm(dt):
     import diffsim as ds
-    from diffsim.tactile import mount_sensor
+    from diffsim.tactile.sensor import mount_sensor
     mpm = ds.MPMSolver(domain_min=(-0.025, -0.025, 0.0), domain_max=(0.025, 0.025, 0.05), grid=25, dt=dt,
                        gravity=(0, 0, 0))
     shape = ds.MeshShape(os.path.join(ROOT, "scenes", "data", "difftactile", "J03_2.obj"), scale=3.75e-4,

@@ -28,18 +28,19 @@ from .materials import (DruckerPrager, FixedCorotated, Material, NeoHookean, Neu
 from .geometry import Box, Cylinder, MeshShape, Sphere, load_mesh, mesh_sdf_grid
 from .colliders import (BoxCollider, Collider, CylinderCollider, MeshCollider, PlaneCollider,
                         SphereCollider)
-from .mpm import MPMSolver
-from .dem import (BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, PlaneWall, Pour,
-                  Wall as DEMWall)
+from .mpm.solver import MPMSolver
+from .dem import BoxWall, CylinderWall, DEMMaterial, DEMSolver, MeshWall, PlaneWall, Pour, Wall as DEMWall
 from .core import Rollout, State, StepModule, System, rollout
-from .autodiff import MPMState, parameter_tensor
-from .tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, grid_tet_mesh,
-                      load_tet_mesh, tetrahedralize, voxel_tet_mesh)
-from .fem import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
-from .cameras import FisheyeCamera, PinholeCamera, look_at
-from .tactile import TactileSensor, mount_sensor
-from .coupling import FEMMPMCoupling
-from .markers import detect_markers, grid_markers, marker_flow_image, read_png
+from .mpm.rollout import MPMState, parameter_tensor
+from .fem.tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_pad, grid_tet_mesh,
+                          load_tet_mesh, tetrahedralize, voxel_tet_mesh)
+from .fem.solver import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
+from .tactile.cameras import FisheyeCamera, PinholeCamera, look_at
+from .tactile.sensor import TactileSensor, mount_sensor
+from .coupling.system import FEMMPMCoupling
+from .tactile.markers import detect_markers, grid_markers
+from .tactile.drawing import marker_flow_image
+from .io import read_png
 from .scene import Scene, build_scene
 from .runner import run_scene
 from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory

@@ -107,7 +107,7 @@ def reverse_substep_checked(sim, step, material=True, after_g2p=None):
 def advance_seeds(sim):
     """After :func:`reverse_substep_checked` (with ``material``): the input adjoints become
     the output adjoints of the previous substep."""
-    from .autodiff import _get, _put
+    from .mpm.rollout import _get, _put
     from . import runtime
     fs, n = sim.fields, sim.n
     dtype = runtime.torch_dtype()
@@ -120,7 +120,7 @@ def locate(sim, tape, start, steps, load, grads, after_g2p=None):
     """Reverse the taped segment starting at rollout substep ``start`` stage by stage from
     the output adjoints ``grads`` = (gx, gv, gC, gF) and raise where the first non-finite
     value appears. ``load(k)`` puts substep ``k`` of the segment back in the fields."""
-    from .autodiff import seed_adjoint
+    from .mpm.rollout import seed_adjoint
     seed_adjoint(sim, *grads)
     for k in reversed(range(steps)):
         load(k)

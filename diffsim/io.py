@@ -1,4 +1,5 @@
-"""File output for diffsim: atomic writes, JSON, PLY/VTU frames (meshio), checkpoints.
+"""File input and output for diffsim: atomic writes, JSON, PLY/VTU frames (meshio),
+checkpoints, PNG images (:func:`read_png`, Pillow).
 
 Everything here is plain numpy + the standard library (meshio for the mesh formats).
 
@@ -13,10 +14,13 @@ function.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -376,3 +380,40 @@ def frame_name(prefix: str, index: int, ext: str, width: int = 6) -> str:
     if index < 0:
         raise ValueError(f"frame index must be >= 0, got {index}")
     return f"{prefix}_{index:0{width}d}.{ext}"
+
+
+def read_png(path) -> np.ndarray:
+    """Decode a PNG file into an ``(H, W, C)`` uint8 array (with Pillow).
+
+    ``path`` is a file path or the PNG bytes themselves. ``C`` is 1 (gray), 2 (gray +
+    alpha), 3 (RGB) or 4 (RGBA): 16-bit samples are reduced to 8 bits (high byte), 1/2/4-bit
+    gray is scaled to 0..255, palette images become RGB (RGBA when the palette has alpha).
+    Raises ``ValueError`` for anything that is not a readable PNG.
+    """
+    from PIL import Image, UnidentifiedImageError
+    if isinstance(path, (bytes, bytearray)):
+        src, name = io.BytesIO(bytes(path)), "<bytes>"
+    else:
+        src = name = os.fspath(path)
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"{name}: no such image file")
+    try:
+        with Image.open(src) as im:
+            if im.format != "PNG":
+                raise ValueError(f"{name}: not a PNG file ({im.format}); expected a .png image")
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            if im.mode.startswith("I"):   # 16-bit gray: the high byte
+                img = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+            elif im.mode in ("L", "LA", "RGB", "RGBA"):
+                img = np.asarray(im, dtype=np.uint8)
+            else:
+                raise ValueError(f"{name}: unsupported PNG pixel mode {im.mode}")
+    except (UnidentifiedImageError, SyntaxError, OSError, EOFError, struct.error, zlib.error) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{name}: not a PNG file or a corrupted one ({exc})") from None
+    return np.ascontiguousarray(img if img.ndim == 3 else img[:, :, None], dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Trajectory data: observed particle positions over time, for fitting and learning.
 
-File format (``.npz``, DESIGN.md section 4):
+File format (``.npz``):
 
 ==================  ===========================================================
 key                 content

@@ -1,6 +1,6 @@
 """Discrete element method (spheres) Taichi fields and kernels.
 
-Contact law, Hertz-Mindlin as LIGGGHTS computes it (DESIGN.md section 5), for an overlap
+Contact law, Hertz-Mindlin as LIGGGHTS computes it, for an overlap
 ``d = r_i + r_j - |x_i - x_j| > 0`` with unit normal ``n`` (from j to i):
 
 * ``Y* = E / (2 (1 - nu^2))``, ``G* = E / (4 (2 - nu)(1 + nu))`` (one material),

@@ -65,7 +65,7 @@ class LawTrainer:
     # ------------------------------------------------------------------ rollouts
     def state_at(self, frame: int):
         """The data's MPM state at ``frame`` (requires full-state data unless frame 0)."""
-        from diffsim.autodiff import MPMState
+        from diffsim.mpm.rollout import MPMState
         d, dt = self.data, self.dtype
         if frame == 0 and not d.full_state:
             return self.sim.initial_state()

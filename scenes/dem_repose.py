@@ -1,7 +1,7 @@
 """DEM angle of repose: spheres (R = 2 mm) are poured slowly onto the centre of a round
 plate (a mesh disk, radius 20 mm by default) made rough by a layer of glued spheres, and
 build a heap; spheres that roll off the rim fall into the outflow region and are
-removed. The heap's slope grows with the rolling friction (``diffsim.granular.heap_angle``
+removed. The heap's slope grows with the rolling friction (``diffsim.dem.granular.heap_angle``
 measures it from the heap height: atan(H / plate radius); ``heap_angle_from_volume``
 from the heap volume, which is far less noisy on a small heap).
 

@@ -20,7 +20,7 @@ with dt, ~0.5 cell at 4e-6 with the defaults).
 import numpy as np
 
 import diffsim as ds
-from diffsim.tactile import mount_sensor
+from diffsim.tactile.sensor import mount_sensor
 
 SIZE = (0.016, 0.012, 0.012)          # block (m): x (squeezed) , y, z
 
@@ -87,7 +87,7 @@ def finger_penetration(both) -> dict:
     x = both.mpm.positions()
     xf = both.fem.positions()
     out = {}
-    for s in both.fem.sensors:
+    for s in both.fem.instruments:
         depth = np.asarray(s.read(xf)["depth"])
         p = s.to_sensor_frame(x)
         u, v, h = p @ s.t1, p @ s.t2, p @ s.normal

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import diffsim as ds
-from diffsim.tactile import mount_sensor
+from diffsim.tactile.sensor import mount_sensor
 
 OBJECT = Path(__file__).resolve().parent / "data" / "difftactile" / "J03_2.obj"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import diffsim as ds
-from diffsim.tactile import mount_sensor
+from diffsim.tactile.sensor import mount_sensor
 
 SURFACE = Path(__file__).resolve().parent / "data" / "difftactile" / "Random-surface.stl"
 

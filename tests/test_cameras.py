@@ -1,11 +1,11 @@
-"""Tests for diffsim.cameras: pinhole and equidistant fisheye projection, rays, gradients."""
+"""Tests for diffsim.tactile.cameras: pinhole and equidistant fisheye projection, rays, gradients."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from diffsim.cameras import Camera, FisheyeCamera, PinholeCamera, look_at
+from diffsim.tactile.cameras import Camera, FisheyeCamera, PinholeCamera, look_at
 
 
 def tilted_pose():

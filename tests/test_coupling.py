@@ -4,7 +4,7 @@ import pytest
 
 import diffsim as ds
 from _helpers import central_difference
-from diffsim.markers import ray_mesh_intersect
+from diffsim.geometry.triangles import ray_mesh_intersect
 
 
 def _press(friction=0.5):

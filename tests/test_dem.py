@@ -360,7 +360,7 @@ def test_rollout_refuses_what_it_cannot_differentiate():
 
 
 def test_beverloo_fit_recovers_the_law_free_and_with_fixed_k():
-    from diffsim import granular
+    from diffsim.dem import granular
     D = np.array([0.02, 0.024, 0.028])
     rho_b, d, g = 1450.0, 0.004, 9.81
     W = 0.58 * rho_b * np.sqrt(g) * (D - 1.5 * d) ** 2.5

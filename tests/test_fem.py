@@ -240,7 +240,7 @@ def test_two_bodies_press_with_equal_and_opposite_forces_and_bounded_penetration
     assert on_pad[2] > 0.3
     assert np.allclose(on_pad, -on_blk, atol=1e-9 * on_pad[2])
     # block top nodes under the pad stay below the pad's deformed contact surface there
-    from diffsim.markers import ray_mesh_intersect
+    from diffsim.geometry.triangles import ray_mesh_intersect
     x = sim.positions()
     top = blk.nodes_where(lambda X: (X[:, 2] > 0.003 - 1e-9) & (np.abs(X[:, 0]) < 0.0035) & (np.abs(X[:, 1]) < 0.0035))
     faces = pad.surface[(x[pad.surface].mean(1)[:, 2] < 0.0035)]

@@ -24,7 +24,7 @@ from diffsim.geometry import (
     points_inside_mesh,
 )
 
-J03 = Path("/work/shared/data/difftactile/J03_2.obj")
+J03 = Path(__file__).resolve().parents[1] / "scenes" / "data" / "difftactile" / "J03_2.obj"
 
 
 def _rng(seed=0):
@@ -357,7 +357,6 @@ def test_mesh_shape_scale_rotation_translate():
     assert len(pts) == 10 * 20 * 4
 
 
-@pytest.mark.skipif(not J03.exists(), reason="shared DiffTactile data not available")
 def test_j03_mesh_sample_count():
     ms = MeshShape(J03, scale=1e-3)
     h = 2e-3

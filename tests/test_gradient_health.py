@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import diffsim as ds
-from diffsim.autodiff import MPMState
+from diffsim.mpm.rollout import MPMState
 
 
 def _two_blobs():

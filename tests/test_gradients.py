@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import diffsim as ds
-from diffsim.autodiff import MPMState
+from diffsim.mpm.rollout import MPMState
 
 from _helpers import directional_fd_check
 

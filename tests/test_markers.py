@@ -1,4 +1,4 @@
-"""Tests for diffsim.markers: PNG decoding, marker detection, mesh binding, flow images."""
+"""Tests for diffsim.tactile.markers: PNG decoding, marker detection, mesh binding, flow images."""
 import os
 import struct
 import zlib
@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import trimesh
 
-from diffsim.markers import (bind_to_surface, detect_markers, grid_markers, marker_flow_image,
-                             marker_rows, ray_mesh_intersect, read_png)
+from diffsim.geometry.triangles import bind_to_surface, ray_mesh_intersect
+from diffsim.io import read_png
+from diffsim.tactile.drawing import marker_flow_image
+from diffsim.tactile.markers import detect_markers, grid_markers, marker_rows
 from diffsim.render import encode_png
 
-REFERENCE = "/work/shared/data/difftactile/marker_reference_640x480.png"
+REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenes", "data", "difftactile",
+                         "marker_reference_640x480.png")
 
 
 # --------------------------------------------------------------------------- PNG
@@ -170,7 +173,6 @@ def test_marker_rows_tilted_grid():
     np.testing.assert_array_equal(np.concatenate([perm[r] for r in rows]), np.arange(24))
 
 
-@pytest.mark.skipif(not os.path.exists(REFERENCE), reason="reference image not available")
 def test_detect_markers_reference_image():
     found = detect_markers(REFERENCE)
     rows = marker_rows(found)

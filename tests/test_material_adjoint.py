@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import diffsim as ds
-from diffsim.autodiff import _MaterialStage, parameter_tensor
+from diffsim.mpm.rollout import _MaterialStage, parameter_tensor
 
 MATERIALS = {
     "fixed_corotated": ds.FixedCorotated(E=1e4, nu=0.3),

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffsim.markers import read_png
+from diffsim.io import read_png
 from diffsim.plot import draw_text, line_plot, write_plot
 
 

@@ -8,7 +8,7 @@ import torch
 
 import diffsim as ds
 from _helpers import central_difference
-from diffsim.tactile import TactileSensor
+from diffsim.tactile.sensor import TactileSensor
 
 R_SPHERE = 0.004
 
@@ -69,8 +69,8 @@ def test_markers_detected_in_the_reference_image_land_on_the_dome():
     sensor = TactileSensor(sim, pad, plate, markers="image")
     assert sensor.marker_count == 137 and sensor.markers_dropped == 0
     # cast through the camera: each marker re-projects onto its detected pixel
-    from diffsim.markers import detect_markers
-    from diffsim.tactile import default_marker_image
+    from diffsim.tactile.markers import detect_markers
+    from diffsim.tactile.sensor import default_marker_image
     px = detect_markers(default_marker_image())
     assert np.allclose(sensor.ref_px, px, atol=1e-6)
     pts = sensor._marker_points(sensor.X)
@@ -126,10 +126,10 @@ def test_slide_scene_runs_from_the_cli_with_marker_flow_frames_and_force_traces(
     assert len(tr["sensor_shear_force"][-1]) == 2
     pngs = sorted((out / "frames").glob("sensor_markers_*.png"))
     assert len(pngs) == 4
-    from diffsim.markers import read_png
+    from diffsim.io import read_png
     img = read_png(pngs[-1])
     assert img.shape == (480, 640, 3) and (img[..., 0] > img[..., 1] + 80).any()   # red arrows drawn
-    assert s["scene_setup"]["solver"]["sensors"][0]["markers"] == 140
+    assert s["scene_setup"]["solver"]["instruments"][0]["markers"] == 140
 
 
 def test_press_scene_builds_presses_and_resumes_identically():
@@ -145,7 +145,7 @@ def test_press_scene_builds_presses_and_resumes_identically():
     assert np.allclose(a.solver.positions(), b.solver.positions(), rtol=0, atol=1e-12)
     d = a.diagnostics()
     assert d["sensor_normal_force"] > 0 and np.isfinite(d["energy"])
-    assert a.solver.describe()["sensors"][0]["markers"] == 137
+    assert a.solver.describe()["instruments"][0]["markers"] == 137
 
 
 def test_voxel_tet_mesh_fills_a_sphere():
@@ -161,7 +161,7 @@ def _mounted_press(facing):
     """A flat pad mounted with ``mount_sensor`` facing ``facing``, its plate driven along the
     facing into a sphere 0.1 mm ahead of it (1 mm off centre): the facing-down press turned
     by the rotation that takes -z to ``facing``."""
-    from diffsim.tactile import FACING_DOWN, facing_rotation
+    from diffsim.tactile.sensor import FACING_DOWN, facing_rotation
     Q = facing_rotation(facing) @ FACING_DOWN.T          # world rotation: the down press -> this one
     sim = ds.FEMSolver(dt=4e-6, gravity=(0, 0, 0), tape_substeps=50)
     sim.add_collider(ds.SphereCollider(center=tuple(Q @ [0.001, 0.0, -R_SPHERE - 1e-4]), radius=R_SPHERE))
@@ -174,7 +174,7 @@ def _mounted_press(facing):
 
 
 def test_mount_sensor_facing_sideways_reads_like_facing_down():
-    from diffsim.tactile import FACING_DOWN
+    from diffsim.tactile.sensor import FACING_DOWN
     down = _mounted_press((0.0, 0.0, -1.0))
     side = _mounted_press((1.0, 0.0, 0.0))
     # the default is today's placement, bit for bit

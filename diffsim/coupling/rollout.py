@@ -4,7 +4,7 @@ The rollout runs in the FEM solver's chunks (``tape_substeps``); each chunk is o
 autograd Function that steps both solvers substep by substep exactly as the forward
 coupling does (the MPM's fused substep with the FEM surface as a grid hook, then the FEM
 substep) and tapes both: the FEM rows on the FEM solver's tape, the MPM states and grids
-on an MPM segment tape (:class:`diffsim.autodiff.TapeCache`). Its backward reverses each
+on an MPM segment tape (:class:`diffsim.mpm.rollout.TapeCache`). Its backward reverses each
 substep:
 
 1. the FEM substep's adjoint (row ``t + 1`` -> ``t``; it also yields the adjoint of the
@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from . import fem_grad, runtime
-from .autodiff import (MPMState, _get, _put, _tapes, collider_schedule, finish_rollout, initial_state,
+from ..fem import rollout as fem_rollout
+from .. import runtime
+from ..mpm.rollout import (MPMState, _get, _put, _tapes, collider_schedule, finish_rollout, initial_state,
                        load_substep, parameter_tensor, reverse_substep, seed_adjoint, segment_substep)
-from .errors import InvalidScene
+from ..errors import InvalidScene
 
 
 def _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record):
@@ -43,7 +44,7 @@ def _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record):
     def mpm_substep(t):
         hook.row[None] = t
         segment_substep(mpm, tape, t, pos[t], vel[t], omega, rots, hook)
-    fem_grad._run(both.fem, k, rec, pairs, *fem_in, before_substep=mpm_substep)
+    fem_rollout._run(both.fem, k, rec, pairs, *fem_in, before_substep=mpm_substep)
     return tape.owner if record else None
 
 
@@ -65,7 +66,7 @@ class _CoupledChunk(torch.autograd.Function):
         fem._tape_owner = ctx.token
         outs = _get((mpm.fields.x, mpm.fields.v, mpm.fields.C, mpm.fields.F), ((3,), (3,), (3, 3), (3, 3)),
                     mpm.n, mx.dtype)
-        return (*fem_grad.outputs(fem, k, rec, x0.dtype), *outs)
+        return (*fem_rollout.outputs(fem, k, rec, x0.dtype), *outs)
 
     @staticmethod
     def backward(ctx, g_xk, g_vk, g_xs, g_vs, g_fc, g_mx, g_mv, g_mC, g_mF):
@@ -83,19 +84,19 @@ class _CoupledChunk(torch.autograd.Function):
             _put((fs.prm,), mpm_in[4:], mpm.n, mpm_in[4].dtype)
             hook.normal.from_numpy(_np(mpm, normals))
         hook.normal_grad.fill(0)
-        fem_grad.seed_adjoint(fem, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
+        fem_rollout.seed_adjoint(fem, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
         seed_adjoint(mpm, g_mx, g_mv, g_mC, g_mF)
         pos, vel, omega, rots = ctx.sched
         dt, dx, lx, ly, lz = mpm.kernel_args[:5]
         n_pairs = len(ctx.pairs[0])
         for t in reversed(range(k)):
-            fem_grad.substep_adjoint(fem, t, rec, n_pairs)
+            fem_rollout.substep_adjoint(fem, t, rec, n_pairs)
             load_substep(mpm, tape, t, pos[t], vel[t], omega, rots)
             hook.row[None] = t
             hook.replay(fs, dt, dx, lx, ly, lz)
             reverse_substep(mpm, first=t == k - 1, after_g2p=lambda: hook.adjoint(fs, dt, dx, lx, ly, lz))
         tape.owner = None
-        g_fem = fem_grad.input_grads(fem, k, fem_in)
+        g_fem = fem_rollout.input_grads(fem, k, fem_in)
         *g_state, g_prm = _get((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1, fs.acc_prm),
                                ((3,), (3,), (3, 3), (3, 3), (4,)), mpm.n, mpm_in[0].dtype)
         g_normals = torch.from_numpy(hook.normal_grad.to_numpy()[: len(normals)]).to(normals.dtype)
@@ -110,13 +111,13 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
 
     Args:
         substeps, record_every, fem_params, driver_velocity, check_gradients: as in
-            :func:`diffsim.fem_grad.rollout_chunks` (FEM material, contact and driver inputs).
+            :func:`diffsim.fem.rollout.rollout_chunks` (FEM material, contact and driver inputs).
         mpm_params: MPM material overrides ``{body: {"E": tensor, ...}}``.
         mpm_state: the MPM's initial :class:`~diffsim.MPMState` (default: as the bodies
             were added, no gradient); ``fem_state``: the FEM's ``(x, v)`` (default: rest).
         records: end a chunk at every record interval (for MPM states there).
 
-    Returns :func:`diffsim.fem_grad.rollout_chunks`'s dict plus ``mpm`` (the final MPM
+    Returns :func:`diffsim.fem.rollout.rollout_chunks`'s dict plus ``mpm`` (the final MPM
     state) and ``mpm_records`` (``(substep, MPMState)`` at the end of every record
     interval, or of the whole rollout). MPM colliders follow their own schedule (no
     gradients for them).
@@ -148,7 +149,7 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
         records.append((done[0], MPMState(*current)))
         return out[:5]
     x0, v0 = (None, None) if fem_state is None else fem_state
-    out = fem_grad.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,
+    out = fem_rollout.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,
                               records_per_chunk=1 if records else None)
     final = MPMState(*current)
     finish_rollout(mpm, final, end, rotations, substeps, 0.0, 0)

@@ -33,10 +33,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import adjoint_health, runtime
-from .dem import PARAMETERS, DEMSolver
-from .errors import GradientNotFinite, InvalidMaterial, InvalidScene
-from .kernels import dem as kd
+from .. import adjoint_health, runtime
+from .material import PARAMETERS
+from .solver import DEMSolver
+from ..errors import GradientNotFinite, InvalidMaterial, InvalidScene
+from ..kernels import dem as kd
 
 _PRM_INDEX = {name: i for i, name in enumerate(PARAMETERS)}  # E, nu, e, mu, mu_r, cohesion, k_n
 
@@ -45,7 +46,7 @@ def checked_overrides(sim, params: dict) -> dict:
     """DEM parameter overrides as 0-d tensors, validated like :class:`DEMMaterial`'s
     arguments (same messages) and against the time-step limit."""
     import dataclasses
-    from .materials import scalar_override
+    from ..materials import scalar_override
     out = {name: scalar_override("DEMMaterial", name, t) for name, t in params.items()}
     if "stiffness" in out and sim.material.model != "linear":
         raise InvalidMaterial(f"DEMMaterial: stiffness (N/m) is a parameter of the linear model; this material "

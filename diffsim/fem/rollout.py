@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import adjoint_health, runtime
-from .errors import InvalidScene
+from .. import adjoint_health, runtime
+from ..errors import InvalidScene
 
 MATERIAL_KEYS = ("E", "nu", "mass_damping", "stiffness_damping")
 CONTACT_KEYS = ("contact_stiffness", "contact_damping", "friction")
@@ -131,20 +131,14 @@ def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc):
         f.grad.fill(0)
     dtype = runtime.np_dtype()
     N = sim.n
-    gx = np.zeros((sim.K + 1, N, 3), dtype)
-    if g_xk is not None:
-        gx[k] += g_xk.detach().cpu().numpy()
-    if g_xs is not None:
-        for r in range(k // rec):
-            gx[(r + 1) * rec] += g_xs[r].detach().cpu().numpy()
-    fs.x.grad.from_numpy(gx)
-    gv = np.zeros((sim.K + 1, N, 3), dtype)
-    if g_vk is not None:
-        gv[k] += g_vk.detach().cpu().numpy()
-    if g_vs is not None:
-        for r in range(k // rec):
-            gv[(r + 1) * rec] += g_vs[r].detach().cpu().numpy()
-    fs.v.grad.from_numpy(gv)
+    for fld, g_last, g_records in ((fs.x, g_xk, g_xs), (fs.v, g_vk, g_vs)):
+        g = np.zeros((sim.K + 1, N, 3), dtype)      # tape rows: the chunk's end and each record's end
+        if g_last is not None:
+            g[k] += g_last.detach().cpu().numpy()
+        if g_records is not None:
+            for r in range(k // rec):
+                g[(r + 1) * rec] += g_records[r].detach().cpu().numpy()
+        fld.grad.from_numpy(g)
     if g_fc is not None:
         gf = np.zeros((fs.n_records, N, 3), dtype)
         gf[: k // rec] = g_fc.detach().cpu().numpy()
@@ -154,7 +148,7 @@ def seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc):
 def substep_adjoint(sim, t, rec, n_pairs):
     """Reverse pass of tape row ``t -> t + 1``: adjoints of row ``t + 1`` into row ``t``
     (and the per-tet/per-node parameters, poses, ``fp[t]``)."""
-    from .kernels import fem as kf
+    from ..kernels import fem as kf
     fs = sim.fields
     g = sim.gravity
     N = sim.n
@@ -188,14 +182,14 @@ def _tensor(a, dtype):
 
 
 def _read(sim, fld, rows, dtype):
-    from .kernels import fem as kf
+    from ..kernels import fem as kf
     out = np.zeros((len(rows), sim.n, 3), runtime.np_dtype())
     kf.read_rows(fld, np.ascontiguousarray(rows, np.int32), out, sim.n)
     return torch.from_numpy(out).to(dtype)
 
 
 def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R, before_substep=None):
-    from .kernels import fem as kf
+    from ..kernels import fem as kf
     fs = sim.fields
     np_ = sim._np
     kf.load_state(fs, np_(x0.detach().cpu().numpy()), np_(v0.detach().cpu().numpy()), 0, sim.n)

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import pool, runtime
-from .core.state import State
-from .core.system import Rollout, System
-from .colliders import Collider, pack_colliders, rotation_step, sdf_size
-from .errors import InvalidMaterial, InvalidScene, SimulationDiverged, UnstableTimeStep
+from .. import pool, runtime
+from ..core.state import State
+from ..core.system import Rollout, System
+from ..colliders import Collider, pack_colliders, rotation_step, sdf_size
+from ..errors import InvalidMaterial, InvalidScene, SimulationDiverged, UnstableTimeStep
 from .tetmesh import TetMesh, check_tet_mesh
 
 MODELS = {"neo_hookean": 0, "corotated": 1}
@@ -204,7 +204,9 @@ class FEMSolver(System):
         self.drivers: list[Driver] = []
         self.colliders: list[Collider] = []
         self._loads = []
-        self.sensors = []          # TactileSensor objects register themselves here
+        # observers (e.g. tactile sensors): readings(x, contact_force) -> diagnostics entries,
+        # images(x) -> frame images, describe(); the solver knows nothing else about them
+        self.instruments = []
         self.fields = None
         self._pool_token = None
         self.time = 0.0
@@ -384,7 +386,7 @@ class FEMSolver(System):
             raise InvalidScene("the FEM scene has no bodies; add_body() first")
         self.check_time_step()
         runtime.ensure_init()
-        from .kernels.fem import FEMFields
+        from ..kernels.fem import FEMFields
         S = len(self.colliders)
         sdf = sdf_size(self.colliders)
         self.pair_capacity = sum(len(np.unique(b.surface)) for b in self.bodies) if len(self.bodies) > 1 else 0
@@ -454,7 +456,7 @@ class FEMSolver(System):
 
     def reset(self):
         """Back to rest at time 0 (drivers and colliders too)."""
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         self.build()
         x, v = self.rest_state()
         self._pending_state = None
@@ -470,7 +472,7 @@ class FEMSolver(System):
         self._contact_force = np.zeros((self.n, 3))
 
     def set_state(self, x, v):
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         self.build()
         self._pending_state = None
         x = np.asarray(x, np.float64).reshape(self.n, 3)
@@ -478,7 +480,7 @@ class FEMSolver(System):
         kf.load_state(self.fields, self._np(x), self._np(v), 0, self.n)
 
     def _row(self, fld, row: int) -> np.ndarray:
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         out = np.zeros((1, self.n, 3), runtime.np_dtype())
         kf.read_rows(fld, np.array([row], np.int32), out, self.n)
         return out[0].astype(np.float64)
@@ -568,7 +570,7 @@ class FEMSolver(System):
         """
         from scipy.spatial import cKDTree
 
-        from .markers import closest_on_triangles
+        from ..geometry.triangles import closest_on_triangles
         empty = (np.zeros(0, np.int32), np.zeros((0, 3), np.int32), np.zeros((0, 3)))
         if len(self.bodies) < 2:
             return empty
@@ -616,7 +618,7 @@ class FEMSolver(System):
     def body_parameter_grads(self):
         """Gradients of the per-body material (B,4) and contact (B,3) parameters, summed
         from the per-tet and per-node copies the substep kernel reads."""
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         fs = self.fields
         B = len(self.bodies)
         tg = fs.tet_prm.grad.to_numpy().astype(np.float64)
@@ -673,7 +675,7 @@ class FEMSolver(System):
         """Substeps rows 0 -> k (poses and contact pairs uploaded by the caller); contact
         forces averaged per ``record_every`` substeps into ``fc``; ``before_substep(t)`` runs
         before each substep (the MPM coupling steps the MPM there)."""
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         fs = self.fields
         kf.spread_params(fs, self.n, self.n_tets)
         fs.f.fill(0)
@@ -692,7 +694,7 @@ class FEMSolver(System):
         """Advance ``n`` substeps (in chunks of at most ``tape_substeps``); the optional
         callbacks run before each substep (``before_substep(t)``) and before each chunk
         (``before_chunk(x)`` with the positions at its start)."""
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         self.build()
         self._settle_state()
         n = int(n)
@@ -727,7 +729,7 @@ class FEMSolver(System):
 
     # ------------------------------------------------------------------------ outputs
     def diagnostics(self) -> dict:
-        from .kernels import fem as kf
+        from ..kernels import fem as kf
         self._settle_state()
         st = self.get_state()
         m = self._mass
@@ -745,16 +747,14 @@ class FEMSolver(System):
                 "momentum": (m[free, None] * st["v"][free]).sum(0).tolist(), "max_speed": speed,
                 "contact_force": fc.sum(0).tolist(),
                 "max_penetration": self.penetration_trace[-1] if self.penetration_trace else 0.0,
-                **self._sensor_readings(st["x"], fc)}
+                **{k: v for s in self.instruments for k, v in s.readings(st["x"], fc).items()}}
 
-    def _sensor_readings(self, x, fc) -> dict:
-        out = {}
-        for s in self.sensors:
-            r = s.read(x, fc)
-            out[f"{s.name}_normal_force"] = float(r["normal_force"])
-            out[f"{s.name}_shear_force"] = [float(v) for v in r["shear_force"]]
-            out[f"{s.name}_max_marker_px"] = float(np.abs(r["displacement_px"]).max())
-        return out
+    def add_instrument(self, instrument):
+        """Attach an observer whose ``readings(x, contact_force)`` join :meth:`diagnostics`
+        and whose ``images(x)`` join :meth:`frame` (a :class:`~diffsim.TactileSensor` attaches
+        itself)."""
+        self.instruments.append(instrument)
+        return instrument
 
     def frame(self) -> dict:
         st = self.get_state()
@@ -762,7 +762,7 @@ class FEMSolver(System):
         data = {"body": body, "velocity": st["v"].astype(np.float32),
                 "contact_force": self._contact_force.astype(np.float32)}
         meshes = {f"collider{i}": c.surface() for i, c in enumerate(self.colliders)}
-        images = {f"{s.name}_markers": s.flow_image(st["x"]) for s in self.sensors}
+        images = {k: v for s in self.instruments for k, v in s.images(st["x"]).items()}
         return {"particles": (st["x"], data), "meshes": meshes, "images": images}
 
     # ------------------------------------------------------------------------ protocol
@@ -780,7 +780,7 @@ class FEMSolver(System):
         """``{"body.E": value, ...}``: each body's material (``E``, ``nu``, ``mass_damping``,
         ``stiffness_damping``) and contact (``contact_stiffness``, ``contact_damping``,
         ``friction``) parameters."""
-        from .fem_grad import CONTACT_KEYS, MATERIAL_KEYS
+        from .rollout import CONTACT_KEYS, MATERIAL_KEYS
         out = {}
         for b in self.bodies:
             out.update({f"{b.name}.{k}": float(v) for k, v in zip(MATERIAL_KEYS, b.material.vector())})
@@ -831,7 +831,7 @@ class FEMSolver(System):
         return int(record_every) if record_every else math.gcd(int(steps), self.K)
 
     def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
-        from .fem_grad import rollout_chunks
+        from .rollout import rollout_chunks
         self.build()
         overrides = self.parameter_overrides(params)
         driver_velocity = self.driver_controls(steps, record_every, control)
@@ -886,10 +886,10 @@ class FEMSolver(System):
                            for b in self.bodies],
                 "drivers": [d.describe() for d in self.drivers],
                 "colliders": [c.describe() for c in self.colliders],
-                "sensors": [s.describe() for s in self.sensors],
+                "instruments": [s.describe() for s in self.instruments],
                 "max_penetration": self.max_penetration}
 
 
 def _torch(a, dtype):
-    from .fem_grad import _tensor
+    from .rollout import _tensor
     return _tensor(a, dtype)

@@ -48,10 +48,10 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from . import adjoint_health, runtime
-from .core.state import State
-from .errors import GradientNotFinite, InvalidScene
-from .materials import NeuralMaterial
+from .. import adjoint_health, runtime
+from ..core.state import State
+from ..errors import GradientNotFinite, InvalidScene
+from ..materials import NeuralMaterial
 
 
 class MPMState(State):
@@ -68,14 +68,14 @@ def _c(t: torch.Tensor, dtype) -> torch.Tensor:
 
 def _put(fields, tensors, n, dtype):
     """Copy per-particle tensors (first dim ``n``) into fields with one kernel launch."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     km.copy_in_packed(tuple(fields), torch.cat([t.detach().reshape(n, -1).to(dtype) for t in tensors], 1)
                       .contiguous(), n)
 
 
 def _get(fields, shapes, n, dtype):
     """Per-particle tensors of the given trailing shapes out of fields (one launch)."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     widths = [int(np.prod(sh)) for sh in shapes]
     buf = torch.empty((n, sum(widths)), dtype=dtype)
     km.copy_out_packed(tuple(fields), buf, n)
@@ -85,7 +85,7 @@ def _get(fields, shapes, n, dtype):
 class _MaterialStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim, F, C, prm, substep=None, check=True):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         fs, n, dt = sim.fields, sim.n, sim.dt
         dtype = F.dtype
         _put((fs.F, fs.C, fs.prm), (F, C, prm), n, dtype)
@@ -97,7 +97,7 @@ class _MaterialStage(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gF1, gtau):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         sim = ctx.sim
         F, C, prm = ctx.saved_tensors
         fs, n, dt = sim.fields, sim.n, sim.dt
@@ -120,7 +120,7 @@ class _MaterialStage(torch.autograd.Function):
 class _Transfer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sim, x, v, C, tau, c_pos, c_vel, c_omega, substep=None, check=True):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         fs, n = sim.fields, sim.n
         dtype = x.dtype
         _load_transfer_inputs(sim, x, v, C, tau, c_pos, c_vel, c_omega)
@@ -136,7 +136,7 @@ class _Transfer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gx1, gv1, gC1):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         sim = ctx.sim
         x, v, C, tau, c_pos, c_vel, c_omega = ctx.saved_tensors
         fs, n = sim.fields, sim.n
@@ -261,7 +261,7 @@ def seed_adjoint(sim, gx, gv, gC, gF):
 def load_substep(sim, tape, k, pos, vel, omega, rotations):
     """Substep ``k`` of a taped segment back in the fields: its input state, colliders and
     grid (after the grid update, before any hook)."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     fs, n = sim.fields, sim.n
     args = sim.kernel_args
     dt, dx, lx, ly, lz = args[:5]
@@ -282,7 +282,7 @@ def reverse_substep(sim, first, after_g2p=None):
     summed into ``acc_prm`` (``first``: the segment's last substep, which starts the sum),
     collider adjoints land in ``c_*.grad``. ``after_g2p()`` runs between the G2P and grid
     adjoints (a grid hook's reverse pass)."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     fs, n = sim.fields, sim.n
     args = sim.kernel_args
     dt, dx, lx, ly, lz = args[:5]
@@ -323,8 +323,8 @@ class TapeCache:
 
     def acquire(self, steps):
         """A tape for ``steps`` substeps with a fresh owner id."""
-        from . import pool
-        from .kernels.mpm import MPMTape
+        from .. import pool
+        from ..kernels.mpm import MPMTape
         length, grid, nbytes = self._spec(steps)
         if self.slots and self.slots[0][0].length != length:
             self.close()
@@ -349,7 +349,7 @@ class TapeCache:
         return None
 
     def close(self):
-        from . import pool
+        from .. import pool
         for tape, token in self.slots:
             tape.owner = None
             pool.release(token)
@@ -375,7 +375,7 @@ def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
 def segment_substep(sim, tape, k, pos, vel, omega, rotations, hook=None):
     """Substep ``k`` of a segment (fused kernel, optional grid ``hook``), its input state
     and grid taped when ``tape`` is given."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     fs, n = sim.fields, sim.n
     if tape is not None:
         km.tape_store(fs, tape, k, n)
@@ -387,7 +387,7 @@ def segment_substep(sim, tape, k, pos, vel, omega, rotations, hook=None):
 
 def _load_colliders(sim, pos, vel, omega, rotations, k):
     """Collider slots for substep ``k`` of a segment (pos/vel: (S,3) tensors)."""
-    from .kernels import mpm as km
+    from ..kernels import mpm as km
     S = pos.shape[0]
     if not S:
         return
@@ -587,7 +587,7 @@ def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega, ch
 
 def _rotation_schedule(sim, steps):
     """Per-step rotation arrays (steps+1, slots, 3, 3) for rotating colliders, else None."""
-    from .colliders import rotation_step
+    from ..colliders import rotation_step
     if not any(np.any(c.angular_velocity_at(sim.time)) for c in sim.colliders):
         return None
     S = sim.fields.n_slots

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DiffsimError, InvalidMesh
+from ..errors import DiffsimError, InvalidMesh
 
 # the four faces of tet (a, b, c, d), each ordered so that its normal points out of the tet
 # when the tet is positively oriented (det[b - a, c - a, d - a] > 0)
@@ -137,7 +137,7 @@ def load_tet_mesh(path, scale: float = 1.0, translate=(0.0, 0.0, 0.0)) -> TetMes
 def tetrahedralize(surface, max_volume: float | None = None, quality: float = 1.5) -> TetMesh:
     """Fill a watertight triangle surface (a trimesh.Trimesh or a file trimesh reads; m)
     with tetrahedra using the ``tetgen`` package (optional: ``pip install diffsim[mesh]``)."""
-    from .geometry import load_mesh
+    from ..geometry import load_mesh
     try:
         import tetgen
     except ImportError as e:

@@ -11,7 +11,7 @@ Quick start::
     sim.step(100)
     x = sim.positions("jelly")                  # (N, 3) float, m
 
-Differentiable rollouts: :func:`diffsim.rollout` (see :mod:`diffsim.autodiff`).
+Differentiable rollouts: :func:`diffsim.rollout` (see :mod:`diffsim.mpm.rollout`).
 
 The grid has ``grid`` cells along the longest side of the domain; the outer
 ``BOUND = 3`` node layers on every face are the domain walls, so particles must start at
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from . import pool, runtime
-from .core.state import State
-from .core.system import Rollout, System
-from .colliders import KINDS, Collider, pack_colliders, sdf_size as collider_sdf_size
-from .errors import InvalidScene, SimulationDiverged, UnstableTimeStep
-from .materials import Material, NeuralMaterial
+from .. import pool, runtime
+from ..core.state import State
+from ..core.system import Rollout, System
+from ..colliders import KINDS, Collider, pack_colliders, sdf_size as collider_sdf_size
+from ..errors import InvalidScene, SimulationDiverged, UnstableTimeStep
+from ..materials import Material, NeuralMaterial
 
 FACES = ("-x", "+x", "-y", "+y", "-z", "+z")
 
@@ -238,7 +238,7 @@ class MPMSolver(System):
             raise InvalidScene("the scene has no bodies; add_body() first")
         self.check_time_step()
         runtime.ensure_init()
-        from .kernels.mpm import MPMFields
+        from ..kernels.mpm import MPMFields
 
         sdf_size = collider_sdf_size(self.colliders)
         key = ("mpm", pool.bucket(self.n), self.grid_shape, max(4, 1 << (len(self.colliders) - 1).bit_length()),
@@ -251,7 +251,7 @@ class MPMSolver(System):
         self._upload_collider_state()
         self._upload_walls()
         self._external = [b for b in self.bodies if isinstance(b.material, NeuralMaterial)]
-        from .kernels.constitutive import material_mask
+        from ..kernels.constitutive import material_mask
         self.mats = material_mask(b.material.code for b in self.bodies)
         self.cols = tuple(int(c.code) for c in self.colliders)
         return self
@@ -268,7 +268,7 @@ class MPMSolver(System):
         return np.ascontiguousarray(a, dtype=runtime.np_dtype())
 
     def _upload_particles(self):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         fs, n = self.fields, self.n
         x = np.concatenate(self._x)
         v = np.concatenate(self._v)
@@ -339,7 +339,7 @@ class MPMSolver(System):
         """Advance ``n`` substeps (forward only, fastest path). ``hook``: an object acting on
         the grid inside each substep (see :func:`diffsim.kernels.mpm.step_fused`; used by
         :class:`~diffsim.FEMMPMCoupling`)."""
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         self.build()
         fs = self.fields
         dt, dx, lx, ly, lz, gx, gy, gz = self.kernel_args
@@ -360,7 +360,7 @@ class MPMSolver(System):
     def _step_split(self):
         """Split step with torch materials (no gradients): material, torch, transfer."""
         import torch
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         fs, n = self.fields, self.n
         dt, dx, lx, ly, lz, gx, gy, gz = self.kernel_args
         km.material_stage(fs, self.mats, n, dt)
@@ -387,7 +387,7 @@ class MPMSolver(System):
     # ------------------------------------------------------------------------ state
     def _read_state(self) -> dict[str, np.ndarray]:
         """x, v, C, F in the runtime's precision (bitwise copies of the fields)."""
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         self.build()
         n = self.n
         out = {}
@@ -404,7 +404,7 @@ class MPMSolver(System):
 
     def set_state(self, state: dict):
         """Overwrite the particle state (arrays as returned by :meth:`get_state`; numpy or torch)."""
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         self.build()
         n = self.n
         for name, shape in (("x", (n, 3)), ("v", (n, 3)), ("C", (n, 3, 3)), ("F", (n, 3, 3))):
@@ -445,12 +445,12 @@ class MPMSolver(System):
     starts_anywhere = True
 
     def initial_state(self) -> State:
-        from .autodiff import initial_state
+        from .rollout import initial_state
         self.build()
         return initial_state(self, start=True)
 
     def current_state(self) -> State:
-        from .autodiff import initial_state
+        from .rollout import initial_state
         self.build()
         return initial_state(self)
 
@@ -465,7 +465,7 @@ class MPMSolver(System):
 
     def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients, start=0,
                  checkpoint_every=None) -> Rollout:
-        from .autodiff import MPMState, mpm_rollout
+        from .rollout import MPMState, mpm_rollout
         self.build()
         self.reset()
         if start:
@@ -498,7 +498,7 @@ class MPMSolver(System):
         return arrays, meta
 
     def restore(self, arrays: dict, meta: dict):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         self.build()
         if int(meta["n"]) != self.n:
             raise InvalidScene(f"checkpoint holds {meta['n']} particles, the scene has {self.n}")
@@ -524,7 +524,7 @@ class MPMSolver(System):
     def diagnostics(self) -> dict:
         """Per-body and total energies (J) and momentum (kg m/s); raises
         :class:`SimulationDiverged` on NaN/inf, escaped particles or a CFL-violating speed."""
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         self.build()
         fs = self.fields
         km.diagnostics(fs, self.mats, self.n, self.dx, *self.gravity.tolist(), *self.lo.tolist(), *self.hi.tolist())

@@ -12,16 +12,16 @@ Each substep runs the MPM step (one fused kernel) with the FEM surface as a grid
 with Coulomb friction, momentum conserving), then the FEM substep, which sees the
 reaction as a contact force (so the sensor's forces and markers include it). The MPM and
 FEM share one dt. Differentiable rollouts: :func:`diffsim.rollout`
-(:mod:`diffsim.coupling_grad`).
+(:mod:`diffsim.coupling.rollout`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import runtime
-from .core.state import State
-from .core.system import Rollout, System
-from .errors import InvalidScene
+from .. import runtime
+from ..core.state import State
+from ..core.system import Rollout, System
+from ..errors import InvalidScene
 
 
 class FEMMPMCoupling(System):
@@ -71,7 +71,7 @@ class FEMMPMCoupling(System):
 
     def build(self):
         if self.hook is None:
-            from .kernels.coupling import FEMGridContact
+            from ..kernels.coupling import FEMGridContact
             self.mpm.build()
             self.fem.build()
             rho = min(b.material.density for b in self.mpm.bodies)
@@ -116,10 +116,10 @@ class FEMMPMCoupling(System):
         return [f"fem.{k}" for k in self.fem.control_names()]
 
     def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
-        """Both solvers from the start (:mod:`diffsim.coupling_grad`); records hold
+        """Both solvers from the start (:mod:`diffsim.coupling.rollout`); records hold
         ``fem`` (x, v) and ``mpm`` (x, v, C, F) states; outputs as the FEM's."""
-        from .autodiff import MPMState
-        from .coupling_grad import rollout_coupled
+        from ..mpm.rollout import MPMState
+        from .rollout import rollout_coupled
         self.build()
         fem_params = _split(params, "fem.")
         mpm_params = {}
@@ -135,7 +135,7 @@ class FEMMPMCoupling(System):
             mpm_state = MPMState(*(m[k] for k in ("x", "v", "C", "F")))
             fem_state = (state["fem"]["x"], state["fem"]["v"])
         if tape_memory is not None:
-            from .autodiff import _tapes
+            from ..mpm.rollout import _tapes
             _tapes(self.mpm).budget = int(tape_memory)
         out = rollout_coupled(self, steps, self.fem.record_interval(steps, record_every), fem_overrides, mpm_params,
                               driver_velocity, mpm_state, fem_state, check_gradients, records=bool(record_every))

@@ -9,323 +9,25 @@
 
 Contact law and integration: :mod:`diffsim.kernels.dem`. Neighbour lists are rebuilt
 (cell grid, counting sort) when a sphere has moved more than half the skin since the
-last build; contact histories are carried over. Gradients: :func:`diffsim.rollout` (:mod:`diffsim.dem_grad`).
+last build; contact histories are carried over. Gradients: :func:`diffsim.rollout` (:mod:`diffsim.dem.rollout`).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import taichi as ti
 
-from . import pool, runtime
-from .colliders import rotation_step
-from .core.state import State
-from .core.system import Rollout, System
-from .errors import InvalidMaterial, InvalidMesh, InvalidScene, SimulationDiverged, UnstableTimeStep
-from .kernels import dem as kd
-
-
-@dataclass(frozen=True)
-class DEMMaterial:
-    """Sphere (and wall) material, SI units.
-
-    Args:
-        E: Young's modulus (Pa). nu: Poisson's ratio.
-        restitution: coefficient of restitution e in (0, 1].
-        friction: sliding friction mu. rolling_friction: mu_r (constant directional torque).
-        density: kg/m^3. cohesion: simplified-JKR energy density (J/m^3; 0: dry).
-        model: ``"hertz"`` (Hertz-Mindlin, default) or ``"linear"`` (spring-dashpot with
-            normal stiffness ``stiffness`` N/m and tangential 2/7 of it).
-        rolling_smoothing: rad/s; 0 (default) is the exact constant-directional-torque
-            model (as LIGGGHTS); w_c > 0 divides by max(|w_rel|, w_c) instead of |w_rel|,
-            i.e. a viscous torque below w_c. The exact model's direction w/|w| chatters
-            around rest and its derivative ~1/|w| is useless for gradients through resting
-            contacts: use w_c a few times mu_r g dt / (0.4 R) there.
-    """
-    E: float = 5e6
-    nu: float = 0.3
-    restitution: float = 0.5
-    friction: float = 0.5
-    rolling_friction: float = 0.0
-    density: float = 2500.0
-    cohesion: float = 0.0
-    model: str = "hertz"
-    stiffness: float = 0.0
-    rolling_smoothing: float = 0.0
-
-    def __post_init__(self):
-        def bad(msg):
-            raise InvalidMaterial(f"DEMMaterial: {msg}")
-        for name in ("E", "nu", "restitution", "friction", "rolling_friction", "density", "cohesion", "stiffness",
-                     "rolling_smoothing"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                bad(f"{name} must be a finite number, got {v!r}")
-        if self.E <= 0:
-            bad(f"Young's modulus E must be > 0 Pa, got {self.E}")
-        if not -1 < self.nu < 0.5:
-            bad(f"Poisson's ratio nu must be in (-1, 0.5), got {self.nu}")
-        if not 0 < self.restitution <= 1:
-            bad(f"restitution must be in (0, 1], got {self.restitution}")
-        if self.friction < 0 or self.rolling_friction < 0:
-            bad("friction and rolling_friction must be >= 0")
-        if self.density <= 0:
-            bad(f"density must be > 0 kg/m^3, got {self.density}")
-        if self.cohesion < 0:
-            bad(f"cohesion must be >= 0 J/m^3, got {self.cohesion}")
-        if self.rolling_smoothing < 0:
-            bad(f"rolling_smoothing must be >= 0 rad/s, got {self.rolling_smoothing}")
-        if self.model not in ("hertz", "linear"):
-            bad(f"model must be 'hertz' or 'linear', got {self.model!r}")
-        if self.model == "linear" and not self.stiffness > 0:
-            bad(f"the linear model needs stiffness > 0 N/m, got {self.stiffness}")
-
-    @property
-    def model_code(self) -> int:
-        return kd.HERTZ if self.model == "hertz" else kd.LINEAR
-
-    def vector(self, dt: float):
-        """The kernels' parameter vector (E, nu, e, mu, mu_r, cohesion, k_n, dt, w_c)."""
-        return [self.E, self.nu, self.restitution, self.friction, self.rolling_friction, self.cohesion,
-                self.stiffness, dt, self.rolling_smoothing]
-
-    def sphere_mass(self, radius):
-        """Mass (kg) of spheres of ``radius`` (m; a number or an array)."""
-        return self.density * 4.0 / 3.0 * np.pi * np.asarray(radius, float) ** 3
-
-    def rayleigh_time(self, radius: float) -> float:
-        """Rayleigh time (s) of a sphere of ``radius`` (m)."""
-        G = self.E / (2 * (1 + self.nu))
-        return math.pi * radius * math.sqrt(self.density / G) / (0.1631 * self.nu + 0.8766)
-
-    def contact_time(self, radius: float) -> float:
-        """Linear model: duration (s) of an undamped sphere-sphere contact, pi sqrt(m*/k_n)."""
-        return math.pi * math.sqrt(0.5 * float(self.sphere_mass(radius)) / self.stiffness)
-
-
-PARAMETERS = ("E", "nu", "restitution", "friction", "rolling_friction", "cohesion", "stiffness")
-
-
-# ----------------------------------------------------------------------------- walls
-
-
-class Wall:
-    """A rigid wall of the walls' material (the spheres' :class:`DEMMaterial`).
-
-    Kinematics: ``velocity`` (m/s; a 3-vector or a function of time t in s returning one)
-    translates it, ``angular_velocity`` (rad/s, constant) rotates it about ``center``
-    (m, moving with the wall). ``remove_at`` (s) switches it off at that time (an orifice
-    opens). Geometry arguments are in the pose at t = 0."""
-    code = kd.W_NONE
-
-    def __init__(self, velocity=(0, 0, 0), angular_velocity=(0, 0, 0), center=(0, 0, 0), remove_at=None,
-                 name=None):
-        self.velocity = velocity if callable(velocity) else np.asarray(velocity, float)
-        self.angular_velocity = np.asarray(angular_velocity, float)
-        self.center = np.asarray(center, float)
-        if remove_at is not None and not remove_at >= 0:
-            raise InvalidScene(f"remove_at must be a time >= 0 s, got {remove_at}")
-        self.remove_at = remove_at
-        self.name = name
-        self.rotation = np.eye(3)
-
-    def velocity_at(self, t: float) -> np.ndarray:
-        v = np.asarray(self.velocity(t) if callable(self.velocity) else self.velocity, float)
-        if v.shape != (3,) or not np.all(np.isfinite(v)):
-            raise InvalidScene(f"wall {self.name}: velocity must be a finite 3-vector, got {v}")
-        return v
-
-    def rotating(self) -> bool:
-        return bool(np.any(self.angular_velocity))
-
-    def on_at(self, t: float) -> bool:
-        return self.remove_at is None or t < self.remove_at
-
-    def params(self):
-        """(p, n, a) of the kernel representation (initial pose)."""
-        raise NotImplementedError
-
-    def surface(self, offset=(0, 0, 0)):
-        """(vertices, faces) in world coordinates for output, or None (infinite walls)."""
-        return None
-
-
-class PlaneWall(Wall):
-    """Infinite plane through ``point`` with ``normal`` pointing to the spheres' side."""
-    code = kd.W_PLANE
-
-    def __init__(self, point=(0, 0, 0), normal=(0, 0, 1), **kw):
-        super().__init__(**kw)
-        self.point = np.asarray(point, float)
-        n = np.asarray(normal, float)
-        if not np.linalg.norm(n) > 0:
-            raise InvalidScene("PlaneWall normal must be non-zero")
-        self.normal = n / np.linalg.norm(n)
-
-    def params(self):
-        return self.point, self.normal, 0.0
-
-
-class CylinderWall(Wall):
-    """Infinite cylinder of ``radius`` (m) about the axis through ``point`` along ``axis``;
-    the spheres are inside."""
-    code = kd.W_CYLINDER
-
-    def __init__(self, point=(0, 0, 0), axis=(0, 0, 1), radius=0.05, **kw):
-        super().__init__(**kw)
-        if not radius > 0:
-            raise InvalidScene(f"CylinderWall radius must be > 0 m, got {radius}")
-        self.point = np.asarray(point, float)
-        a = np.asarray(axis, float)
-        self.axis = a / np.linalg.norm(a)
-        self.radius = float(radius)
-
-    def params(self):
-        return self.point, self.axis, self.radius
-
-
-class BoxWall(Wall):
-    """The inside of the axis-aligned box [lo, hi] (m): its six faces hold the spheres."""
-    code = kd.W_BOX
-
-    def __init__(self, lo=(0, 0, 0), hi=(1, 1, 1), **kw):
-        super().__init__(**kw)
-        self.lo = np.asarray(lo, float)
-        self.hi = np.asarray(hi, float)
-        if np.any(self.hi <= self.lo):
-            raise InvalidScene("BoxWall needs hi > lo on every axis")
-
-    def params(self):
-        return self.lo, self.hi - self.lo, 0.0
-
-
-class MeshWall(Wall):
-    """A triangle mesh (STL/OBJ/... through trimesh, or a Trimesh) as a wall: spheres touch
-    its faces, edges and vertices (closest point). ``scale`` converts file units to m;
-    ``require_watertight`` for meshes that must enclose a volume (an error otherwise)."""
-    code = kd.W_MESH
-
-    def __init__(self, source, scale=1.0, position=(0, 0, 0), rotation=None, require_watertight=False, **kw):
-        from .geometry import load_mesh
-        super().__init__(**kw)
-        mesh = load_mesh(source, scale=scale, require_watertight=require_watertight,
-                         translate=position, rotation=rotation)
-        if len(mesh.faces) == 0:
-            raise InvalidMesh("MeshWall: the mesh has no triangles")
-        self.vertices = np.asarray(mesh.vertices, float)
-        self.faces = np.asarray(mesh.faces, np.int64)
-
-    def triangles(self):
-        return self.vertices[self.faces]  # (F, 3, 3)
-
-    def params(self):
-        return self.vertices.min(0), self.vertices.max(0), 0.0
-
-    def triangle_grid(self, margin: float):
-        """Uniform cell grid over the mesh's box grown by ``margin`` (m) listing, per cell,
-        the triangles whose box grown by ``margin`` overlaps it. Returns (lo, h, dims,
-        cell_start (C+1), tri_ids)."""
-        tris = self.triangles()
-        lo = tris.reshape(-1, 3).min(0) - margin
-        hi = tris.reshape(-1, 3).max(0) + margin
-        ext = hi - lo
-        # about 2 spheres per cell, at most ~2M cells
-        h = max(2 * margin, float(ext.max()) / 128)
-        dims = np.maximum(1, np.ceil(ext / h).astype(np.int64))
-        tlo = np.floor((tris.min(1) - margin - lo) / h).astype(np.int64).clip(0, dims - 1)
-        thi = np.floor((tris.max(1) + margin - lo) / h).astype(np.int64).clip(0, dims - 1)
-        cells, ids = [], []
-        for t in range(len(tris)):
-            r = [np.arange(tlo[t, k], thi[t, k] + 1) for k in range(3)]
-            c = np.stack(np.meshgrid(*r, indexing="ij"), -1).reshape(-1, 3)
-            cells.append((c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2])
-            ids.append(np.full(len(c), t))
-        cells = np.concatenate(cells)
-        ids = np.concatenate(ids)
-        order = np.argsort(cells, kind="stable")
-        count = np.bincount(cells, minlength=int(np.prod(dims)))
-        start = np.concatenate([[0], np.cumsum(count)])
-        return lo, h, dims, start.astype(np.int32), ids[order].astype(np.int32)
-
-    def surface(self, offset=(0, 0, 0)):
-        v = (self.vertices - self.center) @ self.rotation.T + self.center + np.asarray(offset)
-        return v, self.faces
-
-
-# ----------------------------------------------------------------------------- insertion
-
-
-class Pour:
-    """Spheres inserted at ``mass_rate`` (kg/s) into the box ``[lo, hi]`` (m) from
-    ``start`` to ``stop`` (s), at random non-overlapping positions, every ``interval`` s,
-    with ``velocity`` (m/s). Room for all of them is reserved when the solver is built."""
-
-    def __init__(self, lo, hi, radius, mass_rate, start=0.0, stop=1.0, interval=0.01, velocity=(0, 0, 0), seed=0):
-        self.lo, self.hi = np.asarray(lo, float), np.asarray(hi, float)
-        self.radius = radius
-        if not mass_rate > 0 or not stop > start or not interval > 0:
-            raise InvalidScene("Pour needs mass_rate > 0 kg/s, stop > start and interval > 0 s")
-        self.mass_rate, self.start, self.stop, self.interval = float(mass_rate), float(start), float(stop), float(interval)
-        self.velocity = np.asarray(velocity, float)
-        self.rng = np.random.default_rng(seed)
-        self.inserted_mass = 0.0
-        self.next_time = self.start
-
-
-def random_packing(lo, hi, radius, count, rng, obstacles=None, max_rounds=200):
-    """Random sequential addition: up to ``count`` non-overlapping spheres in [lo, hi] (m),
-    ``radius`` a number or (min, max); ``obstacles`` (x (M,3), r (M,)) must not be
-    overlapped. Returns (x (k,3), r (k,)) with k <= count."""
-    from scipy.spatial import cKDTree
-    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    rmin, rmax = (float(radius), float(radius)) if np.isscalar(radius) else map(float, radius)
-    if np.any(hi - lo < 2 * rmax):
-        raise InvalidScene(f"region [{lo.tolist()}, {hi.tolist()}] is thinner than a sphere diameter {2 * rmax} m")
-    ox, orad = obstacles if obstacles is not None else (np.zeros((0, 3)), np.zeros(0))
-    tree = cKDTree(ox) if len(ox) else None
-    cell = 2 * rmax
-    grid: dict = {}
-    xs, rs = [], []
-    for _ in range(max_rounds):
-        need = count - len(xs)
-        if need <= 0:
-            break
-        cand = rng.uniform(lo + rmax, hi - rmax, (need * 3 + 8, 3))
-        crad = rng.uniform(rmin, rmax, len(cand))
-        if tree is not None:
-            near = tree.query_ball_point(cand, crad + orad.max())
-            ok = np.array([not any(np.linalg.norm(ox[j] - c) < r + orad[j] for j in nb)
-                           for c, r, nb in zip(cand, crad, near)], bool)
-            cand, crad = cand[ok], crad[ok]
-        for c, r in zip(cand, crad):
-            key = tuple(np.floor(c / cell).astype(int))
-            clash = False
-            for dx in (-1, 0, 1):
-                for dy in (-1, 0, 1):
-                    for dz in (-1, 0, 1):
-                        for k in grid.get((key[0] + dx, key[1] + dy, key[2] + dz), ()):
-                            if np.sum((xs[k] - c) ** 2) < (rs[k] + r) ** 2:
-                                clash = True
-                                break
-                        if clash:
-                            break
-                    if clash:
-                        break
-                if clash:
-                    break
-            if not clash:
-                grid.setdefault(key, []).append(len(xs))
-                xs.append(c)
-                rs.append(r)
-                if len(xs) == count:
-                    break
-    return np.asarray(xs).reshape(-1, 3), np.asarray(rs)
-
-
-# ----------------------------------------------------------------------------- solver
+from .. import pool, runtime
+from ..colliders import rotation_step
+from ..core.state import State
+from ..core.system import Rollout, System
+from ..errors import InvalidScene, SimulationDiverged, UnstableTimeStep
+from ..kernels import dem as kd
+from .insertion import Pour, random_packing
+from .material import PARAMETERS, DEMMaterial
+from .walls import MeshWall, Wall
 
 
 class DEMSolver(System):
@@ -564,12 +266,12 @@ class DEMSolver(System):
 
     def _put(self, field, values):
         """Write the first n rows of a 1-D (per-sphere) field."""
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         v = np.ascontiguousarray(values, np.int32 if field.dtype == ti.i32 else runtime.np_dtype())
         km.copy_in(field, v, len(v))
 
     def _get(self, field, shape_tail=(3,)):
-        from .kernels import mpm as km
+        from ..kernels import mpm as km
         a = np.empty((self.n,) + shape_tail, np.int32 if field.dtype == ti.i32 else runtime.np_dtype())
         km.copy_out(field, a, self.n)
         return a
@@ -906,7 +608,7 @@ class DEMSolver(System):
 
     def _rollout(self, steps, state, params, control, record_every, tape_memory, check_gradients) -> Rollout:
         import torch
-        from .dem_grad import rollout_steps
+        from .rollout import rollout_steps
         dtype = runtime.torch_dtype()
         wall_velocity = None
         given = {i: control[f"{w.name}.velocity"] for i, w in enumerate(self.walls) if f"{w.name}.velocity" in control}
@@ -937,4 +639,3 @@ class DEMSolver(System):
                 "material": dict(m.__dict__), "walls": [type(w).__name__ for w in self.walls],
                 "domain_min": self.lo.tolist(), "domain_max": self.hi.tolist(), "skin": self.skin,
                 "max_neighbors": self.K, "outflow_z": None if self.outflow_z < -1e29 else self.outflow_z}
-

@@ -35,8 +35,10 @@ import math
 import numpy as np
 
 from .cameras import Camera, FisheyeCamera, look_at
-from .errors import InvalidScene
-from .markers import bind_to_surface, detect_markers, grid_markers, marker_flow_image, ray_mesh_intersect
+from ..errors import InvalidScene
+from ..geometry.triangles import bind_to_surface, ray_mesh_intersect
+from .drawing import marker_flow_image
+from .markers import detect_markers, grid_markers
 
 
 def _is_torch(a) -> bool:
@@ -56,7 +58,7 @@ class TactileSensor:
             normal (from the back plate towards the contact surface), at rest, in the
             world; default identity (a pad facing +z). Shear forces, the maps and the
             default camera and marker grid are laid out in this frame.
-        camera: a :class:`~diffsim.cameras.Camera` in the rest frame; default an
+        camera: a :class:`~diffsim.tactile.cameras.Camera` in the rest frame; default an
             equidistant fisheye 640 x 480 behind the plate whose central ~60% of the
             image spans the pad.
         markers: ``"grid"`` (``marker_grid`` rows x cols over ``marker_extent`` of the
@@ -101,8 +103,20 @@ class TactileSensor:
         np.add.at(areas, faces.ravel(), np.repeat(a / 3.0, 3))
         self.node_area = areas
         self.ref_px = np.asarray(self.camera.project(self._marker_points(X)), np.float64)
-        if hasattr(solver, "sensors"):
-            solver.sensors.append(self)
+        solver.add_instrument(self)
+
+    # ------------------------------------------------------------------ as an instrument of the solver
+    def readings(self, x, contact_force) -> dict:
+        """Diagnostics entries (traced by ``diffsim run``): normal and shear force (N) and
+        the largest marker displacement (px)."""
+        r = self.read(x, contact_force)
+        return {f"{self.name}_normal_force": float(r["normal_force"]),
+                f"{self.name}_shear_force": [float(v) for v in r["shear_force"]],
+                f"{self.name}_max_marker_px": float(np.abs(r["displacement_px"]).max())}
+
+    def images(self, x) -> dict:
+        """Frame images: the marker flow."""
+        return {f"{self.name}_markers": self.flow_image(x)}
 
     # ------------------------------------------------------------------ setup
     def _default_camera(self) -> Camera:
@@ -266,13 +280,11 @@ def _t(a, like, kind=float):
 
 
 def default_marker_image():
-    """The DiffTactile marker reference image (``shared/data/difftactile``), if present."""
+    """The DiffTactile marker reference image shipped in ``scenes/data/difftactile``."""
     from pathlib import Path
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "scenes" / "data" / "difftactile" / "marker_reference_640x480.png",
-                 here.parent.parent / "shared" / "data" / "difftactile" / "marker_reference_640x480.png"):
-        if cand.exists():
-            return str(cand)
+    cand = Path(__file__).resolve().parents[2] / "scenes" / "data" / "difftactile" / "marker_reference_640x480.png"
+    if cand.exists():
+        return str(cand)
     raise InvalidScene("no marker image given and the DiffTactile reference image was not found; pass "
                        "marker_image=PATH or use markers='grid'")
 

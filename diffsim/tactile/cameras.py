@@ -13,7 +13,7 @@ Conventions
 - Pixels ``(u, v)``: ``u`` to the right (column), ``v`` down (row), with the **centre** of
   the top-left pixel at ``(0, 0)``; the image covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``
   and the default principal point is the image centre ``((W - 1) / 2, (H - 1) / 2)``.
-  (Same convention as :func:`diffsim.markers.detect_markers`.)
+  (Same convention as :func:`diffsim.tactile.markers.detect_markers`.)
 - Focal lengths in pixels (pinhole: pixels; fisheye: pixels per radian).
 """
 from __future__ import annotations

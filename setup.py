@@ -30,6 +30,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-xdist"],
         "video": ["imageio"],
+        "cluster": ["ray"],  # diffsim sweep on Ray (local cores or a cluster)
         "mesh": ["tetgen"],  # tetrahedralize surface meshes (diffsim.tetrahedralize)
     },
     entry_points={"console_scripts": ["diffsim=diffsim.cli:main"]},

@@ -45,6 +45,7 @@ from .scene import Scene, build_scene
 from .runner import run_scene
 from .trajectory import InvalidTrajectory, Trajectory, load_trajectory, record as record_trajectory
 from .fitting import Fitter
+from .sweep import sweep
 
 __version__ = "0.1.0"
 
@@ -59,5 +60,5 @@ __all__ = [
     "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
     "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "PinholeCamera",
     "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
-    "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter",
+    "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter", "sweep",
 ]

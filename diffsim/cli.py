@@ -246,15 +246,71 @@ def main(argv=None) -> int:
     _runtime_args(t, precision="f64")
     t.set_defaults(func=_cmd_train_law)
 
+    s = sub.add_parser("sweep", help="run a scene over a grid / random sample of options (Ray or serial)")
+    s.add_argument("scene", help="scene script (or built-in scene name)")
+    s.add_argument("--out", required=True, help="the sweep's folder (manifest.jsonl, summary.csv, runs/)")
+    s.add_argument("--grid", action="append", metavar="KEY=V1,V2,...", help="options on a grid (repeatable)")
+    s.add_argument("--random", action="append", metavar="KEY=LO:HI", help="uniform random option (repeatable)")
+    s.add_argument("--samples", type=int, default=1, help="random draws per grid point")
+    s.add_argument("--seeds", default="0", help="comma-separated run seeds (default 0)")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--every", type=int, default=None)
+    s.add_argument("--backend", choices=("ray", "serial"), default="ray")
+    s.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
+    s.add_argument("--address", default=None, help="join a Ray cluster (auto or HOST:PORT)")
+    s.add_argument("--threads-per-run", type=int, default=1, help="CPU threads (and Ray CPUs) per run")
+    s.add_argument("--gpus-per-run", type=float, default=0)
+    s.add_argument("--retries", type=int, default=2, help="further attempts for a failed run")
+    s.add_argument("--precision", choices=("f32", "f64"), default="f32")
+    s.add_argument("--deterministic", action="store_true", help="one thread per run: bitwise-reproducible runs")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_sweep)
+
     args = p.parse_args(argv)
     return _dispatch(args)
+
+
+def _cmd_sweep(args) -> int:
+    from .errors import InvalidScene
+    from .scene import _parse_value
+    from .sweep import sweep
+
+    def pairs(items, sep):
+        out = {}
+        for item in items or []:
+            key, eq, rest = item.partition("=")
+            if not eq or not rest:
+                raise InvalidScene(f"expected KEY=VALUES, got {item!r}")
+            out[key.strip()] = rest
+        return out
+    grid = {k: [_parse_value(x.strip()) for x in v.split(",")] for k, v in pairs(args.grid, ",").items()}
+    random = {}
+    for k, v in pairs(args.random, ":").items():
+        lo, colon, hi = v.partition(":")
+        try:
+            random[k] = (float(lo), float(hi))
+        except ValueError:
+            raise InvalidScene(f"--random {k}: expected LO:HI numbers, got {v!r}") from None
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise InvalidScene(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    rows = sweep(args.scene, args.out, grid=grid, random=random, samples=args.samples, seeds=seeds, steps=args.steps,
+                 every=args.every, backend=args.backend, workers=args.workers, address=args.address,
+                 threads=args.threads_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
+                 precision=args.precision, deterministic=args.deterministic, progress=not args.quiet)
+    counts = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(json.dumps({"out": args.out, "runs": len(rows), **counts}))
+    return 0 if counts.get("completed", 0) == len(rows) else 1
 
 
 def _dispatch(args) -> int:
     """Run the command; every failure the user can act on becomes one line on stderr
     (exit 2; 130 when interrupted) instead of a traceback."""
     import signal
-    from .errors import DiffsimError, RunInterrupted
+    from .errors import DiffsimError, RunInterrupted, SweepInterrupted
 
     def _terminate(signum, frame):  # SIGTERM stops a run like Ctrl-C (summary, checkpoint kept)
         raise KeyboardInterrupt
@@ -265,6 +321,9 @@ def _dispatch(args) -> int:
         pass
     try:
         return args.func(args)
+    except SweepInterrupted as exc:
+        print(f"diffsim: {exc}", file=sys.stderr)
+        return 130
     except RunInterrupted as exc:
         print(f"diffsim: {exc}; continue with: {_resume_command()}", file=sys.stderr)
         return 130

@@ -56,6 +56,16 @@ class GradientNotFinite(DiffsimError, FloatingPointError):
         self.where = where
 
 
+class SweepInterrupted(DiffsimError, KeyboardInterrupt):
+    """A sweep was stopped by Ctrl-C or SIGTERM; its manifest is consistent and the same
+    command continues it (completed runs are skipped)."""
+
+    def __init__(self, completed, total, out):
+        super().__init__(f"sweep interrupted with {completed} of {total} runs completed; the manifest in {out} "
+                         f"is consistent: run the same command again to continue")
+        self.completed, self.total, self.out = completed, total, out
+
+
 class RunInterrupted(DiffsimError, KeyboardInterrupt):
     """A run was stopped by Ctrl-C or SIGTERM; its summary says ``interrupted`` and
     ``checkpoint_step`` is the step ``--resume`` continues from (None: no checkpoint yet)."""

@@ -1,0 +1,228 @@
+"""Parameter sweeps: every combination of scene options as an independent run, on Ray (the
+machine's cores, or a cluster with ``address``) or serially in this process.
+
+    rows = ds.sweep("scenes/elastic_drop.py", "runs/sweep", grid={"E": [2e4, 5e4]},
+                    random={"friction": (0.1, 0.5)}, samples=3, seeds=[0, 1], steps=500)
+
+Each run writes what ``diffsim run`` writes into ``OUT/runs/<id>/`` (``<id>`` is a hash of
+the scene script, its options, seed, steps and frame interval, so runs never collide and a
+re-invocation finds its runs again). ``OUT/manifest.jsonl`` holds one line per run
+(options, seed, status, output folder, wall time, attempts, error), rewritten atomically
+after every finished run; ``OUT/summary.csv`` tabulates the options and the scalars of
+every run's ``summary.json``. Re-running the same sweep skips completed runs and retries
+failed or diverged ones until ``retries`` further attempts were used; a run that raises or
+diverges is recorded and does not stop the others.
+
+On Ray each run is a task (``num_cpus=threads``, ``num_gpus=gpus_per_run``) in a worker
+process holding one Taichi runtime (``diffsim.init`` in the worker; Taichi has no
+multi-GPU support of its own, so one process per GPU); a worker process that dies is
+retried by Ray itself (``retries`` times) before the run is recorded as failed. Ray is an
+optional dependency: ``pip install -e ".[cluster]"``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import io as dio
+from .errors import DiffsimError, InvalidScene, SweepInterrupted
+
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.csv"
+
+
+def expand(grid: dict | None = None, random: dict | None = None, samples: int = 1, seeds=(0,),
+           sample_seed: int = 0) -> list[dict]:
+    """The runs of a sweep as ``[{"options": {...}, "seed": s}]``: the Cartesian product of
+    ``grid`` (``{key: [values]}``), ``samples`` draws of ``random`` (``{key: (lo, hi)}``,
+    uniform, from ``numpy.random.default_rng(sample_seed)``: the same on every invocation)
+    and ``seeds``."""
+    grid = dict(grid or {})
+    random = dict(random or {})
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise InvalidScene(f"grid {key!r} needs a non-empty list of values, got {values!r}")
+    for key, bounds in random.items():
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2 and float(bounds[0]) <= float(bounds[1])):
+            raise InvalidScene(f"random {key!r} needs (lo, hi) with lo <= hi, got {bounds!r}")
+    if set(grid) & set(random):
+        raise InvalidScene(f"options both on the grid and random: {sorted(set(grid) & set(random))}")
+    if int(samples) < 1:
+        raise InvalidScene(f"samples must be >= 1, got {samples}")
+    seeds = list(seeds)
+    if not seeds:
+        raise InvalidScene("seeds must not be empty")
+    rng = np.random.default_rng(sample_seed)
+    keys = sorted(random)
+    draws = [{k: float(rng.uniform(*map(float, random[k]))) for k in keys} for _ in range(int(samples if random else 1))]
+    gkeys = sorted(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in gkeys)):
+        for draw in draws:
+            for seed in seeds:
+                out.append({"options": {**dict(zip(gkeys, combo)), **draw}, "seed": int(seed)})
+    return out
+
+
+def run_id(script: str, options: dict, seed: int, steps, every) -> str:
+    key = json.dumps({"script": str(Path(script).resolve()), "options": options, "seed": seed, "steps": steps,
+                      "every": every}, sort_keys=True, default=str)
+    return "run-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def run_one(script: str, options: dict, seed: int, steps, every, out: str, precision: str = "f32",
+            threads: int | None = 1, deterministic: bool = False) -> dict:
+    """One run (in a worker process or here): ``diffsim run`` of ``script`` with ``options``
+    into ``out`` (replacing an earlier attempt). Returns the manifest fields it determines;
+    errors are returned, not raised."""
+    import torch
+
+    from . import runtime
+    from .runner import run_scene
+    from .scene import build_scene, load_script
+    t0 = time.perf_counter()
+    try:
+        if runtime._config is None:
+            runtime.init(precision=precision, threads=threads, deterministic=deterministic)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        import inspect
+        opts = dict(options)
+        if "seed" in inspect.signature(load_script(script).build).parameters:
+            opts.setdefault("seed", seed)
+        scene = build_scene(script, opts)
+        summary = run_scene(scene, out, steps=steps, every=every, progress=False, video=False, overwrite=True)
+        return {"status": summary["status"], "error": summary.get("error"), "wall_s": time.perf_counter() - t0}
+    except DiffsimError as exc:
+        status = "diverged" if type(exc).__name__ == "SimulationDiverged" else "failed"
+        return {"status": status, "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
+    except Exception as exc:  # a run's bug must not stop the sweep: recorded with its type
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
+
+
+def sweep(script, out, grid: dict | None = None, random: dict | None = None, samples: int = 1, seeds=(0,),
+          steps: int | None = None, every: int | None = None, backend: str = "ray", workers: int | None = None,
+          address: str | None = None, threads: int = 1, gpus_per_run: float = 0, retries: int = 2,
+          precision: str = "f32", deterministic: bool = False, progress: bool = True) -> list[dict]:
+    """Run a sweep (see the module docstring); returns the manifest rows.
+
+    Args:
+        script: scene script (path or built-in name). out: the sweep's folder.
+        grid, random, samples, seeds: the runs (:func:`expand`).
+        steps, every: as ``diffsim run`` (default: the scene's).
+        backend: ``"ray"`` or ``"serial"`` (in this process, one run after the other).
+        workers: local Ray CPUs (default: all cores); ignored with ``address``.
+        address: a Ray cluster to join (``"auto"`` or ``"HOST:6379"``; see the README).
+        threads: CPU threads per run (its Ray ``num_cpus``). gpus_per_run: Ray ``num_gpus``.
+        retries: further attempts for a failed run (Ray: also after a worker process died).
+        precision, deterministic: the workers' runtime (as ``diffsim run``).
+    """
+    from .progress import Progress
+    from .scene import resolve_script
+    if backend not in ("ray", "serial"):
+        raise InvalidScene(f"backend must be 'ray' or 'serial', got {backend!r}")
+    if int(retries) < 0:
+        raise InvalidScene(f"retries must be >= 0, got {retries}")
+    script = str(Path(resolve_script(script)).resolve())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _load_manifest(out)
+    todo = []
+    for run in expand(grid, random, samples, seeds):
+        rid = run_id(script, run["options"], run["seed"], steps, every)
+        row = rows.get(rid) or {"id": rid, "options": run["options"], "seed": run["seed"], "steps": steps,
+                                "every": every, "out": str(out / "runs" / rid), "status": "pending", "attempts": 0,
+                                "wall_s": None, "error": None}
+        rows[rid] = row
+        done = row["status"] == "completed" and (Path(row["out"]) / "summary.json").exists()
+        if not done and (row["status"] == "pending" or row["attempts"] <= int(retries)):
+            todo.append(row)
+    _write(out, rows)
+    args = lambda r: (script, r["options"], r["seed"], steps, every, r["out"], precision, threads,  # noqa: E731
+                      deterministic)
+    with Progress(total=len(todo), desc=f"sweep {Path(script).stem}", unit="run", disable=not progress) as bar:
+        def finish(row, result):
+            row.update(result)
+            row["attempts"] += 1
+            _write(out, rows)
+            bar.update(1, failed=sum(r["status"] != "completed" for r in rows.values() if r["attempts"]))
+        try:
+            if backend == "serial":
+                for row in todo:
+                    finish(row, run_one(*args(row)))
+            else:
+                _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries)
+        except KeyboardInterrupt:
+            _write(out, rows)
+            raise SweepInterrupted(sum(r["status"] == "completed" for r in rows.values()), len(rows), str(out)) from None
+    return list(rows.values())
+
+
+def _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries):
+    try:
+        import ray
+    except ImportError:
+        raise InvalidScene('the Ray backend needs Ray: pip install -e ".[cluster]" (or backend="serial")') from None
+    if not ray.is_initialized():
+        kw = {"address": address} if address else {"num_cpus": workers}
+        ray.init(include_dashboard=False, log_to_driver=False, **kw)
+    task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=int(retries))(run_one)
+    pending = {task.remote(*args(row)): row for row in todo}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            row = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except Exception as exc:  # the worker process died (after Ray's own retries)
+                result = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                          "wall_s": None}
+            finish(row, result)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _load_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {}
+    rows = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise InvalidScene(f"{path}: line {i + 1} is not JSON; the manifest is damaged") from None
+            rows[row["id"]] = row
+    return rows
+
+
+def _write(out: Path, rows: dict):
+    """The manifest and the summary table, each written atomically."""
+    dio.atomic_write_text(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
+    keys = sorted({k for r in rows.values() for k in r["options"]})
+    scalars = ("status", "steps", "particles", "wall_time_s", "particle_steps_per_s", "simulated_time")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "seed", *keys, *scalars, "error"])
+    for r in rows.values():
+        s = {}
+        path = Path(r["out"]) / "summary.json"
+        if path.exists():
+            try:
+                s = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                s = {}
+        s["status"] = r["status"]
+        w.writerow([r["id"], r["seed"], *(r["options"].get(k, "") for k in keys), *(s.get(k, "") for k in scalars),
+                    r["error"] or ""])
+    dio.atomic_write_text(out / SUMMARY, buf.getvalue())

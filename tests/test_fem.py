@@ -270,7 +270,7 @@ def test_two_body_contact_gradients_match_central_differences():
     for j in range(2):
         d = torch.zeros(2, dtype=torch.float64)
         d[j] = 1.0
-        fd = central_difference(lambda eps, d=d: loss(E.detach() + eps * d, vel0), float(E[j]) * 1e-6)
+        fd = central_difference(lambda eps, d=d: loss(E.detach() + eps * d, vel0), float(E[j].detach()) * 1e-6)
         assert E.grad[j].item() == pytest.approx(fd, rel=1e-4)
     for idx in [(0, 0, 2), (0, 0, 0), (0, 0, 5)]:
         d = torch.zeros_like(vel0)

@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     s.add_argument("--retries", type=int, default=2, help="further attempts for a failed run")
     s.add_argument("--precision", choices=("f32", "f64"), default="f32")
     s.add_argument("--deterministic", action="store_true", help="one thread per run: bitwise-reproducible runs")
+    s.add_argument("--record", action="store_true",
+                   help="a dataset: each run records its trajectory; OUT/dataset.json indexes them with splits")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_sweep)
 
@@ -298,7 +300,8 @@ def _cmd_sweep(args) -> int:
     rows = sweep(args.scene, args.out, grid=grid, random=random, samples=args.samples, seeds=seeds, steps=args.steps,
                  every=args.every, backend=args.backend, workers=args.workers, address=args.address,
                  threads=args.threads_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
-                 precision=args.precision, deterministic=args.deterministic, progress=not args.quiet)
+                 precision=args.precision, deterministic=args.deterministic, record=args.record,
+                 progress=not args.quiet)
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -36,6 +36,9 @@ from .errors import DiffsimError, InvalidScene, SweepInterrupted
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.csv"
+DATASET = "dataset.json"
+DATASET_FORMAT = "diffsim-dataset/1"
+SPLIT = (0.8, 0.1, 0.1)   # train, val, test fractions
 
 
 def expand(grid: dict | None = None, random: dict | None = None, samples: int = 1, seeds=(0,),
@@ -78,10 +81,11 @@ def run_id(script: str, options: dict, seed: int, steps, every) -> str:
 
 
 def run_one(script: str, options: dict, seed: int, steps, every, out: str, precision: str = "f32",
-            threads: int | None = 1, deterministic: bool = False) -> dict:
+            threads: int | None = 1, deterministic: bool = False, record: bool = False) -> dict:
     """One run (in a worker process or here): ``diffsim run`` of ``script`` with ``options``
-    into ``out`` (replacing an earlier attempt). Returns the manifest fields it determines;
-    errors are returned, not raised."""
+    into ``out`` (replacing an earlier attempt), or with ``record`` its trajectory
+    (``out/trajectory.npz``, a frame every ``every`` substeps) and a ``summary.json``.
+    Returns the manifest fields it determines; errors are returned, not raised."""
     import torch
 
     from . import runtime
@@ -98,6 +102,8 @@ def run_one(script: str, options: dict, seed: int, steps, every, out: str, preci
         if "seed" in inspect.signature(load_script(script).build).parameters:
             opts.setdefault("seed", seed)
         scene = build_scene(script, opts)
+        if record:
+            return _record_run(scene, script, steps, every, Path(out), t0)
         summary = run_scene(scene, out, steps=steps, every=every, progress=False, video=False, overwrite=True)
         return {"status": summary["status"], "error": summary.get("error"), "wall_s": time.perf_counter() - t0}
     except DiffsimError as exc:
@@ -107,10 +113,58 @@ def run_one(script: str, options: dict, seed: int, steps, every, out: str, preci
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
 
 
+def _record_run(scene, script, steps, every, out: Path, t0) -> dict:
+    """A run that records its trajectory (the dataset mode of a sweep)."""
+    from .trajectory import record
+    steps = int(steps or scene.steps)
+    every = int(every or scene.every)
+    traj = record(scene, steps, every, progress=False, script=script)
+    out.mkdir(parents=True, exist_ok=True)
+    traj.save(out / "trajectory.npz")
+    wall = time.perf_counter() - t0
+    summary = {"scene": scene.name, "status": "completed", "error": None, "steps": steps, "every": every,
+               "frames": int(traj.frames), "particles": int(traj.positions.shape[1]), "wall_time_s": wall,
+               "simulated_time": steps * scene.dt, "options": scene.options}
+    dio.atomic_write_json(out / "summary.json", summary)
+    return {"status": "completed", "error": None, "wall_s": wall}
+
+
+def split_of(run_id: str, fractions=SPLIT) -> str:
+    """``train``/``val``/``test`` of a run, from its id's hash: stable when a sweep grows
+    (adding runs never moves an existing one to another split)."""
+    u = int(run_id.split("-")[-1][:8], 16) / 16 ** 8
+    train, val, _ = fractions
+    return "train" if u < train else ("val" if u < train + val else "test")
+
+
+def load_dataset(path, split: str | None = None) -> list:
+    """The trajectories of a recorded sweep (``OUT`` or ``OUT/dataset.json``), of one split
+    (``"train"``, ``"val"``, ``"test"``) or all, as :class:`~diffsim.Trajectory` objects
+    with ``options`` and ``seed`` in their metadata's ``run`` entry."""
+    from .trajectory import load_trajectory
+    path = Path(path)
+    index = path / DATASET if path.is_dir() else path
+    if not index.exists():
+        raise InvalidScene(f"{index}: no dataset index; run the sweep with record=True (diffsim sweep --record)")
+    data = json.loads(index.read_text())
+    if data.get("format") != DATASET_FORMAT:
+        raise InvalidScene(f"{index}: not a {DATASET_FORMAT} index (format {data.get('format')!r})")
+    if split not in (None, "train", "val", "test"):
+        raise InvalidScene(f"split must be 'train', 'val', 'test' or None, got {split!r}")
+    out = []
+    for run in data["runs"]:
+        if split is None or run["split"] == split:
+            traj = load_trajectory(index.parent / run["path"])
+            traj.metadata["run"] = {k: run[k] for k in ("id", "options", "seed", "split")}
+            out.append(traj)
+    return out
+
+
 def sweep(script, out, grid: dict | None = None, random: dict | None = None, samples: int = 1, seeds=(0,),
           steps: int | None = None, every: int | None = None, backend: str = "ray", workers: int | None = None,
           address: str | None = None, threads: int = 1, gpus_per_run: float = 0, retries: int = 2,
-          precision: str = "f32", deterministic: bool = False, progress: bool = True) -> list[dict]:
+          precision: str = "f32", deterministic: bool = False, record: bool = False,
+          progress: bool = True) -> list[dict]:
     """Run a sweep (see the module docstring); returns the manifest rows.
 
     Args:
@@ -123,6 +177,10 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
         threads: CPU threads per run (its Ray ``num_cpus``). gpus_per_run: Ray ``num_gpus``.
         retries: further attempts for a failed run (Ray: also after a worker process died).
         precision, deterministic: the workers' runtime (as ``diffsim run``).
+        record: a dataset instead of ``diffsim run`` outputs: each run records its
+            trajectory (``runs/<id>/trajectory.npz``, a frame every ``every`` substeps) and
+            ``OUT/dataset.json`` indexes the completed ones with a train/val/test split
+            (:func:`split_of`; read them with :func:`load_dataset`).
     """
     from .progress import Progress
     from .scene import resolve_script
@@ -144,14 +202,14 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
         done = row["status"] == "completed" and (Path(row["out"]) / "summary.json").exists()
         if not done and (row["status"] == "pending" or row["attempts"] <= int(retries)):
             todo.append(row)
-    _write(out, rows)
+    _write(out, rows, script if record else None)
     args = lambda r: (script, r["options"], r["seed"], steps, every, r["out"], precision, threads,  # noqa: E731
-                      deterministic)
+                      deterministic, record)
     with Progress(total=len(todo), desc=f"sweep {Path(script).stem}", unit="run", disable=not progress) as bar:
         def finish(row, result):
             row.update(result)
             row["attempts"] += 1
-            _write(out, rows)
+            _write(out, rows, script if record else None)
             bar.update(1, failed=sum(r["status"] != "completed" for r in rows.values() if r["attempts"]))
         try:
             if backend == "serial":
@@ -206,8 +264,9 @@ def _load_manifest(out: Path) -> dict:
     return rows
 
 
-def _write(out: Path, rows: dict):
-    """The manifest and the summary table, each written atomically."""
+def _write(out: Path, rows: dict, dataset_script: str | None = None):
+    """The manifest and the summary table (and, for a recorded sweep, the dataset index),
+    each written atomically."""
     dio.atomic_write_text(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
     keys = sorted({k for r in rows.values() for k in r["options"]})
     scalars = ("status", "steps", "particles", "wall_time_s", "particle_steps_per_s", "simulated_time")
@@ -226,3 +285,17 @@ def _write(out: Path, rows: dict):
         w.writerow([r["id"], r["seed"], *(r["options"].get(k, "") for k in keys), *(s.get(k, "") for k in scalars),
                     r["error"] or ""])
     dio.atomic_write_text(out / SUMMARY, buf.getvalue())
+    if dataset_script is not None:
+        runs = []
+        for r in rows.values():
+            path = Path(r["out"]) / "trajectory.npz"
+            if r["status"] == "completed" and path.exists():
+                s = json.loads((Path(r["out"]) / "summary.json").read_text())
+                runs.append({"id": r["id"], "path": str(path.relative_to(out)), "options": r["options"],
+                             "seed": r["seed"], "frames": s["frames"], "particles": s["particles"],
+                             "split": split_of(r["id"])})
+        dio.atomic_write_json(out / DATASET, {
+            "format": DATASET_FORMAT, "scene": dataset_script, "runs": runs,
+            "split_rule": f"by the run id's hash: the first 8 hex digits / 16^8 below {SPLIT[0]} train, below "
+                          f"{SPLIT[0] + SPLIT[1]:.2f} val, else test (stable when the sweep grows)",
+            "splits": {k: sum(r["split"] == k for r in runs) for k in ("train", "val", "test")}})

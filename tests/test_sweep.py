@@ -160,3 +160,29 @@ def test_readme_scene_is_sweepable_serially(tmp_path):
     finals = [_final(r["out"]) for r in rows]
     assert not np.array_equal(finals[0]["v"], finals[1]["v"])               # the option reached the scene
 
+
+
+def test_recorded_sweep_is_a_dataset_with_stable_splits(scene_file, tmp_path):
+    from diffsim.sweep import load_dataset, split_of
+    out = tmp_path / "data"
+    rows = ds.sweep(scene_file, out, grid={"rate": [0.5, 1.0, 2.0, 4.0]}, seeds=[0, 1, 2], steps=40, every=10,
+                    record=True, backend="serial", progress=False)
+    assert all(r["status"] == "completed" for r in rows) and len(rows) == 12
+    index = json.loads((out / "dataset.json").read_text())
+    assert index["format"] == "diffsim-dataset/1" and len(index["runs"]) == 12
+    assert sum(index["splits"].values()) == 12 and index["splits"]["train"] >= 6
+    assert all(run["split"] == split_of(run["id"]) and run["frames"] == 5 for run in index["runs"])
+    train = load_dataset(out, "train")
+    assert len(train) == index["splits"]["train"] and all(t.positions.shape == (5, 12, 3) for t in train)
+    t = train[0]
+    first = build_scene(scene_file, {**t.metadata["run"]["options"], "seed": t.metadata["run"]["seed"]})
+    np.testing.assert_array_equal(t.positions[0], first.solver.initial_state().x.numpy())
+    assert sum(len(load_dataset(out, s)) for s in ("train", "val", "test")) == 12
+    # growing the sweep keeps every earlier run in its split
+    before = {run["id"]: run["split"] for run in index["runs"]}
+    ds.sweep(scene_file, out, grid={"rate": [0.5, 1.0, 2.0, 4.0, 8.0]}, seeds=[0, 1, 2], steps=40, every=10,
+             record=True, backend="serial", progress=False)
+    after = {run["id"]: run["split"] for run in json.loads((out / "dataset.json").read_text())["runs"]}
+    assert len(after) == 15 and all(after[k] == v for k, v in before.items())
+    with pytest.raises(ds.InvalidScene, match="no dataset index"):
+        load_dataset(tmp_path)

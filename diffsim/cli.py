@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     s.add_argument("--retries", type=int, default=2, help="further attempts for a failed run")
     s.add_argument("--precision", choices=("f32", "f64"), default="f32")
     s.add_argument("--deterministic", action="store_true", help="one thread per run: bitwise-reproducible runs")
+    s.add_argument("--plot", action="append", metavar="OPTION:OUTPUT",
+                   help="after the sweep, plot a summary scalar or last trace value against an option (repeatable)")
     s.add_argument("--record", action="store_true",
                    help="a dataset: each run records its trajectory; OUT/dataset.json indexes them with splits")
     s.add_argument("--quiet", action="store_true")
@@ -302,6 +304,12 @@ def _cmd_sweep(args) -> int:
                  threads=args.threads_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
                  precision=args.precision, deterministic=args.deterministic, record=args.record,
                  progress=not args.quiet)
+    from .sweep import plot
+    for spec in args.plot or []:
+        x, colon, y = spec.partition(":")
+        if not colon:
+            raise InvalidScene(f"--plot expects OPTION:OUTPUT, got {spec!r}")
+        plot(args.out, x, y)
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

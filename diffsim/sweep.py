@@ -223,6 +223,36 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
     return list(rows.values())
 
 
+def plot(out, x: str, y: str, path=None):
+    """Plot a run output ``y`` (a scalar of the runs' ``summary.json``, e.g. ``wall_time_s``,
+    or of its ``traces`` at the last frame, e.g. ``kinetic``) against a swept option ``x``
+    for the completed runs of the sweep in ``out``, one series per seed; written to
+    ``OUT/plot_<y>_vs_<x>.png`` (or ``path``). Returns the path."""
+    from .plot import write_plot
+    out = Path(out)
+    rows = [r for r in _load_manifest(out).values() if r["status"] == "completed"]
+    if not rows:
+        raise InvalidScene(f"{out}: no completed runs to plot")
+    if any(x not in r["options"] for r in rows):
+        raise InvalidScene(f"option {x!r} was not swept; swept: {sorted({k for r in rows for k in r['options']})}")
+    series = {}
+    for r in rows:
+        s = json.loads((Path(r["out"]) / "summary.json").read_text())
+        traces = s.get("traces") or {}
+        if y in s and isinstance(s[y], (int, float)):
+            value = s[y]
+        elif y in traces and traces[y]:
+            value = traces[y][-1]
+        else:
+            raise InvalidScene(f"{y!r} is neither a scalar of summary.json nor a trace: scalars "
+                               f"{sorted(k for k, v in s.items() if isinstance(v, (int, float)))}, traces {sorted(traces)}")
+        series.setdefault(f"seed {r['seed']}", []).append((float(r["options"][x]), float(value)))
+    series = {k: tuple(map(list, zip(*sorted(v)))) for k, v in series.items()}
+    path = Path(path) if path else out / f"plot_{y}_vs_{x}.png"
+    write_plot(path, series, xlabel=x, ylabel=y, title=f"{y} against {x}", markers=True)
+    return path
+
+
 def _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries):
     try:
         import ray

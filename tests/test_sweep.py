@@ -186,3 +186,15 @@ def test_recorded_sweep_is_a_dataset_with_stable_splits(scene_file, tmp_path):
     assert len(after) == 15 and all(after[k] == v for k, v in before.items())
     with pytest.raises(ds.InvalidScene, match="no dataset index"):
         load_dataset(tmp_path)
+
+
+def test_plot_an_output_against_a_swept_option(scene_file, tmp_path):
+    from diffsim.sweep import plot
+    out = tmp_path / "p"
+    ds.sweep(scene_file, out, grid={"rate": [0.5, 1.0, 2.0]}, seeds=[0, 1], backend="serial", progress=False)
+    path = plot(out, "rate", "kinetic")
+    assert path.name == "plot_kinetic_vs_rate.png" and path.stat().st_size > 1000
+    with pytest.raises(ds.InvalidScene, match="not swept"):
+        plot(out, "particles", "kinetic")
+    with pytest.raises(ds.InvalidScene, match="neither a scalar"):
+        plot(out, "rate", "nonsense")

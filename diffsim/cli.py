@@ -138,6 +138,14 @@ def _cmd_train_law(args) -> int:
     from .learned.constitutive import make_law
     from .learned.training import LawTrainer, save_law
     from .trajectory import InvalidTrajectory
+    import os
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:   # started by torchrun: one process per rank, gloo on CPU
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        if args.threads is None:
+            args.threads = max(1, (os.cpu_count() or 1) // world)
     _init_runtime(args)
     data, options, make_scene = _data_and_scene(args)
     if not data.full_state and args.window[0] > 0:
@@ -149,12 +157,17 @@ def _cmd_train_law(args) -> int:
     el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
                       stress_scale=args.stress_scale)
     trainer = LawTrainer(scene, data, el, pl, body=args.body, lr=args.lr, clip=args.clip,
-                         window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed)
-    hist = trainer.train(args.iters, progress=not args.quiet)
-    save_law(args.out, el, pl, metadata={**trainer.metadata(), "history": hist,
-                                          "kind": args.kind, "options": options})
-    print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
-                      "seconds": hist[-1]["seconds"]}))
+                         window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed,
+                         batch=args.batch)
+    hist = trainer.train(args.iters, progress=not args.quiet and trainer.rank == 0)
+    if trainer.rank == 0:   # one writer
+        save_law(args.out, el, pl, metadata={**trainer.metadata(), "history": hist,
+                                              "kind": args.kind, "options": options, "processes": trainer.world})
+        print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
+                          "seconds": hist[-1]["seconds"], "processes": trainer.world}))
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return 0
 
 
@@ -240,6 +253,8 @@ def main(argv=None) -> int:
     t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     t.add_argument("--window", type=_window, default=(2, 0),
                    help="teacher-forcing window in frames: START,END (END default: all)")
+    t.add_argument("--batch", type=int, default=1,
+                   help="windows per iteration (under torchrun shared among the processes)")
     t.add_argument("--out", default="law.pt")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scene option")
     t.add_argument("--quiet", action="store_true")

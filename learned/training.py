@@ -9,8 +9,14 @@ Teacher forcing: each iteration restarts the simulation from a recorded frame (t
 MPM state x, v, C, F of the data, when it has it) and rolls ``window`` frames forward; the
 window grows linearly from ``window_start`` to ``window_end`` frames over the iterations
 (NCLaw's schedule). Without full-state data every window starts at frame 0. Loss: mean
-squared particle position error (mm^2) over the window's frames; Adam with gradient-norm
-clipping.
+squared particle position error (mm^2) over the window's frames, averaged over ``batch``
+windows per iteration; Adam with gradient-norm clipping.
+
+Data parallel: under ``torchrun`` (``torch.distributed`` initialised, e.g. by ``diffsim
+train-law``), each of the W processes (its own Taichi runtime) rolls out every W-th of an
+iteration's ``batch`` windows and the gradients are summed across processes (gloo on CPU)
+before the identical optimiser step everywhere: the result equals one process doing all
+``batch`` windows. Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ class LawTrainer:
 
     def __init__(self, scene, data, elasticity, plasticity=None, body: str | None = None, lr: float = 3e-3,
                  clip: float = 1.0, window_start: int = 2, window_end: int | None = None, seed: int = 0,
-                 checkpoint_every: int = 0, lr_decay: float = 0.1):
+                 checkpoint_every: int = 0, lr_decay: float = 0.1, batch: int = 1):
         import diffsim as ds
         self.scene = scene
         self.sim = scene.solver
@@ -58,6 +64,14 @@ class LawTrainer:
         self.window_start = max(1, int(window_start))
         self.window_end = int(window_end or (data.frames - 1))
         self.rng = np.random.default_rng(seed)
+        self.batch = int(batch)
+        if self.batch < 1:
+            raise ds.InvalidScene(f"batch must be >= 1 window, got {batch}")
+        self.rank, self.world = _distributed()
+        if self.world > 1:  # every process starts from rank 0's weights
+            import torch.distributed as dist
+            for p in self.params:
+                dist.broadcast(p.data, 0)
         self.checkpoint_every = checkpoint_every  # 0: keep the whole window (no recomputation)
         self.dtype = next(iter(self.params)).dtype
         self.history = []
@@ -99,13 +113,19 @@ class LawTrainer:
                 f = it / max(iterations - 1, 1)
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr * (self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * f)))
-                start = int(self.rng.integers(0, T - w)) if self.data.full_state else 0
+                # the same draws in every process; each rolls out its share of the windows
+                starts = [int(self.rng.integers(0, T - w)) if self.data.full_state else 0 for _ in range(self.batch)]
                 self.opt.zero_grad()
-                pred = self.rollout_positions(start, w)
-                loss = ((pred - target[start + 1:start + 1 + w]) ** 2).mean() / MM2
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at iteration {it} (loss {float(loss)}); lower lr")
-                loss.backward()
+                total = torch.zeros((), dtype=self.dtype)
+                for start in starts[self.rank::self.world]:
+                    pred = self.rollout_positions(start, w)
+                    part = ((pred - target[start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
+                    if not torch.isfinite(part):
+                        raise FloatingPointError(f"training diverged at iteration {it} (loss {float(part)}); lower lr")
+                    part.backward()
+                    total = total + part.detach()
+                loss = _sum_across_processes(total, self.params, self.world)
+                start = starts[0]
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
                 self.opt.step()
                 self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
@@ -120,6 +140,27 @@ class LawTrainer:
                 "density": self.reference_material.density, "wave_speed": self.reference_material.wave_speed(),
                 "iterations": len(self.history),
                 "final_loss_mm2": self.history[-1]["loss_mm2"] if self.history else None}
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_across_processes(loss, params, world):
+    """Sum the loss and the parameters' gradients over the processes (no-op alone)."""
+    if world == 1:
+        return loss
+    import torch.distributed as dist
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
+    return loss
 
 
 def simulate_with_law(scene, elasticity, plasticity, frames: int, every: int, body: str | None = None,

@@ -145,3 +145,42 @@ def test_training_reduces_the_loss_and_laws_round_trip(tmp_path):
     assert pl2 is None and meta["body"] == "sample" and meta["iterations"] == 12
     assert torch.equal(el(F), el2(F))
     trainer.sim.close()
+
+
+def test_train_law_under_torchrun_equals_one_process(tmp_path):
+    """Data parallel training (2 CPU processes, gloo): each rolls out one of the iteration's
+    two windows and the gradients are summed; losses and weights equal one process doing
+    both windows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    probe = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
+    data = tmp_path / "d.npz"
+    env = dict(os.environ)
+    gen = subprocess.run([sys.executable, "-m", "diffsim", "generate", str(probe), "--out", str(data), "--full-state",
+                          "--set", "material=jelly", "--set", "grid=12", "--set", "duration=0.06", "--quiet",
+                          "--precision", "f64"], capture_output=True, text=True, timeout=300, env=env)
+    assert gen.returncode == 0, gen.stderr
+    common = ["train-law", "--data", str(data), "--batch", "2", "--iters", "3", "--width", "8", "--window", "1,2",
+              "--quiet", "--threads", "1"]
+    one = subprocess.run([sys.executable, "-m", "diffsim", *common, "--out", str(tmp_path / "one.pt")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    import socket
+    with socket.socket() as sock:       # a free port for the rendezvous (a fixed one may linger in TIME_WAIT)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), "-m", "diffsim", *common,
+                          "--out", str(tmp_path / "two.pt")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    el1, _, m1 = load_law(tmp_path / "one.pt")
+    el2, _, m2 = load_law(tmp_path / "two.pt")
+    assert m2["processes"] == 2 and m1["processes"] == 1
+    l1 = [h["loss_mm2"] for h in m1["history"]]
+    l2 = [h["loss_mm2"] for h in m2["history"]]
+    assert l1 == pytest.approx(l2, rel=1e-9), (l1, l2)
+    for a, b in zip(el1.state_dict().values(), el2.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -141,6 +141,7 @@ class FEMMPMCoupling(System):
                               driver_velocity, mpm_state, fem_state, check_gradients, records=bool(record_every))
         self.fem.hold_state(out["x_final"].detach().double().numpy(), out["v_final"].detach().double().numpy())
         self.fem.step_count = steps
+        self.fem._drivers_to(out)
         records = []
         if record_every:
             for r, (step, ms) in enumerate(out["mpm_records"]):

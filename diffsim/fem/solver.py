@@ -825,6 +825,12 @@ class FEMSolver(System):
                 out[d] = given.expand(rows, 6) if R == 1 else given
         return out
 
+    def _drivers_to(self, out):
+        """The drivers' poses at the end of a rollout (computed in torch there)."""
+        for d, drv in enumerate(self.drivers):
+            drv.translation = out["driver_translation"][-1, d].detach().double().numpy().copy()
+            drv.rotation = out["driver_rotation"][-1, d].detach().double().numpy().copy()
+
     def record_interval(self, steps: int, record_every: int | None) -> int:
         """The substeps per interval a rollout runs with: ``record_every``, or without
         records the largest that divides both ``steps`` and the tape (``tape_substeps``)."""
@@ -842,6 +848,7 @@ class FEMSolver(System):
                              driver_velocity, check_gradients)
         self.hold_state(out["x_final"].detach().double().numpy(), out["v_final"].detach().double().numpy())
         self.step_count = steps
+        self._drivers_to(out)
         records = [((r + 1) * record_every, State(x=out["x"][r], v=out["v"][r])) for r in range(out["x"].shape[0])] \
             if record_every else []
         extras = {k: out[k] for k in ("force", "driver_translation", "driver_rotation", "max_penetration")}

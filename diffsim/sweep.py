@@ -81,25 +81,26 @@ def run_id(script: str, options: dict, seed: int, steps, every) -> str:
 
 
 def run_one(script: str, options: dict, seed: int, steps, every, out: str, precision: str = "f32",
-            threads: int | None = 1, deterministic: bool = False, record: bool = False) -> dict:
+            threads: int | None = 1, deterministic: bool = False, record: bool = False,
+            seed_option: bool = False) -> dict:
     """One run (in a worker process or here): ``diffsim run`` of ``script`` with ``options``
     into ``out`` (replacing an earlier attempt), or with ``record`` its trajectory
     (``out/trajectory.npz``, a frame every ``every`` substeps) and a ``summary.json``.
+    ``seed_option``: the scene's ``build`` takes a ``seed`` (it gets the run's seed).
     Returns the manifest fields it determines; errors are returned, not raised."""
     import torch
 
     from . import runtime
     from .runner import run_scene
-    from .scene import build_scene, load_script
+    from .scene import build_scene
     t0 = time.perf_counter()
     try:
         if runtime._config is None:
             runtime.init(precision=precision, threads=threads, deterministic=deterministic)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        import inspect
         opts = dict(options)
-        if "seed" in inspect.signature(load_script(script).build).parameters:
+        if seed_option:
             opts.setdefault("seed", seed)
         scene = build_scene(script, opts)
         if record:
@@ -182,13 +183,16 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
             ``OUT/dataset.json`` indexes the completed ones with a train/val/test split
             (:func:`split_of`; read them with :func:`load_dataset`).
     """
+    import inspect
+
     from .progress import Progress
-    from .scene import resolve_script
+    from .scene import load_script, resolve_script
     if backend not in ("ray", "serial"):
         raise InvalidScene(f"backend must be 'ray' or 'serial', got {backend!r}")
     if int(retries) < 0:
         raise InvalidScene(f"retries must be >= 0, got {retries}")
     script = str(Path(resolve_script(script)).resolve())
+    seed_option = "seed" in inspect.signature(load_script(script).build).parameters   # once, not per run
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = _load_manifest(out)
@@ -202,14 +206,17 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
         done = row["status"] == "completed" and (Path(row["out"]) / "summary.json").exists()
         if not done and (row["status"] == "pending" or row["attempts"] <= int(retries)):
             todo.append(row)
-    _write(out, rows, script if record else None)
+    summaries = {}                       # run id -> its summary.json, read once
+    dataset = script if record else None
+    _write(out, rows, summaries, dataset)
     args = lambda r: (script, r["options"], r["seed"], steps, every, r["out"], precision, threads,  # noqa: E731
-                      deterministic, record)
+                      deterministic, record, seed_option)
     with Progress(total=len(todo), desc=f"sweep {Path(script).stem}", unit="run", disable=not progress) as bar:
         def finish(row, result):
             row.update(result)
             row["attempts"] += 1
-            _write(out, rows, script if record else None)
+            summaries.pop(row["id"], None)
+            _write(out, rows, summaries, dataset)
             bar.update(1, failed=sum(r["status"] != "completed" for r in rows.values() if r["attempts"]))
         try:
             if backend == "serial":
@@ -218,7 +225,7 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
             else:
                 _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries)
         except KeyboardInterrupt:
-            _write(out, rows)
+            _write(out, rows, summaries, dataset)
             raise SweepInterrupted(sum(r["status"] == "completed" for r in rows.values()), len(rows), str(out)) from None
     return list(rows.values())
 
@@ -294,9 +301,20 @@ def _load_manifest(out: Path) -> dict:
     return rows
 
 
-def _write(out: Path, rows: dict, dataset_script: str | None = None):
+def _summary(row: dict, cache: dict) -> dict:
+    """A run's ``summary.json`` ({} while it has none), read once into ``cache``."""
+    if row["id"] not in cache:
+        path = Path(row["out"]) / "summary.json"
+        try:
+            cache[row["id"]] = json.loads(path.read_text()) if path.exists() else {}
+        except json.JSONDecodeError:
+            cache[row["id"]] = {}
+    return cache[row["id"]]
+
+
+def _write(out: Path, rows: dict, summaries: dict, dataset_script: str | None = None):
     """The manifest and the summary table (and, for a recorded sweep, the dataset index),
-    each written atomically."""
+    each written atomically; ``summaries``: the runs' summaries read so far."""
     dio.atomic_write_text(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
     keys = sorted({k for r in rows.values() for k in r["options"]})
     scalars = ("status", "steps", "particles", "wall_time_s", "particle_steps_per_s", "simulated_time")
@@ -304,14 +322,7 @@ def _write(out: Path, rows: dict, dataset_script: str | None = None):
     w = csv.writer(buf)
     w.writerow(["id", "seed", *keys, *scalars, "error"])
     for r in rows.values():
-        s = {}
-        path = Path(r["out"]) / "summary.json"
-        if path.exists():
-            try:
-                s = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                s = {}
-        s["status"] = r["status"]
+        s = {**_summary(r, summaries), "status": r["status"]}
         w.writerow([r["id"], r["seed"], *(r["options"].get(k, "") for k in keys), *(s.get(k, "") for k in scalars),
                     r["error"] or ""])
     dio.atomic_write_text(out / SUMMARY, buf.getvalue())
@@ -320,7 +331,7 @@ def _write(out: Path, rows: dict, dataset_script: str | None = None):
         for r in rows.values():
             path = Path(r["out"]) / "trajectory.npz"
             if r["status"] == "completed" and path.exists():
-                s = json.loads((Path(r["out"]) / "summary.json").read_text())
+                s = _summary(r, summaries)
                 runs.append({"id": r["id"], "path": str(path.relative_to(out)), "options": r["options"],
                              "seed": r["seed"], "frames": s["frames"], "particles": s["particles"],
                              "split": split_of(r["id"])})

@@ -5,8 +5,8 @@ differentiable rollout) and :class:`StepModule` (a torch module that is a system
 See ``docs/architecture.md``."""
 from .state import State
 from .system import Rollout, System
-from .names import flatten, resolve
+from .names import by_part, flatten, resolve
 from .rollout import rollout
 from .step_module import StepModule
 
-__all__ = ["State", "System", "Rollout", "flatten", "resolve", "rollout", "StepModule"]
+__all__ = ["State", "System", "Rollout", "by_part", "flatten", "resolve", "rollout", "StepModule"]

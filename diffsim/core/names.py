@@ -19,6 +19,16 @@ def flatten(tree: Mapping | None, prefix: str = "") -> dict:
     return out
 
 
+def by_part(named: Mapping) -> dict:
+    """``{"jelly.E": t, "jelly.nu": u}`` -> ``{"jelly": {"E": t, "nu": u}}``: qualified names
+    grouped by what precedes their last dot (the inverse of :func:`flatten`, one level)."""
+    out = {}
+    for name, value in named.items():
+        part, _, leaf = name.rpartition(".")
+        out.setdefault(part, {})[leaf] = value
+    return out
+
+
 def resolve(given: Mapping, known, what: str = "parameter") -> dict:
     """Map each name of ``given`` to the qualified names of ``known`` it stands for: the
     name itself, every known name ending in ``.name`` (a short name sets that quantity

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import runtime
+from ..core.names import by_part
 from ..core.state import State
 from ..core.system import Rollout, System
 from ..errors import InvalidScene
@@ -122,17 +123,13 @@ class FEMMPMCoupling(System):
         from .rollout import rollout_coupled
         self.build()
         fem_params = _split(params, "fem.")
-        mpm_params = {}
-        for name, value in _split(params, "mpm.").items():
-            body, key = name.rsplit(".", 1)
-            mpm_params.setdefault(body, {})[key] = value
+        mpm_params = by_part(_split(params, "mpm."))
         fem_control = _split(control, "fem.")
         driver_velocity = self.fem.driver_controls(steps, record_every, fem_control)
         fem_overrides = self.fem.parameter_overrides(fem_params)
         mpm_state = fem_state = None
         if state is not None:
-            m = state["mpm"]
-            mpm_state = MPMState(*(m[k] for k in ("x", "v", "C", "F")))
+            mpm_state = MPMState.of(state["mpm"])
             fem_state = (state["fem"]["x"], state["fem"]["v"])
         if tape_memory is not None:
             from ..mpm.rollout import _tapes

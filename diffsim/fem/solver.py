@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import pool, runtime
+from ..core.names import by_part
 from ..core.state import State
 from ..core.system import Rollout, System
 from ..colliders import Collider, pack_colliders, rotation_step, sdf_size
@@ -799,9 +800,9 @@ class FEMSolver(System):
         dtype = runtime.torch_dtype()
         names = [b.name for b in self.bodies]
         table = {}
-        for name, value in params.items():
-            body, key = name.rsplit(".", 1)
-            table.setdefault(key, {})[names.index(body)] = value
+        for body, values in by_part(params).items():
+            for key, value in values.items():
+                table.setdefault(key, {})[names.index(body)] = value
         defaults = self.parameter_values()
         return {key: torch.stack([_torch(per.get(i, defaults[f"{b}.{key}"]), dtype).reshape(())
                                   for i, b in enumerate(names)]) for key, per in table.items()}

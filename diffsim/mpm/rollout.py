@@ -61,6 +61,11 @@ class MPMState(State):
     def __init__(self, x: torch.Tensor, v: torch.Tensor, C: torch.Tensor, F: torch.Tensor):
         super().__init__(x=x, v=v, C=C, F=F)
 
+    @classmethod
+    def of(cls, state: State) -> "MPMState":
+        """``state`` (any :class:`~diffsim.State` with x, v, C, F) as an MPMState."""
+        return state if isinstance(state, cls) else cls(*(state[k] for k in ("x", "v", "C", "F")))
+
 
 def _c(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.detach().to(dtype=dtype).contiguous()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import pool, runtime
+from ..core.names import by_part
 from ..core.state import State
 from ..core.system import Rollout, System
 from ..colliders import KINDS, Collider, pack_colliders, sdf_size as collider_sdf_size
@@ -474,15 +475,10 @@ class MPMSolver(System):
                 for k in range(start):
                     c.advance(k * self.dt, self.dt)
             self._upload_collider_state()
-        per_body = {}
-        for name, value in params.items():
-            body, key = name.rsplit(".", 1)
-            per_body.setdefault(body, {})[key] = value
         actions = {q: {n.rsplit(".", 1)[0]: v for n, v in control.items() if n.endswith("." + q)}
                    for q in ("velocity", "position")}
-        if state is not None and not isinstance(state, MPMState):
-            state = MPMState(*(state[k] for k in ("x", "v", "C", "F")))
-        final, records = mpm_rollout(self, steps, state, per_body, actions["velocity"] or None,
+        state = None if state is None else MPMState.of(state)
+        final, records = mpm_rollout(self, steps, state, by_part(params), actions["velocity"] or None,
                                      actions["position"] or None, record_every, checkpoint_every, tape_memory,
                                      check_gradients)
         return Rollout(final, records)

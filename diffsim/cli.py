@@ -10,6 +10,8 @@
                 [--optimizer lbfgs|adam] [--iters N] [--out DIR] [--resume]
     diffsim train-law --data data.npz [--kind structured|mlp] [--plastic] [--iters N]
                       [--window START,END] [--out law.pt]
+    diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
+    diffsim sweep SCENE.py --out DIR [--grid K=V1,V2] [--random K=LO:HI] [--record] ...
 """
 from __future__ import annotations
 
@@ -139,13 +141,9 @@ def _cmd_train_law(args) -> int:
     from .learned.training import LawTrainer, save_law
     from .trajectory import InvalidTrajectory
     import os
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:   # started by torchrun: one process per rank, gloo on CPU
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        if args.threads is None:
-            args.threads = max(1, (os.cpu_count() or 1) // world)
+    world = _init_process_group()   # under torchrun: one process per rank
+    if world > 1 and args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // world)
     _init_runtime(args)
     data, options, make_scene = _data_and_scene(args)
     if not data.full_state and args.window[0] > 0:
@@ -165,6 +163,47 @@ def _cmd_train_law(args) -> int:
                                               "kind": args.kind, "options": options, "processes": trainer.world})
         print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
                           "seconds": hist[-1]["seconds"], "processes": trainer.world}))
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0
+
+
+def _init_process_group() -> int:
+    """Join the torchrun group (gloo on CPU) when started by torchrun; the world size."""
+    import os
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    return world
+
+
+def _cmd_train_rom(args) -> int:
+    import os
+
+    import torch
+
+    from .learned.rom_training import train_rom
+    world = _init_process_group()
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    overrides = {}
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            from .errors import InvalidScene
+            raise InvalidScene(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key] = float(value) if "." in value or "e" in value else int(value)
+    model = train_rom(args.dataset, args.out, config=args.config, iterations=args.iters,
+                      decoder_iterations=args.decoder_iters, batch=args.batch, lr=args.lr, noise=args.noise,
+                      horizon=args.horizon, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      seed=args.seed, progress=not args.quiet, **overrides)
+    from .learned.training import _distributed
+    if _distributed()[0] == 0:
+        hist = model.metadata.get("history") or [{}]
+        print(json.dumps({"out": args.out, "parameters": sum(p.numel() for p in model.parameters()),
+                          "final_loss": hist[-1].get("loss"), "processes": world}))
     if world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
@@ -260,6 +299,25 @@ def main(argv=None) -> int:
     t.add_argument("--quiet", action="store_true")
     _runtime_args(t, precision="f64")
     t.set_defaults(func=_cmd_train_law)
+
+    m = sub.add_parser("train-rom", help="train a GIOROM surrogate on a recorded sweep (diffsim sweep --record)")
+    m.add_argument("dataset", help="the recorded sweep's folder (or its dataset.json)")
+    m.add_argument("--out", required=True, help="model file to write (and to resume from)")
+    m.add_argument("--config", choices=("small", "paper"), default="small",
+                   help="small: minutes on 2 CPU cores; paper: the published size (use a GPU)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (sparse=256)")
+    m.add_argument("--iters", type=int, default=6000, help="time-stepper iterations")
+    m.add_argument("--decoder-iters", type=int, default=300)
+    m.add_argument("--batch", type=int, default=8, help="samples per iteration (under torchrun shared among the processes)")
+    m.add_argument("--lr", type=float, default=1e-3)
+    m.add_argument("--noise", type=float, default=5e-5, help="random-walk noise of the velocity window (m/frame)")
+    m.add_argument("--horizon", type=int, default=100, help="frames per trajectory used for training")
+    m.add_argument("--checkpoint-every", type=int, default=200)
+    m.add_argument("--resume", action="store_true", help="continue from --out")
+    m.add_argument("--threads", type=int, default=None)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=_cmd_train_rom)
 
     s = sub.add_parser("sweep", help="run a scene over a grid / random sample of options (Ray or serial)")
     s.add_argument("scene", help="scene script (or built-in scene name)")

@@ -231,6 +231,14 @@ def surface_particles(points: np.ndarray, spacing: float) -> np.ndarray:
     return np.flatnonzero(counts < 6)
 
 
+def _usable_box(sim):
+    """``[lo, hi]`` (m) of the region particles can reach (inside the walls), or None."""
+    if not (hasattr(sim, "lo") and hasattr(sim, "hi")):
+        return None
+    pad = getattr(sim, "BOUND", 0) * getattr(sim, "dx", 0.0)
+    return [(np.asarray(sim.lo) + pad).tolist(), (np.asarray(sim.hi) - pad).tolist()]
+
+
 def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float = 0.0,
            surface_only: bool = False, seed: int = 0, velocities: bool = True, progress: bool = True,
            script: str | None = None, full_state: bool = False) -> Trajectory:
@@ -287,6 +295,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
     meta = {
         "format": FORMAT, "substep_dt": sim.dt, "frame_every": int(every),
         "n_particles_scene": sim.n,
+        "bounds": _usable_box(sim),
         "scene": {"name": scene.name, "script": script, "options": scene.options},
         "bodies": [{"name": b.name, "start": b.start, "count": b.stop - b.start,
                     "material": b.material.describe()} for b in bodies],

@@ -9,14 +9,17 @@ Cases:
             unseen in training): relative L2 of the decoded dense positions at frame 100
             (sqrt(sum |x - x_gt|^2 / sum |x_gt - x_gt(0)|^2) over the particles), over frames
             1..100, Chamfer distance (m) at frame 100, and at 2x the horizon (frame 200) the
-            same error and whether every position is finite and inside the walls; then one
+            same error, whether every position is finite and how far the decoded points go
+            outside the walls; the decoder alone (decoding the true sparse points); then one
             ``accuracy_summary`` per group (seen shapes / unseen shape): median and max.
   density   the same runs re-simulated by the MPM with 4x the particles (spacing / 4^(1/3),
             same grid) and decoded at those points without retraining: error ratio to the
-            training density (at frame 100).
-  speed     one body of ~100k particles (grid 100): time per frame and peak memory of the MPM
-            (f32, this machine's threads) and of the surrogate producing the same dense frames,
-            each in its own process, side by side; ``speedup`` = MPM / surrogate time per frame.
+            training density (at frame 100), for the rollout and for the decoder alone.
+  speed     one body of ~100k particles (grid 100): time per frame and memory (resident set
+            grown from before the scene was built to after the frames; the process's peak
+            too, which includes the libraries and Taichi's pool) of the MPM (f32, this machine's
+            threads) and of the surrogate producing the same dense frames, each in its own
+            process, side by side; ``speedup`` = MPM / surrogate time per frame.
 """
 from __future__ import annotations
 
@@ -47,6 +50,19 @@ def _mpm_positions(options, frames):
     return traj.positions, traj.velocities[0]
 
 
+def decode_truth(model, pos, frames):
+    """The decoder alone: dense positions (frames+1, N, 3) decoded from the true sparse points."""
+    import torch
+
+    from diffsim.learned.giorom import farthest_point_sample
+    ids = farthest_point_sample(pos[0], model.sparse)
+    ref = torch.as_tensor(pos[0])
+    prepared = model.decoder.prepare(ref[ids], ref)
+    with torch.no_grad():
+        return np.stack([pos[0] + model.decoder(prepared, torch.as_tensor(pos[t, ids] - pos[0, ids])).numpy()
+                         for t in range(frames + 1)])
+
+
 def accuracy(model, test, frames=100):
     from diffsim.learned.rom import material_type
     from diffsim.learned.rom_training import chamfer, relative_l2, rollout_dense
@@ -59,14 +75,16 @@ def accuracy(model, test, frames=100):
         t0 = time.perf_counter()
         pred = rollout_dense(model, pos, traj.velocities[0], long, material_type(traj))
         wall = time.perf_counter() - t0
-        lo, hi = np.asarray(model.bounds[0]) - 1e-6, np.asarray(model.bounds[1]) + 1e-6
-        inside = bool(np.all(np.isfinite(pred)) and np.all((pred >= lo) & (pred <= hi)))
+        lo, hi = np.asarray(model.bounds[0]), np.asarray(model.bounds[1])
+        outside = float(np.max(np.maximum(lo - pred, 0.0) + np.maximum(pred - hi, 0.0))) if np.all(np.isfinite(pred)) \
+            else float("inf")
         row = dict(case="accuracy", shape=run["options"].get("shape"), seed=run["seed"], particles=pos.shape[1],
                    rel_l2_100=relative_l2(pred, pos, frames),
                    rel_l2_frames=relative_l2(pred[:frames + 1], pos[:frames + 1]),
                    chamfer_100_m=chamfer(pred[frames], pos[frames]),
-                   rel_l2_at_2x=relative_l2(pred, pos[:long + 1], long), frame_2x=long, finite_inside_2x=inside,
-                   surrogate_s=wall)
+                   decoder_only_rel_l2_100=relative_l2(decode_truth(model, pos, frames), pos[:frames + 1], frames),
+                   rel_l2_at_2x=relative_l2(pred, pos[:long + 1], long), frame_2x=long,
+                   finite_2x=bool(np.all(np.isfinite(pred))), max_outside_walls_m=outside, surrogate_s=wall)
         emit(**row)
         rows.append(row)
     for group, sel in (("seen shapes", lambda r: r["shape"] != "mesh2"), ("unseen shape", lambda r: r["shape"] == "mesh2")):
@@ -75,8 +93,10 @@ def accuracy(model, test, frames=100):
             e = [r["rel_l2_100"] for r in g]
             emit(case="accuracy_summary", group=group, runs=len(g), rel_l2_100_median=float(np.median(e)),
                  rel_l2_100_max=float(np.max(e)), chamfer_100_median_m=float(np.median([r["chamfer_100_m"] for r in g])),
+                 decoder_only_rel_l2_100_median=float(np.median([r["decoder_only_rel_l2_100"] for r in g])),
                  rel_l2_at_2x_median=float(np.median([r["rel_l2_at_2x"] for r in g])),
-                 all_finite_inside_2x=all(r["finite_inside_2x"] for r in g))
+                 all_finite_2x=all(r["finite_2x"] for r in g),
+                 max_outside_walls_m=max(r["max_outside_walls_m"] for r in g))
     return rows
 
 
@@ -84,7 +104,7 @@ def density(model, test, frames=100, runs=3):
     from diffsim.learned.rom import material_type
     from diffsim.learned.rom_training import relative_l2, rollout_dense
     from diffsim.sweep import load_dataset
-    ratios = []
+    ratios, dec_ratios = [], []
     for traj in load_dataset(test)[:runs]:
         run = traj.metadata["run"]
         opts = dict(run["options"], seed=run["seed"])
@@ -94,10 +114,15 @@ def density(model, test, frames=100, runs=3):
         base = relative_l2(rollout_dense(model, pos, traj.velocities[0], frames, material_type(traj)),
                            pos[:frames + 1], frames)
         dense = relative_l2(rollout_dense(model, fine, v0, frames, material_type(traj)), fine, frames)
+        dec = relative_l2(decode_truth(model, pos, frames), pos[:frames + 1], frames)
+        dec_4x = relative_l2(decode_truth(model, fine, frames), fine, frames)
         ratios.append(dense / base)
+        dec_ratios.append(dec_4x / dec)
         emit(case="density", shape=opts.get("shape"), seed=run["seed"], particles=pos.shape[1],
-             particles_4x=fine.shape[1], rel_l2_100=base, rel_l2_100_4x=dense, ratio=dense / base)
-    emit(case="density_summary", runs=len(ratios), ratio_median=float(np.median(ratios)), ratio_max=float(np.max(ratios)))
+             particles_4x=fine.shape[1], rel_l2_100=base, rel_l2_100_4x=dense, ratio=dense / base,
+             decoder_only_rel_l2_100=dec, decoder_only_rel_l2_100_4x=dec_4x, decoder_only_ratio=dec_4x / dec)
+    emit(case="density_summary", runs=len(ratios), ratio_median=float(np.median(ratios)), ratio_max=float(np.max(ratios)),
+         decoder_only_ratio_median=float(np.median(dec_ratios)), decoder_only_ratio_max=float(np.max(dec_ratios)))
 
 
 def speed_one(kind, model_path, frames, grid, size):
@@ -108,6 +133,7 @@ def speed_one(kind, model_path, frames, grid, size):
     opts = {"material": "jelly", "shape": "cube", "grid": grid, "size": size, "seed": 100, "frames": frames + 1}
     if kind == "rom":
         opts.update(solver="rom", model=model_path)
+    before = _rss_mb()
     scene = build_scene(SCENE, opts)
     sim = scene.solver
     sim.build()
@@ -120,8 +146,14 @@ def speed_one(kind, model_path, frames, grid, size):
         scene.step(per_frame)
         sim.frame()["particles"][0]
     wall = (time.perf_counter() - t0) / frames
-    return {"kind": kind, "particles": n, "s_per_frame": wall,
+    return {"kind": kind, "particles": n, "s_per_frame": wall, "memory_mb": _rss_mb() - before,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (MB; Linux)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
 
 
 def speed(model_path, frames=20, grid=100, size=0.23):
@@ -135,7 +167,7 @@ def speed(model_path, frames=20, grid=100, size=0.23):
         emit(case="speed", **out[kind])
     emit(case="speed_summary", particles=out["mpm"]["particles"],
          speedup=out["mpm"]["s_per_frame"] / out["rom"]["s_per_frame"],
-         memory_ratio=out["mpm"]["peak_rss_mb"] / out["rom"]["peak_rss_mb"], threads=os.cpu_count())
+         memory_ratio=out["mpm"]["memory_mb"] / max(out["rom"]["memory_mb"], 1e-3), threads=os.cpu_count())
 
 
 def main(argv=None):

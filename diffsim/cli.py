@@ -197,7 +197,8 @@ def _cmd_train_rom(args) -> int:
         overrides[key] = float(value) if "." in value or "e" in value else int(value)
     model = train_rom(args.dataset, args.out, config=args.config, iterations=args.iters,
                       decoder_iterations=args.decoder_iters, batch=args.batch, lr=args.lr, noise=args.noise,
-                      horizon=args.horizon, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                      horizon=args.horizon, unroll=args.unroll, unroll_from=args.unroll_from,
+                      checkpoint_every=args.checkpoint_every, resume=args.resume,
                       seed=args.seed, progress=not args.quiet, **overrides)
     from .learned.training import _distributed
     if _distributed()[0] == 0:
@@ -306,12 +307,15 @@ def main(argv=None) -> int:
     m.add_argument("--config", choices=("small", "paper"), default="small",
                    help="small: minutes on 2 CPU cores; paper: the published size (use a GPU)")
     m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (sparse=256)")
-    m.add_argument("--iters", type=int, default=6000, help="time-stepper iterations")
-    m.add_argument("--decoder-iters", type=int, default=300)
+    m.add_argument("--iters", type=int, default=2000, help="time-stepper iterations")
+    m.add_argument("--decoder-iters", type=int, default=100)
     m.add_argument("--batch", type=int, default=8, help="samples per iteration (under torchrun shared among the processes)")
     m.add_argument("--lr", type=float, default=1e-3)
-    m.add_argument("--noise", type=float, default=5e-5, help="random-walk noise of the velocity window (m/frame)")
+    m.add_argument("--noise", type=float, default=2e-5, help="random-walk noise of the velocity window (m/frame)")
     m.add_argument("--horizon", type=int, default=100, help="frames per trajectory used for training")
+    m.add_argument("--unroll", type=int, default=4,
+                   help="from --unroll-from of the iterations on, train on rollouts of this many frames")
+    m.add_argument("--unroll-from", type=float, default=0.5)
     m.add_argument("--checkpoint-every", type=int, default=200)
     m.add_argument("--resume", action="store_true", help="continue from --out")
     m.add_argument("--threads", type=int, default=None)

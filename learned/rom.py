@@ -59,7 +59,8 @@ class GIOROM(nn.Module):
         self.metadata = dict(metadata or {})
         self.stepper = SparseStepper(self.bounds, cfg["radius"], cfg["history"], cfg["width"], cfg["layers"],
                                      cfg["grid"], cfg["latent"], cfg["modes"], cfg["operator_layers"],
-                                     stats=self.stats or None)
+                                     stats=self.stats or None,
+                                     gravity=[0.0, 0.0, -9.81 * self.frame_dt ** 2])
         self.decoder = FieldDecoder(cfg["decoder_cell"], cfg["decoder_hidden"])
 
     @property
@@ -187,7 +188,7 @@ class ROMBody(StepModule):
         self._prepared = model.decoder.prepare(self.reference_sparse, self.queries)
 
     def forward(self, state: State, control: dict, dt: float) -> State:
-        x, h = self.model.stepper(state.x[None], state.history[None], self.types[None])
+        x, h = self.model.stepper(state.x[None], state.history[None], self.types[None], self.reference_sparse[None])
         return State(x=x[0], history=h[0])
 
     def dense(self, state: State | None = None, queries=None) -> torch.Tensor:

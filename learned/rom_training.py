@@ -64,9 +64,26 @@ class ROMData:
         return {"v_mean": v.mean(0).tolist(), "v_std": np.maximum(v.std(0), 1e-8).tolist(),
                 "a_mean": a.mean(0).tolist(), "a_std": np.maximum(a.std(0), 1e-8).tolist()}
 
+    def windows(self, rng, size: int, history: int, frames: int):
+        """Start states (x, hist, types, reference) and the next ``frames`` positions
+        (B,frames,M,3) of ``size`` random (run, subset, start frame)."""
+        xs, hs, ts, refs, targets = [], [], [], [], []
+        for _ in range(size):
+            it = self.items[int(rng.integers(len(self.items)))]
+            ids = it["subsets"][int(rng.integers(SUBSETS))]
+            t = int(rng.integers(it["positions"].shape[0] - frames))
+            xs.append(it["positions"][t, ids])
+            hs.append(history_at(it["velocities"][:, ids], t, history).transpose(1, 0, 2))
+            ts.append(np.full(len(ids), it["type"]))
+            refs.append(it["positions"][0, ids])
+            targets.append(it["positions"][t + 1:t + 1 + frames, ids])
+        return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(ts)).long(),
+                torch.from_numpy(np.stack(refs)), torch.from_numpy(np.stack(targets)))
+
     def batch(self, rng, size: int, history: int, noise: float):
-        """Inputs (x, hist, types) and target accelerations for ``size`` random (run, subset, frame)."""
-        xs, hs, ts, targets = [], [], [], []
+        """Inputs (x, hist, types, reference) and target accelerations for ``size`` random
+        (run, subset, frame)."""
+        xs, hs, ts, refs, targets = [], [], [], [], []
         for _ in range(size):
             it = self.items[int(rng.integers(len(self.items)))]
             ids = it["subsets"][int(rng.integers(SUBSETS))]
@@ -79,14 +96,15 @@ class ROMData:
                 x = x + steps.sum(1)
             target = (it["positions"][t + 1, ids] - x) - hist[:, -1]
             xs.append(x), hs.append(hist), ts.append(np.full(len(ids), it["type"])), targets.append(target)
-        return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(hs)),
-                torch.from_numpy(np.stack(ts)).long(), torch.from_numpy(np.stack(targets)))
+            refs.append(it["positions"][0, ids])
+        return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(ts)).long(),
+                torch.from_numpy(np.stack(refs)), torch.from_numpy(np.stack(targets)))
 
 
-def train_rom(dataset, out, config="small", iterations: int = 3000, decoder_iterations: int = 300,
-              batch: int = 8, lr: float = 1e-3, noise: float = 5e-5, horizon: int | None = 100,
-              checkpoint_every: int = 200, resume: bool = False, seed: int = 0, progress: bool = True,
-              **overrides) -> GIOROM:
+def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iterations: int = 100,
+              batch: int = 8, lr: float = 1e-3, noise: float = 2e-5, horizon: int | None = 100,
+              unroll: int = 4, unroll_from: float = 0.5, checkpoint_every: int = 200, resume: bool = False,
+              seed: int = 0, progress: bool = True, **overrides) -> GIOROM:
     """Train a GIOROM on the recorded sweep ``dataset`` (a folder or its dataset.json) and
     write the model file ``out``.
 
@@ -96,6 +114,9 @@ def train_rom(dataset, out, config="small", iterations: int = 3000, decoder_iter
         iterations: time-stepper optimiser steps; decoder_iterations: decoder steps.
         batch: samples per step (under torchrun shared among the processes). noise: random-walk noise std (m/frame) of the
             velocity window. horizon: frames of each trajectory used (the training horizon).
+        unroll: from ``unroll_from`` x ``iterations`` on, train on rollouts of this many
+            frames (positions, back-propagated through the whole window) instead of single
+            frames: rollout errors compound, and this is what a surrogate is used for.
         resume: continue from ``out`` (its optimizer state and iteration).
     """
     from pathlib import Path
@@ -145,9 +166,17 @@ def train_rom(dataset, out, config="small", iterations: int = 3000, decoder_iter
         if k < iterations:
             for g in opt.param_groups:
                 g["lr"] = sched(k)
-            x, hist, types, target = (t[rank::world] for t in train.batch(rng, batch, model.history, noise))
-            pred = model.stepper.acceleration(x, hist, types)
-            loss = (((pred - target) / a_std) ** 2).mean()
+            if unroll and k >= unroll_from * iterations:
+                x, hist, types, ref, target = (t[rank::world] for t in train.windows(rng, batch, model.history, unroll))
+                errors = []
+                for j in range(unroll):
+                    x, hist = model.stepper(x, hist, types, ref)
+                    errors.append((((x - target[:, j]) / a_std) ** 2).mean())
+                loss = torch.stack(errors).mean()
+            else:
+                x, hist, types, ref, target = (t[rank::world] for t in train.batch(rng, batch, model.history, noise))
+                pred = model.stepper.acceleration(x, hist, types, ref)
+                loss = (((pred - target) / a_std) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             loss = _sum_across_processes(loss.detach(), stepper_params, world) / world
@@ -218,7 +247,7 @@ def rollout_dense(model: GIOROM, positions: np.ndarray, velocity0: np.ndarray, f
     out = [q.clone()]
     with torch.no_grad():
         for _ in range(frames):
-            x, hist = model.stepper(x, hist, types)
+            x, hist = model.stepper(x, hist, types, ref[ids][None])
             out.append(q + model.decoder(prepared, x[0] - ref[ids]))
     return torch.stack(out).numpy()
 

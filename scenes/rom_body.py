@@ -8,8 +8,9 @@ a trained surrogate instead of the MPM (same frames, preview and summary).
 Options: material ("jelly", "plasticine", "sand", "water"), shape ("cube", "sphere",
 "cylinder", "mesh" = scenes/data/difftactile/J03_2.obj, "mesh2" = E15_0.obj, a shape kept
 out of training), size (m, 0.22), speed (m/s, largest horizontal speed, 1.0), grid (32),
-frame_dt (s, 5e-3), seed (0), spacing (particle spacing, m; default grid spacing / 2), solver ("mpm" or "rom"), model (the surrogate's file; default
-scenes/data/rom/<material>.pt), frames (200).
+frame_dt (s, 5e-3), seed (0), spacing (particle spacing, m; default grid spacing / 2),
+solver ("mpm" or "rom"), model (the surrogate's file; default scenes/data/rom/<material>.pt),
+frames (200).
 """
 import math
 from pathlib import Path

@@ -140,7 +140,8 @@ def test_training_data_are_checked(tiny_dataset):
 
 
 def test_training_learns_resumes_bit_identically_and_runs_the_scene(tiny_dataset, tmp_path, monkeypatch):
-    kw = dict(config="small", iterations=6, decoder_iterations=2, batch=2, checkpoint_every=100, progress=False, **TINY)
+    kw = dict(config="small", iterations=6, decoder_iterations=2, batch=2, unroll=2, unroll_from=0.7,
+              checkpoint_every=100, progress=False, **TINY)
     straight = train_rom(tiny_dataset, tmp_path / "a.pt", **kw)
     calls = {"n": 0}
     batch = ROMData.batch
@@ -207,6 +208,8 @@ def test_gradient_of_decoded_positions_wrt_initial_velocity_matches_central_diff
     through ds.rollout equals central differences."""
     torch.manual_seed(0)
     model = GIOROM("small", bounds=((0.0,) * 3, (1.0,) * 3), frame_dt=5e-3, **TINY).double()
+    for last in (model.stepper.decode[-1], model.decoder.correction[-1]):   # trained-like: not zero
+        torch.nn.init.normal_(last.weight, std=0.3)
     ref = lattice((0.5, 0.5, 0.5), 0.15, 0.02)
     body = ROMBody(model, ref, velocity=(0.3, -0.2, 0.5))
     target = torch.tensor(ref) + 0.01
@@ -234,5 +237,5 @@ def test_stepper_keeps_points_inside_the_walls():
     x[0, :, 0] = torch.linspace(0.12, 0.8, 10)
     hist = torch.full((1, 10, 5, 3), -0.5)       # fast into the low walls
     with torch.no_grad():
-        xn, hn = st(x, hist, torch.zeros(1, 10, dtype=torch.long))
+        xn, hn = st(x, hist, torch.zeros(1, 10, dtype=torch.long), x)
     assert float(xn.min()) >= 0.1 - 1e-7 and torch.allclose(hn[:, :, -1], xn - x)

@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["diffsim", "diffsim.core", "diffsim.mpm", "diffsim.fem", "diffsim.dem", "diffsim.coupling",
-              "diffsim.tactile", "diffsim.kernels", "diffsim.learned"],
+              "diffsim.tactile", "diffsim.geometry", "diffsim.kernels", "diffsim.learned"],
     package_dir={"diffsim": "diffsim", "diffsim.kernels": "kernels", "diffsim.learned": "learned"},
     install_requires=[
         "taichi==1.7.4",

@@ -176,7 +176,8 @@ def test_recorded_sweep_is_a_dataset_with_stable_splits(scene_file, tmp_path):
     assert len(train) == index["splits"]["train"] and all(t.positions.shape == (5, 12, 3) for t in train)
     t = train[0]
     first = build_scene(scene_file, {**t.metadata["run"]["options"], "seed": t.metadata["run"]["seed"]})
-    np.testing.assert_array_equal(t.positions[0], first.solver.initial_state().x.numpy())
+    assert t.positions.dtype == np.float32 and t.velocities.dtype == np.float32   # datasets store float32
+    np.testing.assert_array_equal(t.positions[0], first.solver.initial_state().x.numpy().astype(np.float32))
     assert sum(len(load_dataset(out, s)) for s in ("train", "val", "test")) == 12
     # growing the sweep keeps every earlier run in its split
     before = {run["id"]: run["split"] for run in index["runs"]}

@@ -37,13 +37,16 @@ TRANSFORMS = {
     "friction": ("log", 0.0, None), "rolling_friction": ("log", 0.0, None), "restitution": ("logistic", 0.0, 1.0),
     "contact_stiffness": ("log", 0.0, None), "contact_damping": ("log", 0.0, None),
     "mass_damping": ("log", 0.0, None), "stiffness_damping": ("log", 0.0, None), "stiffness": ("log", 0.0, None),
-    # step modules (e.g. learned.damping.LinearDamping)
+    # step modules (e.g. learned.damping.LinearDamping; learned.rom.ROMBody's initial velocity)
     "rate": ("log", 0.0, None),
+    "vx": ("linear", None, None), "vy": ("linear", None, None), "vz": ("linear", None, None),
 }
 
 
 def to_unconstrained(name, value):
     kind, lo, hi = TRANSFORMS[name.rsplit(".", 1)[-1]]
+    if kind == "linear":
+        return float(value)
     if kind == "log":
         if not value > 0:
             raise InvalidScene(f"initial {name} must be > 0, got {value}")
@@ -56,6 +59,8 @@ def to_unconstrained(name, value):
 
 def to_physical(name, u: torch.Tensor) -> torch.Tensor:
     kind, lo, hi = TRANSFORMS[name.rsplit(".", 1)[-1]]
+    if kind == "linear":
+        return u
     if kind == "log":
         return torch.exp(u)
     return lo + (hi - lo) * torch.sigmoid(u)
@@ -127,7 +132,7 @@ class Fitter:
         values = self.values(u)
         _, frames = rollout(self.sim, self.steps, params={q: values[p] for p, q in zip(self.params, self.qualified)},
                             record_every=self.every, **self.options)
-        pred = torch.stack([s.x[self.ids] for _, s in frames])
+        pred = torch.stack([self.sim.observed_positions(s)[self.ids] for _, s in frames])
         self.evaluations += 1
         return ((pred - self.target) ** 2).mean() / MM2
 

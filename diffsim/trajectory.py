@@ -162,15 +162,15 @@ class Trajectory:
         w = self._where()
         sim = scene.solver
         n_scene = int(self.metadata["n_particles_scene"])
-        if sim.n != n_scene:
+        x0 = _positions(sim, sim.initial_state())
+        if len(x0) != n_scene:
             raise InvalidTrajectory(f"{w} was recorded from a scene with {n_scene} particles, but scene "
-                                    f"{scene.name!r} has {sim.n}: wrong scene or different options "
+                                    f"{scene.name!r} has {len(x0)}: wrong scene or different options "
                                     f"(data options: {self.metadata['scene'].get('options')})")
         if abs(sim.dt - self.substep_dt) > 1e-12 * self.substep_dt:
             raise InvalidTrajectory(f"{w} used substeps of {self.substep_dt} s, scene {scene.name!r} uses "
                                     f"{sim.dt} s")
-        x0 = _positions(sim.initial_state())[self.ids]
-        err = np.abs(x0 - self.positions[0]).max()
+        err = np.abs(x0[self.ids] - self.positions[0]).max()
         noise = float(self.metadata.get("observation", {}).get("noise_m", 0.0))
         if err > max(1e-4, 6 * noise + 1e-6):
             raise InvalidTrajectory(f"{w}: the first frame differs from scene {scene.name!r}'s initial "
@@ -262,7 +262,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
     if noise < 0:
         raise InvalidTrajectory(f"noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
-    x0 = _positions(sim.initial_state())
+    x0 = _positions(sim, sim.initial_state())
     bodies = getattr(sim, "bodies", None) or []
     mpm = all(hasattr(b, "spacing") for b in bodies) and bool(bodies)
     if (surface_only or full_state) and not mpm:
@@ -280,9 +280,14 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
     n_frames = steps // every
     with Progress(total=n_frames * every, desc=f"record {scene.name}", unit="step", disable=not progress) as bar:
         for f in range(n_frames + 1):
-            st = {k: t.detach().double().numpy() for k, t in sim.current_state().items()}
-            frames.append(st["x"][ids])
-            vels.append(st["v"][ids])
+            state = sim.current_state()
+            st = {k: t.detach().double().numpy() for k, t in state.items()}
+            frames.append(_positions(sim, state)[ids])
+            if velocities:
+                if "v" not in st:
+                    raise InvalidTrajectory(f"{type(sim).__name__} has no velocities to record; "
+                                            f"pass velocities=False")
+                vels.append(st["v"][ids])
             if full_state:
                 defs.append(st["F"][ids])
                 affs.append(st["C"][ids])
@@ -294,7 +299,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
         pos = pos + rng.normal(0.0, noise_m, size=pos.shape)
     meta = {
         "format": FORMAT, "substep_dt": sim.dt, "frame_every": int(every),
-        "n_particles_scene": sim.n,
+        "n_particles_scene": len(x0),
         "bounds": _usable_box(sim),
         "scene": {"name": scene.name, "script": script, "options": scene.options},
         "bodies": [{"name": b.name, "start": b.start, "count": b.stop - b.start,
@@ -302,7 +307,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
         "observation": {"subsample": subsample, "noise": noise, "noise_m": noise_m,
                         "surface_only": bool(surface_only), "seed": seed, "observed": int(len(ids))},
     }
-    full = len(ids) == sim.n
+    full = len(ids) == len(x0)
     return Trajectory(positions=pos.astype(np.float64), dt=sim.dt * every, metadata=meta,
                       velocities=np.stack(vels) if velocities else None,
                       particle_ids=None if full else ids.astype(np.int64),
@@ -310,6 +315,9 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
                       affine=np.stack(affs) if full_state else None)
 
 
-def _positions(state) -> np.ndarray:
-    """Particle/node/sphere positions (N,3) float64 of a system's state."""
-    return state.x.detach().double().cpu().numpy()
+def _positions(sim, state) -> np.ndarray:
+    """The observed positions (N,3) float64 of a system's state (particles, nodes, spheres,
+    a surrogate's decoded points)."""
+    import torch
+    with torch.no_grad():
+        return sim.observed_positions(state).detach().double().cpu().numpy()

@@ -263,7 +263,8 @@ class FieldDecoder(nn.Module):
     """Dense displacements at any reference points from the sparse ones (see the module
     docstring). ``cell_factor``: grid cell size in units of the sparse points' median
     spacing. ``hidden``: width of the correction MLP, which maps each node's fitted
-    displacement gradient and mass to a displacement added to its affine field (evaluated
+    displacement gradient and mass to a displacement added to its affine field (zero when
+    the gradient is zero, so a body at rest decodes exactly to its reference points; evaluated
     per node, so a frame's cost at Q query points is one sparse product of Q x 32 entries)."""
 
     def __init__(self, cell_factor: float = 1.5, hidden: int = 64, regularisation: float = 1e-4):
@@ -328,8 +329,10 @@ class FieldDecoder(nn.Module):
         p = prepared
         rhs = (p["transfer"] @ displacement).reshape(-1, 4, 3)
         affine = p["inverse"] @ rhs
-        feats = torch.cat([affine[:, 1:, :].reshape(-1, 9) / p["cell"], p["log_mass"].to(affine.dtype)], -1)
-        correction = p["cell"] * self.correction(feats)
+        log_mass = p["log_mass"].to(affine.dtype)
+        feats = torch.cat([affine[:, 1:, :].reshape(-1, 9) / p["cell"], log_mass], -1)
+        rest = torch.cat([torch.zeros_like(feats[:, :9]), log_mass], -1)
+        correction = p["cell"] * (self.correction(feats) - self.correction(rest))   # zero at rest
         return torch.cat([affine[:, :1, :] + correction[:, None, :], affine[:, 1:, :]], 1)
 
     def forward(self, prepared: dict, displacement: torch.Tensor) -> torch.Tensor:

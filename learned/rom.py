@@ -157,7 +157,8 @@ class ROMBody(StepModule):
     Args:
         model: a :class:`GIOROM` (or a path to one).
         reference: (N,3) m, the body's particles at rest (its dense reference points).
-        velocity: initial velocity (3,) or (N,3) m/s.
+        velocity: initial velocity (3,) m/s; the parameters ``vx``, ``vy``, ``vz`` (fittable:
+            ``Fitter(scene, data, ["vx", "vy", "vz"])``, or overridden in ``ds.rollout``).
         queries: reference points to decode in frames (default ``reference``).
         density: kg/m^3, for masses in diagnostics (particle volume from the spacing).
         start: farthest-point sampling start index (which sparse subset).
@@ -173,19 +174,32 @@ class ROMBody(StepModule):
             raise InvalidScene(f"ROMBody: reference must be (N,3) with N >= {model.sparse} (the model's sparse "
                                f"points), got {reference.shape}")
         ids = farthest_point_sample(reference, model.sparse, start)
-        v = np.broadcast_to(np.asarray(velocity, np.float64), reference.shape)[ids] * model.frame_dt
-        hist = np.repeat(v[:, None, :], model.history, 1)
+        velocity = np.asarray(velocity, np.float64)
+        if velocity.shape != (3,) or not np.all(np.isfinite(velocity)):
+            raise InvalidScene(f"ROMBody: velocity must be 3 finite numbers (m/s), got {velocity.tolist()}")
+        hist = np.zeros((model.sparse, model.history, 3))   # set from the velocity parameters in begin()
         spacing = float(np.cbrt(np.prod(np.ptp(reference, 0) + 1e-12) / len(reference)))
         super().__init__(State(x=torch.as_tensor(reference[ids]), history=torch.as_tensor(hist)), model.frame_dt,
                          mass=density * spacing ** 3 * len(reference) / model.sparse,
                          gravity=(0.0, 0.0, -9.81), bounds=model.bounds)
         self.model, self.ids = model, ids
+        for name, value in zip(("vx", "vy", "vz"), velocity):
+            setattr(self, name, nn.Parameter(torch.tensor(float(value), dtype=dtype)))
         for p in self.model.parameters():   # a trained surrogate: its weights are not fitted by default
             p.requires_grad_(False)
         self.register_buffer("reference_sparse", torch.as_tensor(reference[ids], dtype=dtype))
         self.register_buffer("types", torch.full((model.sparse,), int(material_type), dtype=torch.long))
         self.queries = torch.as_tensor(reference if queries is None else queries, dtype=dtype)
         self._prepared = model.decoder.prepare(self.reference_sparse, self.queries)
+        self.reset()
+
+    def begin(self, state: State, parameters: dict) -> State:
+        """The start: every sparse point's velocity window holds the initial velocity."""
+        v = torch.stack([parameters["vx"], parameters["vy"], parameters["vz"]]) * self.dt
+        return state.replace(history=v.to(state.x.dtype).expand(state.history.shape))
+
+    def observed_positions(self, state: State) -> torch.Tensor:
+        return self.dense(state)
 
     def forward(self, state: State, control: dict, dt: float) -> State:
         x, h = self.model.stepper(state.x[None], state.history[None], self.types[None], self.reference_sparse[None])

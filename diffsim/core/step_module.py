@@ -69,14 +69,22 @@ class StepModule(torch.nn.Module, System):
         """The actions of substep ``step`` when none are given (default: none)."""
         return {}
 
+    def begin(self, state: State, parameters: dict) -> State:
+        """The start state of a rollout from the set-up state ``state`` given the module's
+        parameters (``{name: tensor}``, overrides applied). Default: ``state`` itself; a
+        module whose parameters set its initial condition (e.g. an initial velocity to fit)
+        overrides this. Not applied to a state passed to :func:`diffsim.rollout`."""
+        return state
+
     def initial_state(self) -> State:
-        return self._initial
+        with torch.no_grad():
+            return self.begin(self._initial, dict(self.named_parameters())).detach()
 
     def current_state(self) -> State:
         return self._state
 
     def reset(self):
-        self._state = self._initial
+        self._state = self.initial_state()
         self.time, self.step_count = 0.0, 0
 
     def parameter_values(self) -> dict:
@@ -93,9 +101,10 @@ class StepModule(torch.nn.Module, System):
                  checkpoint_every=None) -> Rollout:
         self.reset()
         dtype = runtime.torch_dtype()
-        st = self._initial if state is None else state.map(lambda t: t.to(dtype))
         shapes = {k: p.shape for k, p in self.named_parameters()}
         overrides = {k: torch.as_tensor(v).to(dtype).reshape(shapes[k]) for k, v in params.items()}
+        st = self.begin(self._initial, {**dict(self.named_parameters()), **overrides}) if state is None \
+            else state.map(lambda t: t.to(dtype))
         control = {k: torch.as_tensor(v).to(dtype) for k, v in control.items()}
 
         def one(s, k):

@@ -44,6 +44,8 @@ class System(abc.ABC):
     * :meth:`parameter_values`: its differentiable parameters by qualified name
       (``"jelly.E"``, ``"friction"``, ``"fem.pad.E"``) with their current values;
     * :meth:`control_names`: its per-substep actions (``"press.velocity"``);
+    * :meth:`observed_positions`: the positions data observe in a state (default ``x``;
+      a surrogate that evolves a sparse set returns its decoded dense points);
     * :meth:`_rollout`: the differentiable rollout behind :func:`diffsim.rollout`, which
       has already checked and resolved the arguments.
 
@@ -79,6 +81,11 @@ class System(abc.ABC):
     def control_names(self) -> list:
         """Names of the per-substep actions :func:`diffsim.rollout` accepts in ``control``."""
         return []
+
+    def observed_positions(self, state: State):
+        """The positions (N,3) that recorded data and the fitter compare, in ``state``
+        (differentiable): the state's ``x`` unless the system says otherwise."""
+        return state.x
 
     @abc.abstractmethod
     def _rollout(self, steps: int, state: State | None, params: dict, control: dict, record_every: int | None,

@@ -188,13 +188,8 @@ def _cmd_train_rom(args) -> int:
     from .learned.rom_training import train_rom
     world = _init_process_group()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    overrides = {}
-    for item in args.set or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            from .errors import InvalidScene
-            raise InvalidScene(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key] = float(value) if "." in value or "e" in value else int(value)
+    from .scene import parse_options
+    overrides = parse_options(args.set)   # --set sparse=256 radius=0.06
     model = train_rom(args.dataset, args.out, config=args.config, iterations=args.iters,
                       decoder_iterations=args.decoder_iters, batch=args.batch, lr=args.lr, noise=args.noise,
                       horizon=args.horizon, unroll=args.unroll, unroll_from=args.unroll_from,

@@ -67,38 +67,49 @@ class ROMData:
     def windows(self, rng, size: int, history: int, frames: int):
         """Start states (x, hist, types, reference) and the next ``frames`` positions
         (B,frames,M,3) of ``size`` random (run, subset, start frame)."""
-        xs, hs, ts, refs, targets = [], [], [], [], []
+        rows = []
         for _ in range(size):
-            it = self.items[int(rng.integers(len(self.items)))]
-            ids = it["subsets"][int(rng.integers(SUBSETS))]
-            t = int(rng.integers(it["positions"].shape[0] - frames))
-            xs.append(it["positions"][t, ids])
-            hs.append(history_at(it["velocities"][:, ids], t, history).transpose(1, 0, 2))
-            ts.append(np.full(len(ids), it["type"]))
-            refs.append(it["positions"][0, ids])
-            targets.append(it["positions"][t + 1:t + 1 + frames, ids])
-        return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(ts)).long(),
-                torch.from_numpy(np.stack(refs)), torch.from_numpy(np.stack(targets)))
+            it, ids, t, x, hist = self._draw(rng, history, frames)
+            rows.append((x, hist, it, ids, it["positions"][t + 1:t + 1 + frames, ids]))
+        return _tensors(rows)
 
     def batch(self, rng, size: int, history: int, noise: float):
         """Inputs (x, hist, types, reference) and target accelerations for ``size`` random
         (run, subset, frame)."""
-        xs, hs, ts, refs, targets = [], [], [], [], []
+        rows = []
         for _ in range(size):
-            it = self.items[int(rng.integers(len(self.items)))]
-            ids = it["subsets"][int(rng.integers(SUBSETS))]
-            t = int(rng.integers(it["positions"].shape[0] - 1))
-            hist = history_at(it["velocities"][:, ids], t, history).transpose(1, 0, 2)   # (M,H,3)
-            x = it["positions"][t, ids]
+            it, ids, t, x, hist = self._draw(rng, history, 1)
             if noise > 0:   # random walk on the window; the target still lands on the data
                 steps = rng.normal(0.0, noise / math.sqrt(history), hist.shape).astype(np.float32)
                 hist = hist + steps
                 x = x + steps.sum(1)
-            target = (it["positions"][t + 1, ids] - x) - hist[:, -1]
-            xs.append(x), hs.append(hist), ts.append(np.full(len(ids), it["type"])), targets.append(target)
-            refs.append(it["positions"][0, ids])
-        return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(ts)).long(),
-                torch.from_numpy(np.stack(refs)), torch.from_numpy(np.stack(targets)))
+            rows.append((x, hist, it, ids, (it["positions"][t + 1, ids] - x) - hist[:, -1]))
+        return _tensors(rows)
+
+    def _draw(self, rng, history: int, frames: int):
+        """A random run, sparse subset and frame ``t`` with ``frames`` frames after it: the
+        run, the subset's ids, t, positions (M,3) and velocity window (M,H,3) at t."""
+        it = self.items[int(rng.integers(len(self.items)))]
+        ids = it["subsets"][int(rng.integers(SUBSETS))]
+        t = int(rng.integers(it["positions"].shape[0] - frames))
+        return it, ids, t, it["positions"][t, ids], history_at(it["velocities"][:, ids], t, history).transpose(1, 0, 2)
+
+
+def _tensors(rows):
+    """(x, hist, types, reference, target) batches from rows ``(x, hist, run, ids, target)``."""
+    x, hist, runs, ids, target = zip(*rows)
+    types = [np.full(len(i), run["type"]) for run, i in zip(runs, ids)]
+    reference = [run["positions"][0, i] for run, i in zip(runs, ids)]
+    return (torch.from_numpy(np.stack(x)), torch.from_numpy(np.stack(hist)), torch.from_numpy(np.stack(types)).long(),
+            torch.from_numpy(np.stack(reference)), torch.from_numpy(np.stack(target)))
+
+
+def _average_gradients(loss, params, world):
+    """The loss and the gradients of ``params`` averaged over the processes (no-op alone)."""
+    loss = _sum_across_processes(loss.detach(), params, world) / world
+    for p in params:
+        p.grad /= world
+    return loss
 
 
 def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iterations: int = 100,
@@ -179,9 +190,7 @@ def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iter
                 loss = (((pred - target) / a_std) ** 2).mean()
             opt.zero_grad()
             loss.backward()
-            loss = _sum_across_processes(loss.detach(), stepper_params, world) / world
-            for p in stepper_params:
-                p.grad /= world
+            loss = _average_gradients(loss, stepper_params, world)
             torch.nn.utils.clip_grad_norm_(stepper_params, 1.0)
             opt.step()
             return loss, "stepper"
@@ -221,10 +230,7 @@ def _decoder_step(model, data, rng, opt, world) -> torch.Tensor:
     loss = (((u - (pos[t, q] - pos[0, q])) / prepared["cell"]) ** 2).mean()
     opt.zero_grad()
     loss.backward()
-    params = list(model.decoder.parameters())
-    loss = _sum_across_processes(loss.detach(), params, world) / world
-    for p in params:
-        p.grad /= world
+    loss = _average_gradients(loss, list(model.decoder.parameters()), world)
     opt.step()
     return loss
 

@@ -208,9 +208,11 @@ class ROMBody(StepModule):
     def dense(self, state: State | None = None, queries=None) -> torch.Tensor:
         """Decoded positions (Q,3) m of the prepared queries (or of ``queries``) in ``state``."""
         state = self.current_state() if state is None else state
-        prepared = self._prepared if queries is None else self.model.decoder.prepare(
-            self.reference_sparse, torch.as_tensor(queries, dtype=self.reference_sparse.dtype))
-        q = self.queries if queries is None else torch.as_tensor(queries, dtype=self.reference_sparse.dtype)
+        if queries is None:
+            q, prepared = self.queries, self._prepared
+        else:
+            q = torch.as_tensor(queries, dtype=self.reference_sparse.dtype)
+            prepared = self.model.decoder.prepare(self.reference_sparse, q)
         return q + self.model.decoder(prepared, state.x - self.reference_sparse)
 
     def parameter_values(self) -> dict:
@@ -221,14 +223,9 @@ class ROMBody(StepModule):
             x = self.dense().double().numpy()
         return {"particles": (x, {"body": np.zeros(len(x), np.int32)}), "meshes": {}}
 
-    def diagnostics(self) -> dict:   # velocities of the sparse points in m/s, each standing for N/M particles
-        with torch.no_grad():
-            saved = self._state
-            self._state = State(x=saved.x, v=saved.history[:, -1] / self.dt)
-            try:
-                return super().diagnostics()
-            finally:
-                self._state = saved
+    def velocities(self, state: State) -> torch.Tensor:
+        """The sparse points' last velocities in m/s (each stands for N/M particles)."""
+        return state.history[:, -1] / self.dt
 
     def describe(self) -> dict:
         return {"solver": "GIOROM surrogate", "sparse_points": self.n, "dense_points": int(len(self.queries)),

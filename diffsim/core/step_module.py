@@ -139,15 +139,20 @@ class StepModule(torch.nn.Module, System):
         return Rollout(final, records)
 
     # ---------------------------------------------------------------- for diffsim run
+    def velocities(self, state: State) -> torch.Tensor:
+        """Particle velocities (N,3) m/s of ``state`` for frames and diagnostics: its ``v``,
+        zero without one; a module whose state holds velocities otherwise overrides this."""
+        return state["v"] if "v" in state else torch.zeros_like(state.x)
+
     def frame(self) -> dict:
         x = self._state.x.detach().double().numpy()
-        v = self._state["v"].detach().double().numpy() if "v" in self._state else np.zeros_like(x)
+        v = self.velocities(self._state).detach().double().numpy()
         return {"particles": (x, {"body": np.zeros(self.n, np.int32), "velocity": v.astype(np.float32)}),
                 "meshes": {}}
 
     def diagnostics(self) -> dict:
         x = self._state.x.detach().double().numpy()
-        v = self._state["v"].detach().double().numpy() if "v" in self._state else np.zeros_like(x)
+        v = self.velocities(self._state).detach().double().numpy()
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(v))):
             raise SimulationDiverged(self.step_count, "state", f"NaN/inf in the state of {type(self).__name__}")
         m = self.mass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 
@@ -140,7 +141,6 @@ def _cmd_train_law(args) -> int:
     from .learned.constitutive import make_law
     from .learned.training import LawTrainer, save_law
     from .trajectory import InvalidTrajectory
-    import os
     world = _init_process_group()   # under torchrun: one process per rank
     if world > 1 and args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // world)
@@ -163,15 +163,12 @@ def _cmd_train_law(args) -> int:
                                               "kind": args.kind, "options": options, "processes": trainer.world})
         print(json.dumps({"out": args.out, "final_loss_mm2": hist[-1]["loss_mm2"], "iterations": len(hist),
                           "seconds": hist[-1]["seconds"], "processes": trainer.world}))
-    if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    _leave_process_group(world)
     return 0
 
 
 def _init_process_group() -> int:
     """Join the torchrun group (gloo on CPU) when started by torchrun; the world size."""
-    import os
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         import torch.distributed as dist
@@ -180,9 +177,22 @@ def _init_process_group() -> int:
     return world
 
 
-def _cmd_train_rom(args) -> int:
-    import os
+def _leave_process_group(world: int) -> None:
+    """End a torchrun rank: leave the group together (a barrier, so no rank tears down gloo
+    while another still writes), then exit at once. Skipping the interpreter's teardown is
+    deliberate: with everything written and flushed, a gloo/c10d thread still joinable at
+    static destruction aborted the process ('terminate called without an active
+    exception', SIGABRT, about 1 run in 10 on a loaded machine) after the work was done."""
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
+
+def _cmd_train_rom(args) -> int:
     import torch
 
     from .learned.rom_training import train_rom
@@ -200,9 +210,7 @@ def _cmd_train_rom(args) -> int:
         hist = model.metadata.get("history") or [{}]
         print(json.dumps({"out": args.out, "parameters": sum(p.numel() for p in model.parameters()),
                           "final_loss": hist[-1].get("loss"), "processes": world}))
-    if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    _leave_process_group(world)
     return 0
 
 

@@ -215,7 +215,7 @@ def write_ply(path, points, point_data: Mapping[str, np.ndarray] | None = None) 
         if arr.ndim == 1:
             data[key] = arr
         else:
-            flat = arr.reshape(n, -1)
+            flat = arr.reshape(n, int(np.prod(arr.shape[1:])))   # n may be 0 (a drained hopper)
             for j in range(flat.shape[1]):
                 data[f"{key}_{j}"] = np.ascontiguousarray(flat[:, j])
     # int32 indices: PLY readers do not all accept int64, and meshio would warn + cast.

@@ -37,11 +37,11 @@ def _is_sensor_trace(key: str) -> bool:
     return key.endswith(("_normal_force", "_shear_force", "_max_marker_px"))
 
 
-def _trace_row(d: dict) -> dict:
+def _trace_row(d: dict, columns=()) -> dict:
     row = {"time": float(d["time"]), "step": int(d["step"]), "kinetic": float(d["kinetic"]),
            "potential": float(d["potential"]), "elastic": float(d["elastic"]), "energy": float(d["energy"]),
            "momentum": [float(m) for m in d["momentum"]], "max_speed": float(d["max_speed"])}
-    row.update({k: d[k] for k in d if k in _OPTIONAL_TRACES or _is_sensor_trace(k)})
+    row.update({k: d[k] for k in d if k in _OPTIONAL_TRACES or k in columns or _is_sensor_trace(k)})
     return row
 
 
@@ -122,7 +122,7 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
             old.unlink()
         if ckpt_path.exists():
             ckpt_path.unlink()
-        traces.append(_trace_row(scene.diagnostics()))
+        traces.append(_trace_row(scene.diagnostics(), scene.trace_columns))
         frames += _write_frame(scene, frames_dir, 0)
 
     status, error = "running", None
@@ -141,7 +141,7 @@ def run_scene(scene, out_dir, steps: int | None = None, every: int | None = None
                 bar.update(n)
                 if scene.step_count % every == 0 or scene.step_count == steps:
                     d = scene.diagnostics()
-                    traces.append(_trace_row(d))
+                    traces.append(_trace_row(d, scene.trace_columns))
                     frames += _write_frame(scene, frames_dir, scene.step_count // every
                                            + (1 if scene.step_count % every else 0))
                     arrays, meta = scene.checkpoint()
@@ -248,6 +248,7 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
              checkpoint_step=None):
     n = scene.particle_count
     done = scene.step_count
+    table = {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])}
     return {
         "scene": scene.name, "description": scene.description, "options": scene.options,
         "status": status, "error": error, "steps": done, "steps_requested": steps, "every": every,
@@ -259,7 +260,8 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
         "checkpoint_step": checkpoint_step,
         "pid": os.getpid(),
         "frames": frames,
-        "traces": {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])},
+        "traces": table,
+        "outputs": scene.outputs(table) if scene.measures and len(traces) >= 2 else {},
         "scene_setup": scene.describe(),
     }
 

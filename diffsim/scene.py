@@ -37,10 +37,14 @@ class Scene:
         camera: ``(elev, azim)`` in degrees for previews.
         view_bounds: ``(lo, hi)`` region shown in previews (default: the domain).
         options: the build options, recorded in the summary.
+        measures: objects with ``columns`` (names), ``trace(solver) -> dict`` (those columns,
+            added to every trace row) and ``figures(traces) -> dict`` (the run's derived
+            figures, ``summary.json`` ``outputs``), e.g. :class:`diffsim.dem.HopperDischarge`.
     """
 
     def __init__(self, solver, name: str = "scene", description: str = "", steps: int = 1000,
-                 every: int = 50, camera=(20.0, -60.0), view_bounds=None, options: dict | None = None):
+                 every: int = 50, camera=(20.0, -60.0), view_bounds=None, options: dict | None = None,
+                 measures=()):
         if int(steps) < 1 or int(every) < 1:
             raise InvalidScene("steps and every must be >= 1")
         self.solver = solver
@@ -51,6 +55,10 @@ class Scene:
         self.camera = tuple(camera)
         self.view_bounds = view_bounds
         self.options = dict(options or {})
+        self.measures = tuple(measures)
+        for m in self.measures:
+            if not all(hasattr(m, a) for a in ("columns", "trace", "figures")):
+                raise InvalidScene(f"measure {m!r} needs columns, trace(solver) and figures(traces)")
 
     # the runner's interface -------------------------------------------------------------
     @property
@@ -77,7 +85,22 @@ class Scene:
         self.solver.step(n)
 
     def diagnostics(self) -> dict:
-        return self.solver.diagnostics()
+        d = self.solver.diagnostics()
+        for m in self.measures:
+            d.update(m.trace(self.solver))
+        return d
+
+    @property
+    def trace_columns(self) -> tuple:
+        """The measures' trace columns (kept in ``summary.json`` traces)."""
+        return tuple(c for m in self.measures for c in m.columns)
+
+    def outputs(self, traces: dict) -> dict:
+        """The measures' figures of a run from its traces (``{name: [value per frame]}``)."""
+        out = {}
+        for m in self.measures:
+            out.update(m.figures(traces))
+        return out
 
     def checkpoint(self):
         return self.solver.checkpoint()

@@ -234,7 +234,8 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
 
 def plot(out, x: str, y: str, path=None):
     """Plot a run output ``y`` (a scalar of the runs' ``summary.json``, e.g. ``wall_time_s``,
-    or of its ``traces`` at the last frame, e.g. ``kinetic``) against a swept option ``x``
+    one of its ``outputs``, e.g. ``outflow_rate``, or of its ``traces`` at the last frame,
+    e.g. ``kinetic``) against a swept option ``x``
     for the completed runs of the sweep in ``out``, one series per seed; written to
     ``OUT/plot_<y>_vs_<x>.png`` (or ``path``). Returns the path."""
     from .plot import write_plot
@@ -248,13 +249,17 @@ def plot(out, x: str, y: str, path=None):
     for r in rows:
         s = json.loads((Path(r["out"]) / "summary.json").read_text())
         traces = s.get("traces") or {}
+        outputs = s.get("outputs") or {}
         if y in s and isinstance(s[y], (int, float)):
             value = s[y]
+        elif isinstance(outputs.get(y), (int, float)):
+            value = outputs[y]
         elif y in traces and traces[y]:
             value = traces[y][-1]
         else:
-            raise InvalidScene(f"{y!r} is neither a scalar of summary.json nor a trace: scalars "
-                               f"{sorted(k for k, v in s.items() if isinstance(v, (int, float)))}, traces {sorted(traces)}")
+            raise InvalidScene(f"{y!r} is neither a scalar of summary.json, an output nor a trace: scalars "
+                               f"{sorted(k for k, v in s.items() if isinstance(v, (int, float)))}, outputs "
+                               f"{sorted(outputs)}, traces {sorted(traces)}")
         series.setdefault(f"seed {r['seed']}", []).append((float(r["options"][x]), float(value)))
     series = {k: tuple(map(list, zip(*sorted(v)))) for k, v in series.items()}
     path = Path(path) if path else out / f"plot_{y}_vs_{x}.png"
@@ -320,13 +325,15 @@ def _write(out: Path, rows: dict, summaries: dict, dataset_script: str | None = 
     dio.atomic_write_text(out / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows.values()))
     keys = sorted({k for r in rows.values() for k in r["options"]})
     scalars = ("status", "steps", "particles", "wall_time_s", "particle_steps_per_s", "simulated_time")
+    outputs = sorted({k for r in rows.values() for k in _summary(r, summaries).get("outputs") or {}})
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["id", "seed", *keys, *scalars, "error"])
+    w.writerow(["id", "seed", *keys, *scalars, *outputs, "error"])
     for r in rows.values():
         s = {**_summary(r, summaries), "status": r["status"]}
+        out_values = s.get("outputs") or {}
         w.writerow([r["id"], r["seed"], *(r["options"].get(k, "") for k in keys), *(s.get(k, "") for k in scalars),
-                    r["error"] or ""])
+                    *("" if out_values.get(k) is None else out_values[k] for k in outputs), r["error"] or ""])
     dio.atomic_write_text(out / SUMMARY, buf.getvalue())
     if dataset_script is not None:
         runs = []

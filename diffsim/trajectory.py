@@ -241,7 +241,7 @@ def _usable_box(sim):
 
 def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float = 0.0,
            surface_only: bool = False, seed: int = 0, velocities: bool = True, progress: bool = True,
-           script: str | None = None, full_state: bool = False) -> Trajectory:
+           script: str | None = None, full_state: bool = False, on_frame=None) -> Trajectory:
     """Run ``scene`` and record a :class:`Trajectory` (frame 0 = the initial state).
 
     Args:
@@ -251,6 +251,7 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
             (e.g. 0.01 = 1%); the absolute std (m) is stored as ``observation.noise_m``.
         surface_only: keep only particles on the bodies' surfaces.
         full_state: also store ``F`` and ``C`` of the observed particles (noise-free).
+        on_frame: called with ``scene`` at every recorded frame (e.g. to trace diagnostics).
     """
     from .progress import Progress
     sim = scene.solver
@@ -291,6 +292,8 @@ def record(scene, steps: int, every: int, subsample: float = 1.0, noise: float =
             if full_state:
                 defs.append(st["F"][ids])
                 affs.append(st["C"][ids])
+            if on_frame is not None:
+                on_frame(scene)
             if f < n_frames:
                 scene.step(every)
                 bar.update(every)

@@ -104,3 +104,24 @@ def test_short_discharge_reports_figures_and_conserves_mass(tmp_path):
     assert tr["discharged_mass"][0] == 0 and out["discharged_mass"] > 0.5 * 150 * mass
     assert out["outflow_rate"] > 0 and 0 <= out["residual_mass_fraction"] < 0.5
     assert len(tr["wall_speed"]) == len(tr["time"])
+
+
+def test_recorded_sweep_keeps_traces_and_figures(tmp_path):
+    """A dataset run (sweep --record) stores the discharge traces and figures next to its
+    trajectory; the figures are those of its traces, and the spheres below the outlet in
+    the last frame are the discharged ones."""
+    from diffsim.sweep import load_dataset, sweep
+    out = tmp_path / "data"
+    sweep(HOPPER, out, grid={"count": [120], "fill_time": [0.1], "duration": [0.4], "angle": [25]},
+          backend="serial", record=True, progress=False)
+    (traj,) = load_dataset(out)
+    run = next(p for p in (out / "runs").iterdir() if p.is_dir())
+    s = json.loads((run / "summary.json").read_text())
+    figures = discharge_figures(s["traces"]["time"], s["traces"]["discharged_mass"], 120 * 2500.0 * 4 / 3 * math.pi
+                                * 0.002 ** 3, gate_time=0.1)
+    assert figures["outflow_rate"] > 0
+    assert s["outputs"]["outflow_rate"] == pytest.approx(figures["outflow_rate"], rel=1e-12)
+    mass = 2500.0 * 4 / 3 * math.pi * 0.002 ** 3
+    below = int((traj.positions[-1, :, 2] < -0.03).sum())
+    assert below == round(s["traces"]["discharged_mass"][-1] / mass) > 0
+    assert "outflow_rate" in (out / "summary.csv").read_text().splitlines()[0]

@@ -18,6 +18,7 @@ from diffsim.core import State, StepModule
 from diffsim.errors import InvalidScene
 
 from .giorom import MATERIAL_TYPES, FieldDecoder, SparseStepper, farthest_point_sample
+from .model_file import InvalidModel, read_model_file as _read_model_file, write_model_file
 
 FORMAT, VERSION = "diffsim-giorom", 1
 
@@ -29,10 +30,6 @@ CONFIGS = {
     "paper": dict(sparse=512, history=5, radius=0.06, width=128, layers=2, grid=16, latent=32, modes=6,
                   operator_layers=2, decoder_cell=1.5, decoder_hidden=64),
 }
-
-
-class InvalidModel(InvalidScene):
-    """A GIOROM model file is missing, corrupt or of another format."""
 
 
 class GIOROM(nn.Module):
@@ -73,15 +70,11 @@ class GIOROM(nn.Module):
 
     def save(self, path, extra: dict | None = None):
         """Write the model file atomically (``extra``: more entries, e.g. optimizer state)."""
-        from diffsim.io import _atomic_path
         blob = {"format": FORMAT, "version": VERSION, "config": self.config, "bounds": self.bounds,
                 "stats": self.stats, "frame_dt": self.frame_dt, "metadata": self.metadata,
                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
         blob.update(extra or {})
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic_path(path, suffix=".pt") as tmp:
-            torch.save(blob, tmp)
+        write_model_file(path, blob)
 
     @classmethod
     def load(cls, path, dtype=torch.float32, with_extra: bool = False):
@@ -98,21 +91,8 @@ class GIOROM(nn.Module):
 
 
 def read_model_file(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidModel(f"GIOROM model {str(path)!r} does not exist; train one with `diffsim train-rom`")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise InvalidModel(f"{path}: not a readable model file ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise InvalidModel(f"{path}: not a {FORMAT} file (format {blob.get('format') if isinstance(blob, dict) else None!r})")
-    if int(blob.get("version", 0)) > VERSION:
-        raise InvalidModel(f"{path}: version {blob['version']} is newer than this diffsim ({VERSION}); upgrade diffsim")
-    missing = [k for k in ("config", "bounds", "stats", "frame_dt", "state_dict") if k not in blob]
-    if missing:
-        raise InvalidModel(f"{path}: lacks {missing}")
-    return blob
+    return _read_model_file(path, FORMAT, VERSION, ("config", "bounds", "stats", "frame_dt", "state_dict"),
+                            "train one with `diffsim train-rom`")
 
 
 def material_type_of(material) -> int:

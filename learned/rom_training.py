@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import torch
 
-from diffsim.errors import InvalidScene, RunInterrupted
+from diffsim.errors import InvalidScene
 
 from .rom import GIOROM, frame_velocities, history_at, material_type, read_model_file
-from .training import _distributed, _sum_across_processes
+from .training import _average_gradients, _distributed, optimise
 
 SUBSETS = 4          # sparse subsets per trajectory (farthest-point samples from different starts)
 DECODER_QUERIES = 1024
@@ -104,14 +103,6 @@ def _tensors(rows):
             torch.from_numpy(np.stack(reference)), torch.from_numpy(np.stack(target)))
 
 
-def _average_gradients(loss, params, world):
-    """The loss and the gradients of ``params`` averaged over the processes (no-op alone)."""
-    loss = _sum_across_processes(loss.detach(), params, world) / world
-    for p in params:
-        p.grad /= world
-    return loss
-
-
 def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iterations: int = 100,
               batch: int = 8, lr: float = 1e-3, noise: float = 2e-5, horizon: int | None = 100,
               unroll: int = 4, unroll_from: float = 0.5, checkpoint_every: int = 200, resume: bool = False,
@@ -132,7 +123,6 @@ def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iter
     """
     from pathlib import Path
 
-    from diffsim.progress import Progress
     from diffsim.sweep import load_dataset
     rank, world = _distributed()
     out = Path(out)
@@ -196,26 +186,7 @@ def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iter
             return loss, "stepper"
         return _decoder_step(model, train, rng, dec_opt, world), "decoder"
 
-    t0 = time.perf_counter()
-    done, done_rng = start, rng.bit_generator.state
-    with Progress(total=total, desc="train-rom", unit="it", disable=not progress or bool(rank)) as bar:
-        bar.update(start)
-        try:
-            for k in range(start, total):
-                loss, stage = iteration(k)
-                if not math.isfinite(float(loss)):
-                    raise InvalidScene(f"train-rom: loss became {float(loss)} at iteration {k} ({stage}); the "
-                                       f"checkpoint in {out} is from before; resume with a lower learning rate")
-                history_log.append({"iteration": k, "stage": stage, "loss": float(loss),
-                                    "time_s": time.perf_counter() - t0})
-                done, done_rng = k + 1, rng.bit_generator.state
-                bar.update(1, stage=stage, loss=float(loss))
-                if done % checkpoint_every == 0:
-                    save(done, done_rng)
-        except KeyboardInterrupt:   # Ctrl-C / SIGTERM: keep every finished iteration
-            save(done, done_rng)
-            raise RunInterrupted(done, done, str(out)) from None
-    save(total, rng.bit_generator.state)
+    optimise(iteration, start, total, save, history_log, checkpoint_every, rng, out, "train-rom", progress, rank)
     return model
 
 

@@ -163,6 +163,44 @@ def _sum_across_processes(loss, params, world):
     return loss
 
 
+def _average_gradients(loss, params, world):
+    """The loss and the gradients of ``params`` averaged over the processes (no-op alone)."""
+    loss = _sum_across_processes(loss.detach(), params, world) / world
+    for p in params:
+        p.grad /= world
+    return loss
+
+
+def optimise(iteration, start: int, total: int, save, history: list, checkpoint_every: int, rng, out,
+             desc: str, progress: bool = True, rank: int = 0) -> None:
+    """The loop of the surrogates' training commands: ``iteration(k) -> (loss, stage)`` for
+    k in [start, total), a progress bar (rank 0), a finite-loss check naming the iteration,
+    ``save(done, rng_state)`` every ``checkpoint_every`` iterations, at the end and on
+    Ctrl-C/SIGTERM (then :class:`RunInterrupted`); ``history`` gets one row per iteration."""
+    from diffsim.errors import InvalidScene, RunInterrupted
+    from diffsim.progress import Progress
+    t0 = time.perf_counter()
+    done, done_rng = start, rng.bit_generator.state
+    with Progress(total=total, desc=desc, unit="it", disable=not progress or bool(rank)) as bar:
+        bar.update(start)
+        try:
+            for k in range(start, total):
+                loss, stage = iteration(k)
+                if not math.isfinite(float(loss)):
+                    raise InvalidScene(f"{desc}: loss became {float(loss)} at iteration {k} ({stage}); the "
+                                       f"checkpoint in {out} is from before; resume with a lower learning rate")
+                history.append({"iteration": k, "stage": stage, "loss": float(loss),
+                                "time_s": time.perf_counter() - t0})
+                done, done_rng = k + 1, rng.bit_generator.state
+                bar.update(1, stage=stage, loss=float(loss))
+                if done % checkpoint_every == 0:
+                    save(done, done_rng)
+        except KeyboardInterrupt:   # Ctrl-C / SIGTERM: keep every finished iteration
+            save(done, done_rng)
+            raise RunInterrupted(done, done, str(out)) from None
+    save(total, rng.bit_generator.state)
+
+
 def simulate_with_law(scene, elasticity, plasticity, frames: int, every: int, body: str | None = None,
                       wave_speed: float | None = None) -> np.ndarray:
     """Run an unbuilt ``scene`` with its body's material replaced by the law (no gradients);

@@ -1,0 +1,222 @@
+"""A NeuralDEM-style surrogate of hopper discharge (torch only).
+
+The granular material is a set of fields (``learned.granular_fields``) queried at any
+point (x, z) and time t, conditioned on scalars (hopper angle, sliding and rolling
+friction). As in NeuralDEM (Alkin et al. 2025): a set of learnable latent tokens is
+processed by transformer blocks whose layer norms are modulated by the conditioning
+(adaLN: scale, shift and gate from an embedding of the scalars and t); a Perceiver-style
+decoder lets each query point (Fourier features of its position) attend to the latents and
+reads occupancy, velocity, displacement and exit time there. The discharge figures follow
+from the occupancy: the mass inside is its integral over the hopper, the discharged mass
+the rest, the outflow rate that curve's steady slope. Everything is differentiable in the
+conditioning scalars (inverse design through the surrogate).
+
+Model files (``learned.model_file``): format "diffsim-neuraldem", ``config``, ``stats``
+(trained ranges, field scales, grid, geometry), ``state_dict``, ``metadata``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffsim.errors import InvalidScene
+
+from .granular_fields import CONDITIONS, FIELDS
+from .model_file import InvalidModel, read_model_file, write_model_file
+
+FORMAT, VERSION = "diffsim-neuraldem", 1
+CONFIGS = {
+    "small": dict(width=64, latents=32, blocks=3, heads=4, frequencies=12, decoder_hidden=96),
+    "paper": dict(width=192, latents=256, blocks=8, heads=6, frequencies=32, decoder_hidden=384),
+}
+#: conditioning within this fraction of the trained span beyond its ends warns; farther raises
+EXTRAPOLATION = 0.05
+
+
+class ConditionOutOfRange(InvalidScene):
+    """A conditioning scalar lies outside the range the surrogate was trained on."""
+
+
+def fourier_features(u: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """(..., D) in about [-1, 1] -> (..., D (2F + 1)): u, sin and cos of pi 2^(k/2) u."""
+    k = torch.arange(frequencies, dtype=u.dtype, device=u.device)
+    f = math.pi * 2.0 ** (0.5 * k)
+    a = u[..., None] * f
+    return torch.cat([u, torch.sin(a).flatten(-2), torch.cos(a).flatten(-2)], -1)
+
+
+class AdaBlock(nn.Module):
+    """Pre-norm transformer block whose norms are modulated by a conditioning vector
+    (adaLN-zero: the modulation starts at zero, so each block starts as the identity)."""
+
+    def __init__(self, width: int, heads: int, cross: bool = False):
+        super().__init__()
+        self.cross = cross
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.modulation = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.modulation(cond).unsqueeze(1).chunk(6, -1)
+        h = self.norm1(x) * (1 + s1) + b1
+        kv = context if self.cross else h
+        x = x + g1 * self.attn(h, kv, kv, need_weights=False)[0]
+        h = self.norm2(x) * (1 + s2) + b2
+        return x + g2 * self.mlp(h)
+
+
+class NeuralDEM(nn.Module):
+    """The surrogate with the ranges, scales and geometry it was trained with.
+
+    Args:
+        config: a :data:`CONFIGS` name or dict (overridable key by key).
+        stats: ``ranges`` {name: (lo, hi)} of the conditions and ``time``; ``scales``
+            {field: typical magnitude}; ``grid`` (lo, hi, spacing, depth) of the training
+            fields; ``density`` (kg/m^3), ``total_mass`` (kg), ``orifice`` (m), ``outlet_z``.
+    """
+
+    def __init__(self, config="small", stats: dict | None = None, metadata: dict | None = None, **overrides):
+        super().__init__()
+        cfg = dict(CONFIGS[config]) if isinstance(config, str) else dict(config)
+        unknown = set(overrides) - set(CONFIGS["small"])
+        if unknown:
+            raise InvalidModel(f"unknown NeuralDEM options {sorted(unknown)}; known: {sorted(CONFIGS['small'])}")
+        cfg.update(overrides)
+        self.config, self.stats, self.metadata = cfg, dict(stats or {}), dict(metadata or {})
+        w, nf = cfg["width"], cfg["frequencies"]
+        self.condition = nn.Sequential(nn.Linear((len(CONDITIONS) + 1) * (2 * nf + 1), w), nn.GELU(), nn.Linear(w, w))
+        self.latents = nn.Parameter(0.02 * torch.randn(cfg["latents"], w))
+        self.blocks = nn.ModuleList(AdaBlock(w, cfg["heads"]) for _ in range(cfg["blocks"]))
+        self.query = nn.Sequential(nn.Linear(2 * (2 * nf + 1), w), nn.GELU(), nn.Linear(w, w))
+        self.read = AdaBlock(w, cfg["heads"], cross=True)
+        self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg["decoder_hidden"]), nn.GELU(),
+                                  nn.Linear(cfg["decoder_hidden"], len(FIELDS)))
+
+    # --------------------------------------------------------------------- normalisation
+    def _unit(self, value: torch.Tensor, name: str) -> torch.Tensor:
+        lo, hi = self.stats["ranges"][name]
+        return 2.0 * (value - lo) / max(hi - lo, 1e-12) - 1.0
+
+    def check_conditions(self, conditions: dict, extrapolate: bool = False) -> None:
+        """Raise :class:`ConditionOutOfRange` (or warn, with ``extrapolate``) for a scalar
+        beyond its trained range by more than ``EXTRAPOLATION`` of the span; warn within."""
+        for name in (*CONDITIONS, "time"):
+            if name not in conditions:
+                continue
+            lo, hi = self.stats["ranges"][name]
+            values = torch.as_tensor(conditions[name]).detach().double().reshape(-1)
+            worst = float(torch.clamp(torch.maximum(lo - values, values - hi), min=0).max())
+            if worst <= 0:
+                continue
+            msg = (f"{name} = {values.min().item():.4g}..{values.max().item():.4g} lies {worst:.3g} outside the "
+                   f"trained range [{lo:.4g}, {hi:.4g}]")
+            if worst > EXTRAPOLATION * (hi - lo) and not extrapolate:
+                raise ConditionOutOfRange(f"{msg}; the surrogate would extrapolate (pass extrapolate=True to "
+                                          f"accept, or train on a wider sweep)")
+            warnings.warn(f"{msg}: extrapolating", RuntimeWarning, stacklevel=3)
+
+    # --------------------------------------------------------------------------- fields
+    def encode(self, conditions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent tokens (B, L, W) and conditioning vectors (B, W) for conditions (B, C)
+        (physical units, in :data:`CONDITIONS` order) at times t (B,) s after the gate opened."""
+        units = torch.stack([self._unit(conditions[:, i], n) for i, n in enumerate(CONDITIONS)]
+                            + [self._unit(t, "time")], -1)
+        cond = self.condition(fourier_features(units, self.config["frequencies"]).flatten(-2)
+                              if units.dim() > 2 else fourier_features(units, self.config["frequencies"]).flatten(1))
+        x = self.latents.expand(len(cond), -1, -1)
+        for block in self.blocks:
+            x = block(x, cond)
+        return x, cond
+
+    def decode(self, latents: torch.Tensor, cond: torch.Tensor, xz: torch.Tensor) -> torch.Tensor:
+        """Fields (B, Q, len(FIELDS)) in physical units at query points xz (B, Q, 2) m."""
+        lo, hi = self.stats["grid"][0], self.stats["grid"][1]
+        lo = torch.as_tensor(lo, dtype=xz.dtype)
+        hi = torch.as_tensor(hi, dtype=xz.dtype)
+        units = 2.0 * (xz - lo) / (hi - lo) - 1.0
+        q = self.query(fourier_features(units, self.config["frequencies"]))
+        raw = self.head(self.read(q, cond, context=latents))
+        scales = torch.as_tensor([self.stats["scales"][f] for f in FIELDS], dtype=raw.dtype)
+        occupancy = 0.7 * torch.sigmoid(raw[..., :1])     # a packed bed is ~0.6; empty is 0
+        return torch.cat([occupancy, raw[..., 1:] * scales[1:]], -1)
+
+    def forward(self, conditions: torch.Tensor, t: torch.Tensor, xz: torch.Tensor) -> torch.Tensor:
+        latents, cond = self.encode(conditions, t)
+        return self.decode(latents, cond, xz)
+
+    def fields(self, conditions: dict, times, points=None, extrapolate: bool = False) -> dict:
+        """``{FIELD: (T, Q) tensor}`` for one set of ``conditions`` ({name: value}) at
+        ``times`` (s after the gate opened) and ``points`` (Q, 2) m (default: the training
+        grid's nodes, flattened)."""
+        self.check_conditions({**conditions, "time": times}, extrapolate)
+        dtype = next(self.parameters()).dtype
+        t = torch.as_tensor(times, dtype=dtype).reshape(-1)
+        c = torch.stack([torch.as_tensor(conditions[n], dtype=dtype) for n in CONDITIONS]).expand(len(t), -1)
+        xz = torch.as_tensor(self.grid_nodes() if points is None else points, dtype=dtype)
+        out = self(c, t, xz.expand(len(t), -1, -1))
+        return {name: out[..., i] for i, name in enumerate(FIELDS)}
+
+    def grid_nodes(self) -> np.ndarray:
+        """(Q, 2) nodes of the training grid."""
+        lo, hi, h, _ = self.stats["grid"]
+        xs = np.arange(lo[0], hi[0] + 0.5 * h, h)
+        zs = np.arange(lo[1], hi[1] + 0.5 * h, h)
+        return np.stack(np.meshgrid(xs, zs, indexing="ij"), -1).reshape(-1, 2)
+
+    # ------------------------------------------------------------------------ discharge
+    def discharge_curve(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
+        """Discharged mass (kg) at ``times``: the total minus the occupancy's integral over
+        the grid (density x depth x h^2 per node: the deposit's exact quadrature)."""
+        _, _, h, depth = self.stats["grid"]
+        phi = self.fields(conditions, times, extrapolate=extrapolate)["occupancy"]
+        inside = self.stats["density"] * depth * h * h * phi.sum(-1)
+        return self.stats["total_mass"] - inside
+
+    def outflow_rate(self, conditions: dict, times=None, extrapolate: bool = False) -> torch.Tensor:
+        """Outflow rate (kg/s), differentiable in the conditions: the least-squares slope of
+        :meth:`discharge_curve` while 20-80% of the finally discharged mass has left (the
+        window is chosen on the detached curve)."""
+        times = torch.as_tensor(self.default_times() if times is None else times,
+                                dtype=next(self.parameters()).dtype)
+        m = self.discharge_curve(conditions, times, extrapolate)
+        final = m[-1].detach()
+        md = m.detach()
+        use = (md >= 0.2 * final) & (md <= 0.8 * final)
+        if int(use.sum()) < 2:
+            raise InvalidScene("outflow_rate: the predicted curve has under two frames between 20% and 80% of "
+                               "its final mass; query more times")
+        t, y = times[use], m[use]
+        tc = t - t.mean()
+        return (tc * (y - y.mean())).sum() / (tc * tc).sum()
+
+    def default_times(self) -> np.ndarray:
+        lo, hi = self.stats["ranges"]["time"]
+        return np.arange(lo, hi + 1e-9, self.stats.get("frame_dt", 0.02))
+
+    # ------------------------------------------------------------------------------ io
+    def save(self, path, extra: dict | None = None):
+        blob = {"format": FORMAT, "version": VERSION, "config": self.config, "stats": self.stats,
+                "metadata": self.metadata, "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        blob.update(extra or {})
+        write_model_file(path, blob)
+
+    @classmethod
+    def load(cls, path, dtype=torch.float32, with_extra: bool = False):
+        blob = read_model_file(path, FORMAT, VERSION, ("config", "stats", "state_dict"),
+                               "train one with `diffsim train-neuraldem`")
+        try:
+            model = cls(blob["config"], blob["stats"], blob.get("metadata"))
+            model.load_state_dict(blob["state_dict"])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise InvalidModel(f"{path}: does not match this diffsim's NeuralDEM ({type(exc).__name__}: {exc})") \
+                from None
+        model = model.to(dtype)
+        return (model, blob) if with_extra else model

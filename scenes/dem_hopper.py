@@ -14,7 +14,7 @@ width, m; default 0.024 = 6 sphere diameters), count (spheres; default 2000), fr
 rolling_friction (sphere-sphere and sphere-wall; defaults 0.5, 0.05), radius (m, default
 0.002), depth (m between front and back walls, default 5 diameters), fill_time (s of settling
 behind the gate, default 0.3), duration (s of discharge, default 2.0), seed (the fill's
-jitter).
+jitter), density (kg/m^3 of the spheres, default 2500).
 """
 import math
 
@@ -70,7 +70,7 @@ def fill_positions(angle_deg, orifice, depth, radius, count, seed=0):
 
 
 def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=0.05, radius=0.002, depth=None,
-          fill_time=0.3, duration=2.0, seed=0, dt=None):
+          fill_time=0.3, duration=2.0, seed=0, density=2500.0, dt=None):
     angle, orifice, radius = float(angle), float(orifice), float(radius)
     count, depth = int(count), float(depth if depth is not None else 10 * radius)
     if not 5.0 <= angle <= 75.0:
@@ -85,7 +85,7 @@ def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=
     if not (fill_time >= 0 and duration > 0):
         raise ds.InvalidScene("dem_hopper: fill_time must be >= 0 s and duration > 0 s")
     mat = ds.DEMMaterial(E=5e6, nu=0.3, restitution=0.5, friction=float(friction),
-                         rolling_friction=float(rolling_friction), density=2500.0)
+                         rolling_friction=float(rolling_friction), density=float(density))
     x = fill_positions(angle, orifice, depth, radius, count, seed)
     height = float(x[:, 2].max()) + 6 * radius
     top = 0.5 * orifice + height * math.tan(math.radians(angle))
@@ -100,9 +100,10 @@ def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=
     steps = int(round((float(fill_time) + float(duration)) / dt))
     every = max(1, int(round(0.01 / dt)))
     total_mass = count * mat.density * 4.0 / 3.0 * math.pi * radius ** 3
-    measure = HopperDischarge(angle, orifice, radius, total_mass, gate_time=float(fill_time))
+    measure = HopperDischarge(angle, orifice, radius, total_mass, gate_time=float(fill_time), initial_positions=x)
     return ds.Scene(sim, description=__doc__, steps=steps, every=every, camera=(0.0, -89.0), measures=[measure],
                     view_bounds=((-top, -depth, OUTLET_Z), (top, depth, height)),
                     options=dict(angle=angle, orifice=orifice, count=count, friction=float(friction),
                                  rolling_friction=float(rolling_friction), radius=radius, depth=depth,
-                                 fill_time=float(fill_time), duration=float(duration), seed=int(seed)))
+                                 fill_time=float(fill_time), duration=float(duration), seed=int(seed),
+                                 density=float(density)))

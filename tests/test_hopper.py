@@ -10,6 +10,7 @@ import pytest
 
 import diffsim as ds
 from diffsim.dem import discharge_figures, flow_regime
+from diffsim.dem.discharge import order_sets
 from diffsim.runner import run_scene
 from diffsim.scene import build_scene
 
@@ -55,16 +56,33 @@ def test_figures_refuse_bad_traces():
         discharge_figures(t, t, 0.0)
 
 
-def test_flow_regime_rule():
-    frac = np.linspace(0, 1, 21)
-    core = np.full(21, 0.2)
-    assert flow_regime(np.full(21, 0.1), core, frac)["regime"] == "mass"
-    slow = flow_regime(np.full(21, 0.01), core, frac)
-    assert slow["regime"] == "funnel" and slow["wall_to_core_speed"] == pytest.approx(0.05)
-    # empty sets (None) and frames outside 25-75% are ignored
-    wall = [None if f < 0.5 else 0.1 for f in frac]
-    assert flow_regime(wall, core, frac)["regime"] == "mass"
-    assert flow_regime(np.full(3, 0.1), np.full(3, 0.2), [0.0, 0.1, 0.9])["regime"] is None
+def test_flow_regime_by_exit_order():
+    """Shoulders draining over 2 s and the top over 1 s: they take twice as long (ratio 2,
+    funnel flow); the other way round, half as long (mass flow)."""
+    t = np.linspace(0.0, 3.0, 301)
+    slow, fast = np.clip(1 - t / 2, 0, 1), np.clip(1 - t / 1, 0, 1)
+    funnel = flow_regime(t, slow, fast)
+    assert funnel["regime"] == "funnel" and funnel["exit_order_ratio"] == pytest.approx(2.0, rel=1e-3)
+    mass = flow_regime(t, fast, slow)
+    assert mass["regime"] == "mass" and mass["exit_order_ratio"] == pytest.approx(0.5, rel=1e-3)
+    # frames before the gate opens do not count; None values (no data) are skipped
+    assert flow_regime(t + 0.5, slow, fast, gate_time=0.5)["exit_order_ratio"] == pytest.approx(2.0, rel=1e-3)
+    assert flow_regime([0.0, 1.0], [None, None], [1.0, 0.5])["regime"] is None
+
+
+def test_order_sets_pick_the_shoulders_and_the_top():
+    """On a filled wedge the shoulders hug the panels in the lower half and the top is the
+    highest quarter in the middle: disjoint, both non-empty, where they should be."""
+    angle, orifice, r = 40.0, 0.024, 0.002
+    g = np.stack(np.meshgrid(np.linspace(-0.2, 0.2, 201), np.linspace(0.001, 0.1, 100), indexing="ij"), -1).reshape(-1, 2)
+    t = math.tan(math.radians(angle))
+    x = g[np.abs(g[:, 0]) < 0.5 * orifice + g[:, 1] * t - r]
+    shoulders, top = order_sets(x, angle, orifice, r)
+    assert shoulders.any() and top.any() and not (shoulders & top).any()
+    median = np.median(x[:, 1])
+    assert x[shoulders, 1].max() < median and x[top, 1].min() > np.quantile(x[:, 1], 0.74)
+    assert np.all(np.abs(x[shoulders, 0]) > 0.5 * orifice)       # on the panels' side of the slot's edges
+    assert np.all(np.abs(x[top, 0]) < 0.5 * (0.5 * orifice + x[top, 1] * t) + 1e-12)
 
 
 @pytest.mark.parametrize("options, match", [({"angle": 80}, "angle"), ({"orifice": 0.008}, "jams"),
@@ -103,7 +121,8 @@ def test_short_discharge_reports_figures_and_conserves_mass(tmp_path):
         assert active * mass + discharged == pytest.approx(150 * mass, rel=1e-5)
     assert tr["discharged_mass"][0] == 0 and out["discharged_mass"] > 0.5 * 150 * mass
     assert out["outflow_rate"] > 0 and 0 <= out["residual_mass_fraction"] < 0.5
-    assert len(tr["wall_speed"]) == len(tr["time"])
+    assert len(tr["shoulders_inside"]) == len(tr["time"]) and tr["shoulders_inside"][0] == 1.0
+    assert out["regime"] in ("mass", "funnel") and out["exit_order_ratio"] > 0
 
 
 def test_recorded_sweep_keeps_traces_and_figures(tmp_path):

@@ -11,6 +11,7 @@
     diffsim train-law --data data.npz [--kind structured|mlp] [--plastic] [--iters N]
                       [--window START,END] [--out law.pt]
     diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
+    diffsim train-neuraldem DATASET --out hopper.pt [--iters N] [--resume]
     diffsim sweep SCENE.py --out DIR [--grid K=V1,V2] [--random K=LO:HI] [--record] ...
 """
 from __future__ import annotations
@@ -192,26 +193,56 @@ def _leave_process_group(world: int) -> None:
         os._exit(0)
 
 
-def _cmd_train_rom(args) -> int:
+def _train_surrogate(args, train, **kwargs) -> int:
+    """The body of train-rom and train-neuraldem: join torchrun's group, split the CPU
+    threads among its processes, train, print a JSON line (rank 0), leave together."""
     import torch
 
-    from .learned.rom_training import train_rom
+    from .learned.training import _distributed
+    from .scene import parse_options
     world = _init_process_group()
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    from .scene import parse_options
-    overrides = parse_options(args.set)   # --set sparse=256 radius=0.06
-    model = train_rom(args.dataset, args.out, config=args.config, iterations=args.iters,
-                      decoder_iterations=args.decoder_iters, batch=args.batch, lr=args.lr, noise=args.noise,
-                      horizon=args.horizon, unroll=args.unroll, unroll_from=args.unroll_from,
-                      checkpoint_every=args.checkpoint_every, resume=args.resume,
-                      seed=args.seed, progress=not args.quiet, **overrides)
-    from .learned.training import _distributed
+    overrides = parse_options(args.set)   # --set width=96
+    model = train(args.dataset, args.out, config=args.config, iterations=args.iters, batch=args.batch, lr=args.lr,
+                  checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+                  progress=not args.quiet, **kwargs, **overrides)
     if _distributed()[0] == 0:
         hist = model.metadata.get("history") or [{}]
         print(json.dumps({"out": args.out, "parameters": sum(p.numel() for p in model.parameters()),
                           "final_loss": hist[-1].get("loss"), "processes": world}))
     _leave_process_group(world)
     return 0
+
+
+def _cmd_train_rom(args) -> int:
+    from .learned.rom_training import train_rom
+    return _train_surrogate(args, train_rom, decoder_iterations=args.decoder_iters, noise=args.noise,
+                            horizon=args.horizon, unroll=args.unroll, unroll_from=args.unroll_from)
+
+
+def _cmd_train_neuraldem(args) -> int:
+    from .learned.neuraldem_training import train_neuraldem
+    return _train_surrogate(args, train_neuraldem, queries=args.queries)
+
+
+def _surrogate_parser(sub, name: str, help: str, iters: int, batch: int, checkpoint_every: int):
+    """A train-* parser with the arguments every surrogate's training shares."""
+    m = sub.add_parser(name, help=help)
+    m.add_argument("dataset", help="the recorded sweep's folder (or its dataset.json)")
+    m.add_argument("--out", required=True, help="model file to write (and to resume from)")
+    m.add_argument("--config", choices=("small", "paper"), default="small",
+                   help="small: minutes on 2 CPU cores; paper: the published size (use a GPU)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (width=96)")
+    m.add_argument("--iters", type=int, default=iters, help="optimiser iterations")
+    m.add_argument("--batch", type=int, default=batch,
+                   help="samples per iteration (under torchrun shared among the processes)")
+    m.add_argument("--lr", type=float, default=1e-3, help="learning rate, decaying to a tenth")
+    m.add_argument("--checkpoint-every", type=int, default=checkpoint_every)
+    m.add_argument("--resume", action="store_true", help="continue from --out")
+    m.add_argument("--threads", type=int, default=None)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--quiet", action="store_true")
+    return m
 
 
 def _window(text):
@@ -304,27 +335,21 @@ def main(argv=None) -> int:
     _runtime_args(t, precision="f64")
     t.set_defaults(func=_cmd_train_law)
 
-    m = sub.add_parser("train-rom", help="train a GIOROM surrogate on a recorded sweep (diffsim sweep --record)")
-    m.add_argument("dataset", help="the recorded sweep's folder (or its dataset.json)")
-    m.add_argument("--out", required=True, help="model file to write (and to resume from)")
-    m.add_argument("--config", choices=("small", "paper"), default="small",
-                   help="small: minutes on 2 CPU cores; paper: the published size (use a GPU)")
-    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config entry (sparse=256)")
-    m.add_argument("--iters", type=int, default=2000, help="time-stepper iterations")
+    m = _surrogate_parser(sub, "train-rom", "train a GIOROM surrogate on a recorded sweep (diffsim sweep --record)",
+                          iters=2000, batch=8, checkpoint_every=200)
     m.add_argument("--decoder-iters", type=int, default=100)
-    m.add_argument("--batch", type=int, default=8, help="samples per iteration (under torchrun shared among the processes)")
-    m.add_argument("--lr", type=float, default=1e-3)
     m.add_argument("--noise", type=float, default=2e-5, help="random-walk noise of the velocity window (m/frame)")
     m.add_argument("--horizon", type=int, default=100, help="frames per trajectory used for training")
     m.add_argument("--unroll", type=int, default=4,
                    help="from --unroll-from of the iterations on, train on rollouts of this many frames")
     m.add_argument("--unroll-from", type=float, default=0.5)
-    m.add_argument("--checkpoint-every", type=int, default=200)
-    m.add_argument("--resume", action="store_true", help="continue from --out")
-    m.add_argument("--threads", type=int, default=None)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=_cmd_train_rom)
+
+    m = _surrogate_parser(sub, "train-neuraldem",
+                          "train a NeuralDEM surrogate on a recorded hopper sweep (scenes/dem_hopper.py)",
+                          iters=3000, batch=16, checkpoint_every=250)
+    m.add_argument("--queries", type=int, default=512, help="field nodes per (run, frame) sample")
+    m.set_defaults(func=_cmd_train_neuraldem)
 
     s = sub.add_parser("sweep", help="run a scene over a grid / random sample of options (Ray or serial)")
     s.add_argument("scene", help="scene script (or built-in scene name)")

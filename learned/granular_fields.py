@@ -103,3 +103,20 @@ def hopper_fields(traj, grid: FieldGrid, outlet_z: float = -0.03) -> dict:
     return {"time": times.astype(np.float32), **fields,
             "conditions": np.array([float(opts[k]) for k in CONDITIONS], np.float32),
             "total_mass": float(x.shape[1] * volume * density), "path": traj.path}
+
+
+def exit_order_from_fields(occupancy: np.ndarray, exit_time: np.ndarray, nodes: np.ndarray, angle: float,
+                           orifice: float, radius: float) -> float:
+    """The exit-order ratio of :mod:`diffsim.dem.discharge` from the fields at the gate's
+    opening (flattened to (Q,), (Q,), (Q, 2)): the occupancy-weighted mean exit time of the
+    shoulders' nodes over that of the top's (:func:`diffsim.dem.discharge.order_sets` on
+    the nodes with material, occupancy > 0.1). NaN when a set is empty."""
+    from diffsim.dem.discharge import order_sets
+    occ = np.asarray(occupancy, float)
+    keep = occ > 0.1
+    w, t = occ[keep], np.asarray(exit_time, float)[keep]
+    shoulders, top = order_sets(nodes[keep], angle, orifice, radius, weights=w)
+    if not shoulders.any() or not top.any():
+        return float("nan")
+    mean = lambda sel: (w[sel] * t[sel]).sum() / w[sel].sum()  # noqa: E731
+    return float(mean(shoulders) / max(mean(top), 1e-12))

@@ -116,8 +116,9 @@ class NeuralDEM(nn.Module):
             worst = float(torch.clamp(torch.maximum(lo - values, values - hi), min=0).max())
             if worst <= 0:
                 continue
-            msg = (f"{name} = {values.min().item():.4g}..{values.max().item():.4g} lies {worst:.3g} outside the "
-                   f"trained range [{lo:.4g}, {hi:.4g}]")
+            span = (f"{values.min().item():.4g}" if values.min() == values.max() else
+                    f"{values.min().item():.4g}..{values.max().item():.4g}")
+            msg = f"{name} = {span} lies {worst:.3g} outside the trained range [{lo:.4g}, {hi:.4g}]"
             if worst > EXTRAPOLATION * (hi - lo) and not extrapolate:
                 raise ConditionOutOfRange(f"{msg}; the surrogate would extrapolate (pass extrapolate=True to "
                                           f"accept, or train on a wider sweep)")
@@ -129,8 +130,7 @@ class NeuralDEM(nn.Module):
         (physical units, in :data:`CONDITIONS` order) at times t (B,) s after the gate opened."""
         units = torch.stack([self._unit(conditions[:, i], n) for i, n in enumerate(CONDITIONS)]
                             + [self._unit(t, "time")], -1)
-        cond = self.condition(fourier_features(units, self.config["frequencies"]).flatten(-2)
-                              if units.dim() > 2 else fourier_features(units, self.config["frequencies"]).flatten(1))
+        cond = self.condition(fourier_features(units, self.config["frequencies"]))
         x = self.latents.expand(len(cond), -1, -1)
         for block in self.blocks:
             x = block(x, cond)
@@ -172,13 +172,32 @@ class NeuralDEM(nn.Module):
         return np.stack(np.meshgrid(xs, zs, indexing="ij"), -1).reshape(-1, 2)
 
     # ------------------------------------------------------------------------ discharge
-    def discharge_curve(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
-        """Discharged mass (kg) at ``times``: the total minus the occupancy's integral over
-        the grid (density x depth x h^2 per node: the deposit's exact quadrature)."""
+    def outflow(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
+        """Mass flux (kg/s) through the slot at ``times``: density x depth x the integral of
+        occupancy x descent speed across the line z = 0 (trapezoid over 2 points per node
+        spacing, two spacings past each edge); negative flux counts as 0."""
         _, _, h, depth = self.stats["grid"]
-        phi = self.fields(conditions, times, extrapolate=extrapolate)["occupancy"]
-        inside = self.stats["density"] * depth * h * h * phi.sum(-1)
-        return self.stats["total_mass"] - inside
+        half = 0.5 * self.stats["orifice"] + 2 * h
+        xs = np.linspace(-half, half, int(round(2 * half / (0.5 * h))) + 1)
+        points = np.stack([xs, np.zeros_like(xs)], -1)
+        f = self.fields(conditions, times, points, extrapolate)
+        density = (f["occupancy"] * (-f["vz"])).clamp_min(0)
+        return self.stats["density"] * depth * torch.trapezoid(density, dx=float(xs[1] - xs[0]), dim=-1)
+
+    def discharge_curve(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
+        """Discharged mass (kg) at ``times`` (increasing, from the gate's opening): the time
+        integral (trapezoid) of :meth:`outflow`."""
+        t = torch.as_tensor(times, dtype=next(self.parameters()).dtype).reshape(-1)
+        q = self.outflow(conditions, t, extrapolate)
+        steps = 0.5 * (q[1:] + q[:-1]) * (t[1:] - t[:-1])
+        return torch.cat([q.new_zeros(1), torch.cumsum(steps, 0)])
+
+    def mass_inside(self, conditions: dict, time: float, extrapolate: bool = False) -> torch.Tensor:
+        """Mass (kg) in the hopper at ``time``: the occupancy's integral over the grid
+        (density x depth x h^2 per node, the deposit's exact quadrature)."""
+        _, _, h, depth = self.stats["grid"]
+        phi = self.fields(conditions, [time], extrapolate=extrapolate)["occupancy"][0]
+        return self.stats["density"] * depth * h * h * phi.sum()
 
     def outflow_rate(self, conditions: dict, times=None, extrapolate: bool = False) -> torch.Tensor:
         """Outflow rate (kg/s), differentiable in the conditions: the least-squares slope of
@@ -196,6 +215,20 @@ class NeuralDEM(nn.Module):
         t, y = times[use], m[use]
         tc = t - t.mean()
         return (tc * (y - y.mean())).sum() / (tc * tc).sum()
+
+    def figures(self, conditions: dict, times=None, extrapolate: bool = False) -> dict:
+        """The discharge figures of :func:`diffsim.dem.discharge_figures` from the surrogate:
+        the curve of :meth:`discharge_curve`; the residual mass from :meth:`mass_inside` at
+        the last time (the flux integral's error does not accumulate into it)."""
+        from diffsim.dem import discharge_figures
+        times = np.asarray(self.default_times() if times is None else times, float)
+        with torch.no_grad():
+            curve = self.discharge_curve(conditions, times, extrapolate).double().numpy()
+            inside = float(self.mass_inside(conditions, float(times[-1]), extrapolate))
+        total = self.stats["total_mass"]
+        out = discharge_figures(times, curve, total)
+        out["residual_mass_fraction"] = max(0.0, min(1.0, inside / total))
+        return out
 
     def default_times(self) -> np.ndarray:
         lo, hi = self.stats["ranges"]["time"]

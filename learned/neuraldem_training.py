@@ -1,0 +1,201 @@
+"""Training a NeuralDEM surrogate on a recorded hopper sweep (``diffsim train-neuraldem``).
+
+Each run's spheres become fields on one grid (``learned.granular_fields``); every step draws
+(run, frame) pairs of the ``train`` split and query nodes (half anywhere, half where there
+is material) and fits the fields there: occupancy everywhere, the other fields weighted by
+the occupancy (they are undefined where there is no material). Checkpoints, resume and
+torchrun as ``train-rom`` (``learned.training.optimise``).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from diffsim.errors import InvalidScene
+
+from .granular_fields import CONDITIONS, FIELDS, FieldGrid, hopper_fields
+from .neuraldem import NeuralDEM
+from .training import _average_gradients, _distributed, optimise
+
+OUTLET_Z = -0.03
+PACKED = 0.6          # occupancy of a packed bed: the occupancy's scale
+
+
+class HopperFieldData:
+    """The fields of the runs of one split of a recorded hopper sweep, on one grid.
+
+    ``spacing``: node spacing in sphere diameters; the grid covers every run's initial bed
+    and the outlet."""
+
+    def __init__(self, trajectories, spacing: float = 1.5, grid: FieldGrid | None = None):
+        if not trajectories:
+            raise InvalidScene("HopperFieldData: no trajectories (is the split empty? record more runs)")
+        # density became an option of scenes/dem_hopper.py later: runs without it used 2500
+        opts = [{"density": 2500.0, **((t.metadata.get("scene") or {}).get("options") or {})} for t in trajectories]
+        for t, o in zip(trajectories, opts):
+            for key in ("radius", "depth", "orifice", "count", "density"):
+                if o.get(key) != opts[0].get(key):
+                    raise InvalidScene(f"{t.path}: {key} = {o.get(key)} differs from {opts[0].get(key)} of the first "
+                                       f"run; one surrogate covers one hopper size (sweep angle and friction only)")
+        r = float(opts[0].get("radius", 0.0) or 0.0)
+        if grid is None:
+            if not r > 0:
+                raise InvalidScene(f"{trajectories[0].path}: not a dem_hopper run (no radius option)")
+            x0 = np.concatenate([np.asarray(t.positions[0]) for t in trajectories])
+            half = float(np.abs(x0[:, 0]).max()) + 2 * r
+            grid = FieldGrid((-half, OUTLET_Z), (half, float(x0[:, 2].max()) + 2 * r), spacing * 2 * r,
+                             float(opts[0]["depth"]))
+        self.grid = grid
+        self.runs = [hopper_fields(t, grid, OUTLET_Z) for t in trajectories]
+        self.frame_dt = float(trajectories[0].dt)
+        self.orifice = float(opts[0].get("orifice", 0.0))
+        self.density = float(opts[0].get("density", 2500.0))
+        self.nodes = grid.nodes().reshape(-1, 2).astype(np.float32)
+
+    def stats(self) -> dict:
+        """Trained ranges, field scales, grid and geometry (what the model file keeps)."""
+        cond = np.stack([r["conditions"] for r in self.runs])
+        times = np.concatenate([r["time"] for r in self.runs])
+        ranges = {n: [float(cond[:, i].min()), float(cond[:, i].max())] for i, n in enumerate(CONDITIONS)}
+        ranges["time"] = [float(times.min()), float(times.max())]
+        scales = {"occupancy": PACKED}
+        for name in FIELDS[1:]:
+            vals = np.concatenate([r[name][r["occupancy"] > 0.1 * PACKED] for r in self.runs])
+            scales[name] = float(np.sqrt(np.mean(vals.astype(np.float64) ** 2))) or 1.0
+        g = self.grid
+        return {"ranges": ranges, "scales": scales, "grid": [g.lo.tolist(), g.hi.tolist(), g.h, g.depth],
+                "density": self.density, "total_mass": float(np.mean([r["total_mass"] for r in self.runs])),
+                "orifice": self.orifice, "outlet_z": OUTLET_Z, "frame_dt": self.frame_dt}
+
+    def batch(self, rng, size: int, queries: int):
+        """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F)) for ``size`` random
+        (run, frame) pairs, ``queries`` nodes each (half drawn among the occupied nodes)."""
+        cond, times, xz, target = [], [], [], []
+        for _ in range(size):
+            run = self.runs[int(rng.integers(len(self.runs)))]
+            f = int(rng.integers(len(run["time"])))
+            values = np.stack([run[name][f].reshape(-1) for name in FIELDS], -1)
+            occupied = np.nonzero(values[:, 0] > 0.05 * PACKED)[0]
+            half = queries // 2 if len(occupied) else 0
+            ids = np.concatenate([rng.integers(len(values), size=queries - half),
+                                  occupied[rng.integers(len(occupied), size=half)] if half else np.zeros(0, int)])
+            cond.append(run["conditions"])
+            times.append(run["time"][f])
+            xz.append(self.nodes[ids])
+            target.append(values[ids])
+        return (torch.from_numpy(np.stack(cond)), torch.from_numpy(np.asarray(times, np.float32)),
+                torch.from_numpy(np.stack(xz)), torch.from_numpy(np.stack(target)))
+
+
+def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Occupancy error everywhere plus the other fields' errors weighted by the true
+    occupancy, each in units of its scale."""
+    occ = ((pred[..., 0] - target[..., 0]) / PACKED) ** 2
+    scales = torch.as_tensor([model.stats["scales"][f] for f in FIELDS[1:]], dtype=pred.dtype)
+    weight = (target[..., 0] / PACKED).clamp(0, 1)
+    rest = (((pred[..., 1:] - target[..., 1:]) / scales) ** 2).mean(-1)
+    return occ.mean() + (weight * rest).sum() / weight.sum().clamp_min(1e-6)
+
+
+def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch: int = 16, queries: int = 512,
+                    lr: float = 1e-3, checkpoint_every: int = 250, resume: bool = False, seed: int = 0,
+                    progress: bool = True, **overrides) -> NeuralDEM:
+    """Train a NeuralDEM on the recorded hopper sweep ``dataset`` and write ``out``.
+
+    Args:
+        config: "small" or "paper" (:data:`learned.neuraldem.CONFIGS`); ``overrides`` change
+            single entries. batch: (run, frame) pairs per step (under torchrun shared among
+            the processes); queries: nodes per pair. lr: Adam's rate, decaying to lr/10.
+        resume: continue from ``out`` (its optimizer state, iteration and random stream).
+    """
+    from pathlib import Path
+
+    from diffsim.sweep import load_dataset
+    rank, world = _distributed()
+    out = Path(out)
+    torch.manual_seed(seed)
+    data = HopperFieldData(load_dataset(dataset, "train"))
+    start, history, extra = 0, [], None
+    if resume:
+        if not out.exists():
+            raise InvalidScene(f"--resume: {out} does not exist; start without --resume")
+        model, extra = NeuralDEM.load(out, with_extra=True)
+        start, history = int(extra.get("iteration", 0)), list(extra.get("history", []))
+    else:
+        if out.exists():
+            NeuralDEM.load(out)   # refuse to clobber something that is not a model
+        model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs)},
+                          **overrides)
+    if batch % world:
+        raise InvalidScene(f"train-neuraldem: the batch ({batch}) must be a multiple of the processes ({world})")
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    if extra is not None and "optimizer" in extra:
+        opt.load_state_dict(extra["optimizer"])
+    rng = np.random.default_rng(seed)   # one stream on every process: each takes its share of a batch
+    if extra is not None and "rng" in extra:
+        rng.bit_generator.state = json.loads(extra["rng"])
+
+    def save(k, rng_state):
+        if rank == 0:
+            model.metadata["history"] = history[-50:]
+            model.save(out, {"iteration": k, "history": history, "optimizer": opt.state_dict(),
+                             "rng": json.dumps(rng_state)})
+
+    def iteration(k):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.1 ** (k / max(iterations, 1))
+        cond, t, xz, target = (a[rank::world] for a in data.batch(rng, batch, queries))
+        loss = field_loss(model, model(cond, t, xz), target)
+        opt.zero_grad()
+        loss.backward()
+        loss = _average_gradients(loss, params, world)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss, "fields"
+
+    optimise(iteration, start, iterations, save, history, checkpoint_every, rng, out, "train-neuraldem",
+             progress, rank)
+    return model
+
+
+def evaluate_run(model: NeuralDEM, run: dict, grid: FieldGrid, radius: float,
+                 iou_times=(0.1, 0.3, 0.5, 0.8, 1.2)) -> dict:
+    """Surrogate against one held-out run: the discharge figures of both (the run's from its
+    own mass, which equals the DEM's trace at every frame), the flow regime of both (the
+    exit-order ratio of their fields at the gate's opening, funnel flow from
+    ``diffsim.dem.discharge.FUNNEL_ORDER``), and the IoU of the occupied region
+    (occupancy > 0.3) at ``iou_times`` (s after the gate opened)."""
+    from diffsim.dem import discharge_figures
+    from diffsim.dem.discharge import FUNNEL_ORDER
+    from .granular_fields import exit_order_from_fields
+    cond = dict(zip(CONDITIONS, map(float, run["conditions"])))
+    times = run["time"].astype(np.float64)
+    nodes = grid.nodes().reshape(-1, 2)
+    inside = run["occupancy"].reshape(len(times), -1).sum(-1) * model.stats["density"] * grid.depth * grid.h ** 2
+    truth = discharge_figures(times, np.maximum.accumulate(run["total_mass"] - inside), run["total_mass"])
+    pred = model.figures(cond, times, extrapolate=True)
+    geometry = (cond["angle"], model.stats["orifice"], radius)
+    order_true = exit_order_from_fields(run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1), nodes,
+                                        *geometry)
+    ious = []
+    for k, tq in enumerate((0.0, *iou_times)):
+        f = int(np.argmin(np.abs(times - tq)))
+        with torch.no_grad():
+            fields = model.fields(cond, [times[f]], nodes, extrapolate=True)
+        phi = fields["occupancy"][0].numpy()
+        if k == 0:
+            order_pred = exit_order_from_fields(phi, fields["exit_time"][0].numpy(), nodes, *geometry)
+            continue
+        a, b = phi > 0.3, run["occupancy"][f].reshape(-1) > 0.3
+        ious.append(float((a & b).sum() / max((a | b).sum(), 1)))
+    regime = lambda r: None if not np.isfinite(r) else ("funnel" if r >= FUNNEL_ORDER else "mass")  # noqa: E731
+    return {"conditions": cond, "pred": {**pred, "exit_order_ratio": order_pred, "regime": regime(order_pred)},
+            "true": {**truth, "exit_order_ratio": order_true, "regime": regime(order_true)}, "iou": ious}
+
+
+def relative_error(a, b) -> float:
+    return abs(a - b) / abs(b) if b else math.inf

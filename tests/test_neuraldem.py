@@ -1,0 +1,175 @@
+"""NeuralDEM: granular fields from hopper runs, the surrogate's save/load and input checks,
+the outflow rate's gradient in a conditioning scalar, and training with resume."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import diffsim as ds
+from diffsim.learned.granular_fields import FIELDS, FieldGrid, hopper_fields
+from diffsim.learned.model_file import InvalidModel
+from diffsim.learned.neuraldem import ConditionOutOfRange, NeuralDEM
+from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run
+from diffsim.sweep import load_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOPPER = os.path.join(ROOT, "scenes", "dem_hopper.py")
+TINY = dict(width=16, latents=4, blocks=1, heads=2, frequencies=3, decoder_hidden=16)
+
+
+@pytest.fixture(scope="module")
+def hopper_dataset(tmp_path_factory):
+    """Six short runs of a small hopper (120 spheres), recorded by a serial sweep."""
+    out = tmp_path_factory.mktemp("neuraldem") / "data"
+    ds.sweep(HOPPER, out, grid={"count": [120], "fill_time": [0.1], "duration": [0.4], "angle": [15, 35, 55],
+                                "friction": [0.3, 0.6]}, backend="serial", record=True, progress=False)
+    return out
+
+
+def _stats():
+    return {"ranges": {"angle": [10.0, 60.0], "friction": [0.2, 0.8], "rolling_friction": [0.0, 0.1],
+                       "time": [0.0, 1.0]},
+            "scales": {f: 1.0 if f == "occupancy" else 0.1 for f in FIELDS},
+            "grid": [[-0.1, -0.03], [0.1, 0.1], 0.006, 0.02], "density": 2500.0, "total_mass": 0.05,
+            "orifice": 0.024, "outlet_z": -0.03, "frame_dt": 0.02}
+
+
+def test_deposit_conserves_weights_and_reproduces_uniform_fields():
+    rng = np.random.default_rng(0)
+    g = FieldGrid((-0.1, 0.0), (0.1, 0.2), 0.01, 0.02)
+    xz = rng.uniform((-0.09, 0.01), (0.09, 0.19), (500, 2))
+    w = np.stack([np.ones(500), np.full(500, 0.3)], -1)
+    dep = g.deposit(xz, w)
+    assert dep[..., 0].sum() == pytest.approx(500.0, rel=1e-12)
+    occupied = dep[..., 0] > 1e-9
+    np.testing.assert_allclose(dep[occupied, 1] / dep[occupied, 0], 0.3, rtol=1e-12)   # a uniform velocity
+    with pytest.raises(ds.InvalidScene, match="lo < hi"):
+        FieldGrid((0, 0), (0, 1), 0.1, 0.02)
+
+
+def test_hopper_fields_hold_the_mass_inside(hopper_dataset):
+    """The occupancy integral is the mass of the spheres still inside at every frame (the
+    DEM's own count), and material that left no longer appears."""
+    trajs = load_dataset(hopper_dataset)
+    data = HopperFieldData(trajs)
+    g = data.grid
+    for traj, run in zip(trajs, data.runs):
+        mass = run["occupancy"].reshape(len(run["time"]), -1).sum(-1) * 2500.0 * g.depth * g.h ** 2
+        start = len(traj.positions) - len(run["time"])
+        inside = (np.asarray(traj.positions[start:, :, 2]) >= -0.03).sum(1) * run["total_mass"] / traj.positions.shape[1]
+        np.testing.assert_allclose(mass, inside, rtol=1e-5)
+        assert 0.0 <= run["time"][0] < traj.dt and mass[-1] < mass[0]
+        assert np.all(run["exit_time"] >= 0) and np.all(np.isfinite(np.stack([run[f] for f in FIELDS])))
+
+
+def test_fields_refuse_a_run_of_another_scene(hopper_dataset, tmp_path):
+    traj = load_dataset(hopper_dataset)[0]
+    traj.metadata["scene"]["options"].pop("angle")
+    with pytest.raises(ds.InvalidScene, match="not a dem_hopper run"):
+        hopper_fields(traj, FieldGrid((-0.1, -0.03), (0.1, 0.1), 0.006, 0.02))
+
+
+def test_save_load_and_bad_model_files(tmp_path):
+    torch.manual_seed(0)
+    model = NeuralDEM(TINY, _stats())
+    model.save(tmp_path / "m.pt")
+    again = NeuralDEM.load(tmp_path / "m.pt")
+    cond = {"angle": 30.0, "friction": 0.5, "rolling_friction": 0.05}
+    a = model.fields(cond, [0.2, 0.4])["occupancy"]
+    b = again.fields(cond, [0.2, 0.4])["occupancy"]
+    assert torch.equal(a, b)
+    with pytest.raises(InvalidModel, match="does not exist"):
+        NeuralDEM.load(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(InvalidModel, match="not a readable model file"):
+        NeuralDEM.load(tmp_path / "junk.pt")
+    torch.save({"format": "diffsim-giorom"}, tmp_path / "other.pt")
+    with pytest.raises(InvalidModel, match="not a diffsim-neuraldem file"):
+        NeuralDEM.load(tmp_path / "other.pt")
+    with pytest.raises(InvalidModel, match="unknown NeuralDEM options"):
+        NeuralDEM(TINY, _stats(), depth=3)
+
+
+def test_conditions_outside_the_trained_range():
+    model = NeuralDEM(TINY, _stats())
+    cond = {"angle": 30.0, "friction": 0.5, "rolling_friction": 0.05}
+    with pytest.raises(ConditionOutOfRange, match=r"angle = 75 lies 15 outside the trained range \[10, 60\]"):
+        model.fields({**cond, "angle": 75.0}, [0.1])
+    with pytest.warns(RuntimeWarning, match="friction = 0.81 lies 0.01 outside"):   # within 5% of the span
+        model.fields({**cond, "friction": 0.81}, [0.1])
+    with pytest.warns(RuntimeWarning, match="extrapolating"):
+        model.fields({**cond, "angle": 75.0}, [0.1], extrapolate=True)
+    with pytest.raises(ConditionOutOfRange, match="time"):
+        model.fields(cond, [3.0])
+
+
+def test_outflow_rate_gradient_matches_central_differences():
+    """d(outflow rate)/d(angle) and d/d(friction) through the surrogate (float64, small
+    random model) against central differences."""
+    torch.manual_seed(1)
+    model = NeuralDEM(TINY, _stats()).double()
+    for p in model.parameters():          # a non-trivial model: perturb the zero-initialised modulations
+        p.data.add_(0.05 * torch.randn_like(p))
+    with torch.no_grad():                 # material falling through the slot: occupancy ~0.35, vz ~ -0.5 m/s
+        model.head[-1].bias[2] = -5.0
+    times = np.linspace(0.0, 1.0, 51)
+    base = {"angle": 30.0, "friction": 0.5, "rolling_friction": 0.05}
+    for name, eps in (("angle", 1e-3), ("friction", 1e-5)):
+        x = torch.tensor(base[name], dtype=torch.float64, requires_grad=True)
+        rate = model.outflow_rate({**base, name: x}, times)
+        (grad,) = torch.autograd.grad(rate, x)
+        with torch.no_grad():
+            up = model.outflow_rate({**base, name: base[name] + eps}, times)
+            down = model.outflow_rate({**base, name: base[name] - eps}, times)
+        fd = float(up - down) / (2 * eps)
+        assert torch.isfinite(grad) and abs(float(grad)) > 0
+        assert float(grad) == pytest.approx(fd, rel=1e-5, abs=1e-12)
+
+
+def test_training_resumes_bit_identically(hopper_dataset, tmp_path, monkeypatch):
+    """Training interrupted during iteration 3 (Ctrl-C) and resumed ends with the weights of
+    an uninterrupted run (optimizer state and random stream are in the checkpoint)."""
+    from diffsim.errors import RunInterrupted
+    from diffsim.learned.neuraldem_training import train_neuraldem
+    kw = dict(iterations=5, batch=2, queries=32, checkpoint_every=100, progress=False, **TINY)
+    straight = train_neuraldem(hopper_dataset, tmp_path / "a.pt", **kw)
+    calls = {"n": 0}
+    batch = HopperFieldData.batch
+
+    def interrupted_at_the_third(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return batch(self, *a)
+    monkeypatch.setattr(HopperFieldData, "batch", interrupted_at_the_third)
+    with pytest.raises(RunInterrupted):
+        train_neuraldem(hopper_dataset, tmp_path / "b.pt", **kw)
+    monkeypatch.setattr(HopperFieldData, "batch", batch)
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["iteration"] == 2
+    resumed = train_neuraldem(hopper_dataset, tmp_path / "b.pt", **{**kw, "resume": True})
+    for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), k
+    assert all(np.isfinite(h["loss"]) for h in straight.metadata["history"])
+
+
+def test_train_neuraldem_command_and_evaluation(hopper_dataset, tmp_path):
+    """`diffsim train-neuraldem` writes a model that evaluates against a recorded run."""
+    cmd = [sys.executable, "-m", "diffsim", "train-neuraldem", str(hopper_dataset), "--out", str(tmp_path / "m.pt"),
+           "--iters", "3", "--batch", "2", "--queries", "32", "--quiet", "--threads", "1",
+           *sum((["--set", f"{k}={v}"] for k, v in TINY.items()), [])]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["out"] == str(tmp_path / "m.pt") and np.isfinite(line["final_loss"])
+    model = NeuralDEM.load(tmp_path / "m.pt")
+    data = HopperFieldData(load_dataset(hopper_dataset, "train"))
+    result = evaluate_run(model, data.runs[0], data.grid, radius=0.002)
+    assert all(0.0 <= v <= 1.0 for v in result["iou"]) and result["pred"]["outflow_rate"] >= 0
+    assert len(result["iou"]) == 5
+    true = result["true"]   # a 120-sphere bed may be too small for shoulders on the grid: then no regime
+    assert (true["regime"] is None) == (not np.isfinite(true["exit_order_ratio"]))
+    assert true["outflow_rate"] > 0 and true["stopped"] in (True, False)

@@ -42,3 +42,26 @@ def read_model_file(path, fmt: str, version: int, required, how_to_make: str) ->
     if missing:
         raise InvalidModel(f"{path}: lacks {missing}")
     return blob
+
+
+def resolve_config(configs: dict, config, overrides: dict, what: str) -> dict:
+    """A configuration: the named entry of ``configs`` (or a dict) with ``overrides``
+    applied; unknown keys are an :class:`InvalidModel` error naming the known ones."""
+    cfg = dict(configs[config]) if isinstance(config, str) else dict(config)
+    known = set(next(iter(configs.values())))
+    unknown = set(overrides) - known
+    if unknown:
+        raise InvalidModel(f"unknown {what} options {sorted(unknown)}; known: {sorted(known)}")
+    cfg.update(overrides)
+    return cfg
+
+
+def instantiate(path, what: str, make, blob: dict, dtype):
+    """``make()`` with the weights of ``blob`` loaded, in ``dtype``; a mismatch is an
+    :class:`InvalidModel` naming the file and ``what`` it should be."""
+    try:
+        model = make()
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise InvalidModel(f"{path}: does not match this diffsim's {what} ({type(exc).__name__}: {exc})") from None
+    return model.to(dtype)

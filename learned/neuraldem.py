@@ -26,7 +26,7 @@ from torch import nn
 from diffsim.errors import InvalidScene
 
 from .granular_fields import CONDITIONS, FIELDS
-from .model_file import InvalidModel, read_model_file, write_model_file
+from .model_file import instantiate, read_model_file, resolve_config, write_model_file
 
 FORMAT, VERSION = "diffsim-neuraldem", 1
 CONFIGS = {
@@ -85,11 +85,7 @@ class NeuralDEM(nn.Module):
 
     def __init__(self, config="small", stats: dict | None = None, metadata: dict | None = None, **overrides):
         super().__init__()
-        cfg = dict(CONFIGS[config]) if isinstance(config, str) else dict(config)
-        unknown = set(overrides) - set(CONFIGS["small"])
-        if unknown:
-            raise InvalidModel(f"unknown NeuralDEM options {sorted(unknown)}; known: {sorted(CONFIGS['small'])}")
-        cfg.update(overrides)
+        cfg = resolve_config(CONFIGS, config, overrides, "NeuralDEM")
         self.config, self.stats, self.metadata = cfg, dict(stats or {}), dict(metadata or {})
         w, nf = cfg["width"], cfg["frequencies"]
         self.condition = nn.Sequential(nn.Linear((len(CONDITIONS) + 1) * (2 * nf + 1), w), nn.GELU(), nn.Linear(w, w))
@@ -245,11 +241,6 @@ class NeuralDEM(nn.Module):
     def load(cls, path, dtype=torch.float32, with_extra: bool = False):
         blob = read_model_file(path, FORMAT, VERSION, ("config", "stats", "state_dict"),
                                "train one with `diffsim train-neuraldem`")
-        try:
-            model = cls(blob["config"], blob["stats"], blob.get("metadata"))
-            model.load_state_dict(blob["state_dict"])
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise InvalidModel(f"{path}: does not match this diffsim's NeuralDEM ({type(exc).__name__}: {exc})") \
-                from None
-        model = model.to(dtype)
+        model = instantiate(path, "NeuralDEM", lambda: cls(blob["config"], blob["stats"], blob.get("metadata")),
+                            blob, dtype)
         return (model, blob) if with_extra else model

@@ -18,7 +18,7 @@ from diffsim.errors import InvalidScene
 
 from .granular_fields import CONDITIONS, FIELDS, FieldGrid, hopper_fields
 from .neuraldem import NeuralDEM
-from .training import _average_gradients, _distributed, optimise
+from .training import _distributed, descend, optimise, resume_checkpoint
 
 OUTLET_Z = -0.03
 PACKED = 0.6          # occupancy of a packed bed: the occupancy's scale
@@ -118,15 +118,8 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     out = Path(out)
     torch.manual_seed(seed)
     data = HopperFieldData(load_dataset(dataset, "train"))
-    start, history, extra = 0, [], None
-    if resume:
-        if not out.exists():
-            raise InvalidScene(f"--resume: {out} does not exist; start without --resume")
-        model, extra = NeuralDEM.load(out, with_extra=True)
-        start, history = int(extra.get("iteration", 0)), list(extra.get("history", []))
-    else:
-        if out.exists():
-            NeuralDEM.load(out)   # refuse to clobber something that is not a model
+    model, extra, start, history = resume_checkpoint(NeuralDEM.load, out, resume)
+    if model is None:
         model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs)},
                           **overrides)
     if batch % world:
@@ -149,13 +142,7 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
         for g in opt.param_groups:
             g["lr"] = lr * 0.1 ** (k / max(iterations, 1))
         cond, t, xz, target = (a[rank::world] for a in data.batch(rng, batch, queries))
-        loss = field_loss(model, model(cond, t, xz), target)
-        opt.zero_grad()
-        loss.backward()
-        loss = _average_gradients(loss, params, world)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss, "fields"
+        return descend(opt, field_loss(model, model(cond, t, xz), target), params, world), "fields"
 
     optimise(iteration, start, iterations, save, history, checkpoint_every, rng, out, "train-neuraldem",
              progress, rank)

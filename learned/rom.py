@@ -18,7 +18,7 @@ from diffsim.core import State, StepModule
 from diffsim.errors import InvalidScene
 
 from .giorom import MATERIAL_TYPES, FieldDecoder, SparseStepper, farthest_point_sample
-from .model_file import InvalidModel, read_model_file as _read_model_file, write_model_file
+from .model_file import instantiate, read_model_file as _read_model_file, resolve_config, write_model_file
 
 FORMAT, VERSION = "diffsim-giorom", 1
 
@@ -45,11 +45,7 @@ class GIOROM(nn.Module):
     def __init__(self, config="small", bounds=((0.0,) * 3, (1.0,) * 3), stats=None, frame_dt: float = 5e-3,
                  metadata: dict | None = None, **overrides):
         super().__init__()
-        cfg = dict(CONFIGS[config]) if isinstance(config, str) else dict(config)
-        unknown = set(overrides) - set(CONFIGS["small"])
-        if unknown:
-            raise InvalidModel(f"unknown GIOROM options {sorted(unknown)}; known: {sorted(CONFIGS['small'])}")
-        cfg.update(overrides)
+        cfg = resolve_config(CONFIGS, config, overrides, "GIOROM")
         self.config, self.frame_dt = cfg, float(frame_dt)
         self.bounds = [list(map(float, bounds[0])), list(map(float, bounds[1]))]
         self.stats = {k: list(map(float, v)) for k, v in (stats or {}).items()}
@@ -80,13 +76,8 @@ class GIOROM(nn.Module):
     def load(cls, path, dtype=torch.float32, with_extra: bool = False):
         """Read a model file; :class:`InvalidModel` names what is wrong with a bad one."""
         blob = read_model_file(path)
-        try:
-            model = cls(blob["config"], blob["bounds"], blob["stats"], blob["frame_dt"], blob["metadata"])
-            model.load_state_dict(blob["state_dict"])
-        except (KeyError, RuntimeError, TypeError) as exc:
-            raise InvalidModel(f"{path}: does not match this diffsim's GIOROM ({type(exc).__name__}: {exc})") \
-                from None
-        model = model.to(dtype)
+        model = instantiate(path, "GIOROM", lambda: cls(blob["config"], blob["bounds"], blob["stats"],
+                                                         blob["frame_dt"], blob["metadata"]), blob, dtype)
         return (model, blob) if with_extra else model
 
 

@@ -20,8 +20,8 @@ import torch
 
 from diffsim.errors import InvalidScene
 
-from .rom import GIOROM, frame_velocities, history_at, material_type, read_model_file
-from .training import _average_gradients, _distributed, optimise
+from .rom import GIOROM, frame_velocities, history_at, material_type
+from .training import _average_gradients, _distributed, descend, optimise, resume_checkpoint
 
 SUBSETS = 4          # sparse subsets per trajectory (farthest-point samples from different starts)
 DECODER_QUERIES = 1024
@@ -127,16 +127,10 @@ def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iter
     rank, world = _distributed()
     out = Path(out)
     torch.manual_seed(seed)
-    start, history_log, extra = 0, [], None
-    if resume:
-        if not out.exists():
-            raise InvalidScene(f"--resume: {out} does not exist; start without --resume")
-        model, extra = GIOROM.load(out, with_extra=True)
-        start, history_log = int(extra.get("iteration", 0)), list(extra.get("history", []))
+    model, extra, start, history_log = resume_checkpoint(GIOROM.load, out, resume)
+    if model is not None:
         train = ROMData(load_dataset(dataset, "train"), model.sparse, horizon, seed)
     else:
-        if out.exists():
-            read_model_file(out)   # refuse to clobber something that is not a model
         cfg = dict(GIOROM(config, **overrides).config)
         train = ROMData(load_dataset(dataset, "train"), cfg["sparse"], horizon, seed)
         model = GIOROM(cfg, train.bounds, train.statistics(), train.frame_dt,
@@ -178,12 +172,7 @@ def train_rom(dataset, out, config="small", iterations: int = 2000, decoder_iter
                 x, hist, types, ref, target = (t[rank::world] for t in train.batch(rng, batch, model.history, noise))
                 pred = model.stepper.acceleration(x, hist, types, ref)
                 loss = (((pred - target) / a_std) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            loss = _average_gradients(loss, stepper_params, world)
-            torch.nn.utils.clip_grad_norm_(stepper_params, 1.0)
-            opt.step()
-            return loss, "stepper"
+            return descend(opt, loss, stepper_params, world), "stepper"
         return _decoder_step(model, train, rng, dec_opt, world), "decoder"
 
     optimise(iteration, start, total, save, history_log, checkpoint_every, rng, out, "train-rom", progress, rank)

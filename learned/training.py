@@ -171,6 +171,33 @@ def _average_gradients(loss, params, world):
     return loss
 
 
+def descend(opt, loss, params, world: int, clip: float = 1.0):
+    """One optimiser step: gradients of ``loss``, averaged over the processes, clipped to
+    norm ``clip``; returns the loss averaged over the processes."""
+    opt.zero_grad()
+    loss.backward()
+    loss = _average_gradients(loss, params, world)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return loss
+
+
+def resume_checkpoint(load, out, resume: bool):
+    """``(model, extra, iteration, history)`` of the checkpoint ``out`` to resume (``load``:
+    the model class's loader with ``with_extra``), or ``(None, None, 0, [])`` for a fresh
+    start; a missing checkpoint to resume, or an ``out`` that is not a model file to
+    overwrite, is an error."""
+    from diffsim.errors import InvalidScene
+    if resume:
+        if not out.exists():
+            raise InvalidScene(f"--resume: {out} does not exist; start without --resume")
+        model, extra = load(out, with_extra=True)
+        return model, extra, int(extra.get("iteration", 0)), list(extra.get("history", []))
+    if out.exists():
+        load(out)   # refuse to clobber something that is not a model
+    return None, None, 0, []
+
+
 def optimise(iteration, start: int, total: int, save, history: list, checkpoint_every: int, rng, out,
              desc: str, progress: bool = True, rank: int = 0) -> None:
     """The loop of the surrogates' training commands: ``iteration(k) -> (loss, stage)`` for

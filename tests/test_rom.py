@@ -17,7 +17,8 @@ import torch
 import diffsim as ds
 from diffsim.learned.giorom import (FieldDecoder, SparseStepper, bspline_stencil, farthest_point_sample,
                                     radius_graph)
-from diffsim.learned.rom import GIOROM, InvalidModel, ROMBody
+from diffsim.learned.model_file import InvalidModel
+from diffsim.learned.rom import GIOROM, ROMBody
 from diffsim.sweep import load_dataset
 from diffsim.learned.rom_training import ROMData, chamfer, relative_l2, rollout_dense, train_rom
 

@@ -1,0 +1,123 @@
+"""NeuralDEM surrogate against the DEM that made its data (scenes/dem_hopper.py), on the
+held-out runs of a recorded hopper sweep. One JSON object per case.
+
+    python benchmarks/neuraldem.py --model hopper.pt --data DATA            # val + test splits
+    python benchmarks/neuraldem.py --model ... --data ... --cases speed     # one kind only
+
+Cases:
+  accuracy  each held-out run: outflow rate, drainage time and residual mass of the
+            surrogate (from its fields: the flux through the slot, the occupancy integral)
+            against the DEM run's own, relative errors (residual in percentage points);
+            the flow regime of both (exit-order ratio, diffsim.dem.discharge); the IoU of
+            the occupied region (occupancy > 0.3) at 0.1, 0.3, 0.5, 0.8 and 1.2 s; then one
+            ``accuracy_summary``: medians and worst cases, regimes right.
+  speed     one held-out run's conditions: the DEM run it replaces (scene build, Taichi
+            compile and stepping, and stepping alone) against the surrogate's full discharge
+            curve and figures (median of 20, after one warm-up), same process, same threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SCENE = os.path.join(ROOT, "scenes", "dem_hopper.py")
+
+
+def emit(**row):
+    print(json.dumps(row), flush=True)
+
+
+def held_out(data):
+    from diffsim.sweep import load_dataset
+    return load_dataset(data, "val") + load_dataset(data, "test")
+
+
+def accuracy(model, trajs):
+    from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run, relative_error
+    lo, hi, h, depth = model.stats["grid"]
+    from diffsim.learned.granular_fields import FieldGrid
+    grid = FieldGrid(lo, hi, h, depth)
+    data = HopperFieldData(trajs, grid=grid)
+    rows = []
+    for traj, run in zip(trajs, data.runs):
+        r = evaluate_run(model, run, grid, radius=float(traj.metadata["scene"]["options"]["radius"]))
+        p, t = r["pred"], r["true"]
+        row = {"case": "accuracy", "run": os.path.basename(os.path.dirname(traj.path)), **r["conditions"],
+               "outflow_rate": t["outflow_rate"], "outflow_rate_pred": p["outflow_rate"],
+               "outflow_rate_error": relative_error(p["outflow_rate"], t["outflow_rate"]),
+               "drainage_time": t["drainage_time"], "drainage_time_pred": p["drainage_time"],
+               "drainage_time_error": (relative_error(p["drainage_time"], t["drainage_time"])
+                                       if p["drainage_time"] is not None and t["drainage_time"] is not None else None),
+               "residual_pct": 100 * t["residual_mass_fraction"], "residual_pct_pred": 100 * p["residual_mass_fraction"],
+               "residual_error_pp": 100 * abs(p["residual_mass_fraction"] - t["residual_mass_fraction"]),
+               "regime": t["regime"], "regime_pred": p["regime"], "exit_order": t["exit_order_ratio"],
+               "exit_order_pred": p["exit_order_ratio"], "iou": r["iou"]}
+        rows.append(row)
+        emit(**row)
+
+    def stats(key):
+        v = np.array([r[key] for r in rows if r[key] is not None], float)
+        return {"median": float(np.median(v)), "max": float(v.max()), "n": int(len(v))} if len(v) else None
+    emit(case="accuracy_summary", runs=len(rows), outflow_rate_error=stats("outflow_rate_error"),
+         drainage_time_error=stats("drainage_time_error"), residual_error_pp=stats("residual_error_pp"),
+         regimes_right=int(sum(r["regime"] == r["regime_pred"] for r in rows)),
+         regimes=sorted({str(r["regime"]) for r in rows}),
+         iou_median=[float(np.median([r["iou"][k] for r in rows])) for k in range(len(rows[0]["iou"]))])
+
+
+def speed(model, traj):
+    import torch
+
+    from diffsim.runtime import init
+    from diffsim.scene import build_scene
+    opts = dict(traj.metadata["scene"]["options"])
+    cond = {k: float(opts[k]) for k in ("angle", "friction", "rolling_friction")}
+    times = model.default_times()
+    model.figures(cond, times, extrapolate=True)       # warm-up
+    surrogate = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        model.figures(cond, times, extrapolate=True)
+        surrogate.append(time.perf_counter() - t0)
+    init(arch="cpu", precision="f32")
+    t0 = time.perf_counter()
+    scene = build_scene(SCENE, opts)
+    scene.build()
+    scene.step(1)                                       # compiles the kernels
+    t1 = time.perf_counter()
+    scene.step(scene.steps - 1)
+    scene.diagnostics()                                 # synchronises
+    t2 = time.perf_counter()
+    s = float(np.median(surrogate))
+    emit(case="speed", **cond, spheres=int(opts["count"]), simulated_s=float(scene.time), dem_total_s=t2 - t0,
+         dem_stepping_s=t2 - t1, surrogate_s=s, frames=int(len(times)), torch_threads=torch.get_num_threads(),
+         speedup_total=(t2 - t0) / s, speedup_stepping=(t2 - t1) / s)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True, help="the recorded hopper sweep (its val and test splits are held out)")
+    ap.add_argument("--cases", default="accuracy,speed")
+    args = ap.parse_args(argv)
+    from diffsim.learned.neuraldem import NeuralDEM
+    model = NeuralDEM.load(args.model)
+    trajs = held_out(args.data)
+    if not trajs:
+        raise SystemExit(f"{args.data}: no held-out (val/test) runs")
+    cases = args.cases.split(",")
+    if "accuracy" in cases:
+        accuracy(model, trajs)
+    if "speed" in cases:
+        speed(model, trajs[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,8 @@ CONFIGS = {
     "small": dict(width=64, latents=32, blocks=3, heads=4, frequencies=12, decoder_hidden=96),
     "paper": dict(width=192, latents=256, blocks=8, heads=6, frequencies=32, decoder_hidden=384),
 }
+#: fluxes under this fraction of the peak count as no flow in the discharge figures
+NO_FLOW = 0.02
 #: conditioning within this fraction of the trained span beyond its ends warns; farther raises
 EXTRAPOLATION = 0.05
 
@@ -214,13 +216,17 @@ class NeuralDEM(nn.Module):
 
     def figures(self, conditions: dict, times=None, extrapolate: bool = False) -> dict:
         """The discharge figures of :func:`diffsim.dem.discharge_figures` from the surrogate:
-        the curve of :meth:`discharge_curve`; the residual mass from :meth:`mass_inside` at
-        the last time (the flux integral's error does not accumulate into it)."""
+        the curve of :meth:`discharge_curve` with fluxes under ``NO_FLOW`` of the peak taken
+        as none (a DEM's flow stops with its last sphere; a network's flux only gets
+        small), the residual mass from :meth:`mass_inside` at the last time (the flux
+        integral's error does not accumulate into it)."""
         from diffsim.dem import discharge_figures
         times = np.asarray(self.default_times() if times is None else times, float)
         with torch.no_grad():
-            curve = self.discharge_curve(conditions, times, extrapolate).double().numpy()
+            q = self.outflow(conditions, times, extrapolate).double().numpy()
             inside = float(self.mass_inside(conditions, float(times[-1]), extrapolate))
+        q = np.where(q < NO_FLOW * q.max(), 0.0, q)
+        curve = np.concatenate([[0.0], np.cumsum(0.5 * (q[1:] + q[:-1]) * np.diff(times))])
         total = self.stats["total_mass"]
         out = discharge_figures(times, curve, total)
         out["residual_mass_fraction"] = max(0.0, min(1.0, inside / total))

@@ -1,8 +1,8 @@
 """Training a NeuralDEM surrogate on a recorded hopper sweep (``diffsim train-neuraldem``).
 
 Each run's spheres become fields on one grid (``learned.granular_fields``); every step draws
-(run, frame) pairs of the ``train`` split and query nodes (half anywhere, half where there
-is material) and fits the fields there: occupancy everywhere, the other fields weighted by
+(run, frame) pairs of the ``train`` split and query nodes (a quarter by the slot, the rest
+half where there is material, half anywhere) and fits the fields there: occupancy everywhere, the other fields weighted by
 the occupancy (they are undefined where there is no material). Checkpoints, resume and
 torchrun as ``train-rom`` (``learned.training.optimise``).
 """
@@ -54,6 +54,9 @@ class HopperFieldData:
         self.orifice = float(opts[0].get("orifice", 0.0))
         self.density = float(opts[0].get("density", 2500.0))
         self.nodes = grid.nodes().reshape(-1, 2).astype(np.float32)
+        # the nodes by the slot, whose fields make the outflow (at least one node)
+        near = (np.abs(self.nodes[:, 0]) <= 0.5 * self.orifice + 2 * grid.h) & (np.abs(self.nodes[:, 1]) <= 2 * grid.h)
+        self.slot = np.nonzero(near)[0] if near.any() else np.array([int(np.argmin(np.abs(self.nodes).sum(1)))])
 
     def stats(self) -> dict:
         """Trained ranges, field scales, grid and geometry (what the model file keeps)."""
@@ -72,16 +75,19 @@ class HopperFieldData:
 
     def batch(self, rng, size: int, queries: int):
         """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F)) for ``size`` random
-        (run, frame) pairs, ``queries`` nodes each (half drawn among the occupied nodes)."""
+        (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the outflow is the
+        flux there), three eighths among the occupied nodes, the rest anywhere."""
         cond, times, xz, target = [], [], [], []
+        n_slot = queries // 4
         for _ in range(size):
             run = self.runs[int(rng.integers(len(self.runs)))]
             f = int(rng.integers(len(run["time"])))
             values = np.stack([run[name][f].reshape(-1) for name in FIELDS], -1)
             occupied = np.nonzero(values[:, 0] > 0.05 * PACKED)[0]
-            half = queries // 2 if len(occupied) else 0
-            ids = np.concatenate([rng.integers(len(values), size=queries - half),
-                                  occupied[rng.integers(len(occupied), size=half)] if half else np.zeros(0, int)])
+            n_occ = (queries - n_slot) // 2 if len(occupied) else 0
+            ids = np.concatenate([self.slot[rng.integers(len(self.slot), size=n_slot)],
+                                  occupied[rng.integers(len(occupied), size=n_occ)] if n_occ else np.zeros(0, int),
+                                  rng.integers(len(values), size=queries - n_slot - n_occ)])
             cond.append(run["conditions"])
             times.append(run["time"][f])
             xz.append(self.nodes[ids])
@@ -178,7 +184,7 @@ def evaluate_run(model: NeuralDEM, run: dict, grid: FieldGrid, radius: float,
             order_pred = exit_order_from_fields(phi, fields["exit_time"][0].numpy(), nodes, *geometry)
             continue
         a, b = phi > 0.3, run["occupancy"][f].reshape(-1) > 0.3
-        ious.append(float((a & b).sum() / max((a | b).sum(), 1)))
+        ious.append(float((a & b).sum() / (a | b).sum()) if (a | b).any() else 1.0)   # both empty: they agree
     regime = lambda r: None if not np.isfinite(r) else ("funnel" if r >= FUNNEL_ORDER else "mass")  # noqa: E731
     return {"conditions": cond, "pred": {**pred, "exit_order_ratio": order_pred, "regime": regime(order_pred)},
             "true": {**truth, "exit_order_ratio": order_true, "regime": regime(order_true)}, "iou": ious}

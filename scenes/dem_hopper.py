@@ -14,9 +14,13 @@ width, m; default 0.024 = 6 sphere diameters), count (spheres; default 2000), fr
 rolling_friction (sphere-sphere and sphere-wall; defaults 0.5, 0.05), radius (m, default
 0.002), depth (m between front and back walls, default 5 diameters), fill_time (s of settling
 behind the gate, default 0.3), duration (s of discharge, default 2.0), seed (the fill's
-jitter), density (kg/m^3 of the spheres, default 2500).
+jitter), density (kg/m^3 of the spheres, default 2500), solver ("dem", default, or
+"neuraldem": the trained surrogate of docs/neuraldem.md runs the discharge from the gate's
+opening; model: its file, default scenes/data/neuraldem/hopper.pt; extrapolate: accept
+conditions outside its trained range).
 """
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +28,7 @@ import diffsim as ds
 from diffsim.dem import HopperDischarge
 
 OUTLET_Z = -0.03
+DEFAULT_MODEL = str(Path(__file__).resolve().parent / "data" / "neuraldem" / "hopper.pt")
 
 
 def wedge_panels(angle_deg, orifice, height, depth):
@@ -70,7 +75,7 @@ def fill_positions(angle_deg, orifice, depth, radius, count, seed=0):
 
 
 def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=0.05, radius=0.002, depth=None,
-          fill_time=0.3, duration=2.0, seed=0, density=2500.0, dt=None):
+          fill_time=0.3, duration=2.0, seed=0, density=2500.0, dt=None, solver="dem", model=None, extrapolate=False):
     angle, orifice, radius = float(angle), float(orifice), float(radius)
     count, depth = int(count), float(depth if depth is not None else 10 * radius)
     if not 5.0 <= angle <= 75.0:
@@ -84,9 +89,17 @@ def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=
         raise ds.InvalidScene(f"dem_hopper: count must be >= 10, got {count}")
     if not (fill_time >= 0 and duration > 0):
         raise ds.InvalidScene("dem_hopper: fill_time must be >= 0 s and duration > 0 s")
+    if solver not in ("dem", "neuraldem"):
+        raise ds.InvalidScene(f"dem_hopper: solver must be 'dem' or 'neuraldem', got {solver!r}")
     mat = ds.DEMMaterial(E=5e6, nu=0.3, restitution=0.5, friction=float(friction),
                          rolling_friction=float(rolling_friction), density=float(density))
     x = fill_positions(angle, orifice, depth, radius, count, seed)
+    options = dict(angle=angle, orifice=orifice, count=count, friction=float(friction),
+                   rolling_friction=float(rolling_friction), radius=radius, depth=depth, fill_time=float(fill_time),
+                   duration=float(duration), seed=int(seed), density=float(density))
+    sphere_mass = mat.density * 4.0 / 3.0 * math.pi * radius ** 3
+    if solver == "neuraldem":
+        return _surrogate_scene(x, options, sphere_mass, model, extrapolate)
     height = float(x[:, 2].max()) + 6 * radius
     top = 0.5 * orifice + height * math.tan(math.radians(angle))
     lo, hi = (-top - 4 * radius, -depth, OUTLET_Z - 4 * radius), (top + 4 * radius, depth, height + 4 * radius)
@@ -99,11 +112,26 @@ def build(angle=30.0, orifice=0.024, count=2000, friction=0.5, rolling_friction=
     sim.add_particles(x, radius)
     steps = int(round((float(fill_time) + float(duration)) / dt))
     every = max(1, int(round(0.01 / dt)))
-    total_mass = count * mat.density * 4.0 / 3.0 * math.pi * radius ** 3
-    measure = HopperDischarge(angle, orifice, radius, total_mass, gate_time=float(fill_time), initial_positions=x)
+    measure = HopperDischarge(angle, orifice, radius, count * sphere_mass, gate_time=float(fill_time),
+                              initial_positions=x)
     return ds.Scene(sim, description=__doc__, steps=steps, every=every, camera=(0.0, -89.0), measures=[measure],
-                    view_bounds=((-top, -depth, OUTLET_Z), (top, depth, height)),
-                    options=dict(angle=angle, orifice=orifice, count=count, friction=float(friction),
-                                 rolling_friction=float(rolling_friction), radius=radius, depth=depth,
-                                 fill_time=float(fill_time), duration=float(duration), seed=int(seed),
-                                 density=float(density)))
+                    view_bounds=((-top, -depth, OUTLET_Z), (top, depth, height)), options=options)
+
+
+def _surrogate_scene(x, options, sphere_mass, model, extrapolate):
+    """The same hopper run by a trained NeuralDEM from the gate's opening: the fill's
+    sphere centres are markers moved by its velocity field, the discharged mass is the
+    time integral of its flux through the slot."""
+    from diffsim.learned.neuraldem import NeuralDEM
+    from diffsim.learned.neuraldem_module import HopperSurrogate
+    net = NeuralDEM.load(model or DEFAULT_MODEL)
+    if abs(net.stats["orifice"] - options["orifice"]) > 1e-9:
+        raise ds.InvalidScene(f"dem_hopper: the surrogate was trained for orifice {net.stats['orifice']} m, not "
+                              f"{options['orifice']} m")
+    module = HopperSurrogate(net, x, options["angle"], options["friction"], options["rolling_friction"],
+                             sphere_mass, extrapolate=bool(extrapolate))
+    measure = HopperDischarge(options["angle"], options["orifice"], options["radius"], len(x) * sphere_mass,
+                              gate_time=0.0, initial_positions=x)
+    steps = max(1, int(round(options["duration"] / module.dt)))
+    return ds.Scene(module, description=__doc__, steps=steps, every=1, camera=(0.0, -89.0), measures=[measure],
+                    options={**options, "solver": "neuraldem", "model": str(model or DEFAULT_MODEL)})

@@ -7,8 +7,10 @@ included; in funnel flow a channel above the orifice drains the top first while 
 material on the walls' lower part (the shoulders) waits, first in, last out. The *exit-order
 ratio* is the mean time to leave of the shoulders (the lower half of the bed within two
 diameters of a wall) over that of the top of the core (the top quarter of the bed above
-the orifice): under 1 mass flow, from 1 funnel flow. (Measured on the hopper dataset the
-ratio separates cleanly: 0.52-0.88 up to 31.5 deg, 1.35-3.5 from 39 deg.)
+the orifice): under 1 mass flow, from 1 funnel flow. On the 60-run hopper dataset
+(docs/neuraldem.md) the ratio grows steadily with the wall angle, from 0.46 at 11 deg to
+2.2 at 70 deg, and crosses 1 at 34.8-34.9 deg (22 mass-flow and 38 funnel-flow runs);
+runs near the crossing are borderline by nature.
 
 :class:`HopperDischarge` is a scene *measure*: the runner asks it for extra trace columns
 at every written frame (the fractions of the two sets still inside) and, at the end, for

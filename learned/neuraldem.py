@@ -112,7 +112,7 @@ class NeuralDEM(nn.Module):
             lo, hi = self.stats["ranges"][name]
             values = torch.as_tensor(conditions[name]).detach().double().reshape(-1)
             worst = float(torch.clamp(torch.maximum(lo - values, values - hi), min=0).max())
-            if worst <= 0:
+            if worst <= 1e-6 * (hi - lo):   # round-off (a time grid built from the range itself)
                 continue
             span = (f"{values.min().item():.4g}" if values.min() == values.max() else
                     f"{values.min().item():.4g}..{values.max().item():.4g}")

@@ -7,7 +7,7 @@ fields through the slot) is differentiable in the angle; Newton steps with the a
 derivative, safeguarded by a bracket, reach the target within 0.5% in a few evaluations. The
 DEM run at the answer (scenes/dem_hopper.py, 2,000 spheres) reports its own rate.
 
-    python demos/neuraldem_design.py [--model scenes/data/neuraldem/hopper.pt] [--target 0.17]
+    python demos/neuraldem_design.py [--model scenes/data/neuraldem/hopper.pt] [--target 0.15]
                                      [--friction 0.5] [--rolling-friction 0.05] [--no-verify]
 """
 import argparse
@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +24,9 @@ SCENE = ROOT / "scenes" / "dem_hopper.py"
 
 def design(model, target: float, friction: float, rolling: float, tolerance: float = 0.005, iters: int = 20):
     """(angle, history): the angle whose surrogate outflow rate is ``target`` within
-    ``tolerance`` (relative): Newton steps with the autograd derivative, kept inside a
-    bracket of the trained angle range (bisection when a step would leave it); the best
-    evaluated angle is returned."""
+    ``tolerance`` (relative): a coarse scan of the trained angle range brackets it, then
+    Newton steps with the autograd derivative inside the bracket (bisection when a step
+    would leave it); the best evaluated angle is returned."""
     lo, hi = model.stats["ranges"]["angle"]
 
     def evaluate(angle):
@@ -35,20 +36,26 @@ def design(model, target: float, friction: float, rolling: float, tolerance: flo
         return float(rate.detach()), float(slope)
 
     history = []
-    rate_lo, _ = evaluate(lo)
-    rate_hi, _ = evaluate(hi)
-    if not min(rate_lo, rate_hi) <= target <= max(rate_lo, rate_hi):
+    # a coarse scan first (the learned rate need not be monotonic): the bracket is the
+    # first pair of neighbouring angles whose rates straddle the target
+    grid = np.linspace(lo, hi, 13)
+    with torch.no_grad():
+        rates = [float(model.outflow_rate({"angle": torch.tensor(g, dtype=torch.float64), "friction": friction,
+                                           "rolling_friction": rolling})) for g in grid]
+    cross = [i for i in range(12) if (rates[i] - target) * (rates[i + 1] - target) <= 0]
+    if not cross:
         raise SystemExit(f"target {target} kg/s lies outside the surrogate's rates over the trained angles "
-                         f"[{lo:.3g}, {hi:.3g}] deg: {rate_lo:.4g}..{rate_hi:.4g} kg/s")
-    a, b, falling = lo, hi, rate_lo > rate_hi        # the rate changes sign of (rate - target) in [a, b]
-    angle = 0.5 * (a + b)
+                         f"[{lo:.3g}, {hi:.3g}] deg: {min(rates):.4g}..{max(rates):.4g} kg/s")
+    i = cross[0]
+    a, b, falling = grid[i], grid[i + 1], rates[i] > rates[i + 1]
+    angle = float(a + (b - a) * (rates[i] - target) / (rates[i] - rates[i + 1] or 1.0))
     for k in range(iters):
         rate, slope = evaluate(angle)
         history.append({"iteration": k, "angle": angle, "rate": rate, "d_rate_d_angle": slope})
         miss = rate - target
         if abs(miss) <= tolerance * target or b - a < 1e-3:
             break
-        if (miss > 0) == falling:                    # too much flow on a falling curve: steeper is wrong
+        if (miss > 0) == falling:                    # on the far side of the target: move the bracket's start
             a = angle
         else:
             b = angle
@@ -77,7 +84,7 @@ def verify(angle: float, friction: float, rolling: float, duration: float) -> di
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "scenes" / "data" / "neuraldem" / "hopper.pt"))
-    ap.add_argument("--target", type=float, default=0.17, help="outflow rate wanted (kg/s)")
+    ap.add_argument("--target", type=float, default=0.15, help="outflow rate wanted (kg/s)")
     ap.add_argument("--friction", type=float, default=0.5)
     ap.add_argument("--rolling-friction", type=float, default=0.05)
     ap.add_argument("--no-verify", action="store_true", help="skip the DEM run at the answer")

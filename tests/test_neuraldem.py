@@ -219,3 +219,13 @@ def test_surrogate_runs_the_hopper_scene_and_differentiates(tmp_path):
         fd = (float(loss(torch.tensor(30.0 + eps, dtype=torch.float64)))
               - float(loss(torch.tensor(30.0 - eps, dtype=torch.float64)))) / (2 * eps)
     assert float(grad) != 0 and float(grad) == pytest.approx(fd, rel=1e-5)
+
+
+def test_shipped_model_is_a_trained_hopper_surrogate():
+    """scenes/data/neuraldem/hopper.pt (the scene's default) loads, covers the dataset's
+    conditions, and predicts a discharge within the DEM's range of rates (0.07-0.34 kg/s)."""
+    model = NeuralDEM.load(os.path.join(ROOT, "scenes", "data", "neuraldem", "hopper.pt"))
+    ranges = model.stats["ranges"]
+    assert ranges["angle"][0] < 15 and ranges["angle"][1] > 65 and ranges["time"][1] >= 2.0
+    figures = model.figures({"angle": 40.0, "friction": 0.5, "rolling_friction": 0.05})
+    assert 0.07 < figures["outflow_rate"] < 0.34 and figures["stopped"]

@@ -45,6 +45,11 @@ def _trace_row(d: dict, columns=()) -> dict:
     return row
 
 
+def trace_table(rows: list) -> dict:
+    """Trace rows (one dict per frame) as ``{name: [value per frame]}``."""
+    return {k: [r[k] for r in rows] for k in (rows[0].keys() if rows else [])}
+
+
 def _write_frame(scene, frames_dir: Path, index: int) -> list[str]:
     frame = scene.frame()
     x, data = frame["particles"]
@@ -248,7 +253,7 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
              checkpoint_step=None):
     n = scene.particle_count
     done = scene.step_count
-    table = {k: [t[k] for t in traces] for k in (traces[0].keys() if traces else [])}
+    table = trace_table(traces)
     return {
         "scene": scene.name, "description": scene.description, "options": scene.options,
         "status": status, "error": error, "steps": done, "steps_requested": steps, "every": every,
@@ -261,7 +266,7 @@ def _summary(scene, steps, every, traces, frames, stepping_time, wall, status, e
         "pid": os.getpid(),
         "frames": frames,
         "traces": table,
-        "outputs": scene.outputs(table) if scene.measures and len(traces) >= 2 else {},
+        "outputs": scene.outputs(table),
         "scene_setup": scene.describe(),
     }
 

@@ -96,7 +96,10 @@ class Scene:
         return tuple(c for m in self.measures for c in m.columns)
 
     def outputs(self, traces: dict) -> dict:
-        """The measures' figures of a run from its traces (``{name: [value per frame]}``)."""
+        """The measures' figures of a run from its traces (``{name: [value per frame]}``);
+        {} without measures or with fewer than two frames."""
+        if not self.measures or len(traces.get("time", ())) < 2:
+            return {}
         out = {}
         for m in self.measures:
             out.update(m.figures(traces))

@@ -117,7 +117,7 @@ def run_one(script: str, options: dict, seed: int, steps, every, out: str, preci
 def _record_run(scene, script, steps, every, out: Path, t0) -> dict:
     """A run that records its trajectory (the dataset mode of a sweep) and, per frame, the
     traces and outputs a ``diffsim run`` summary has (a hopper's discharge figures)."""
-    from .runner import _trace_row
+    from .runner import _trace_row, trace_table
     from .trajectory import record
     steps = int(steps or scene.steps)
     every = int(every or scene.every)
@@ -132,8 +132,8 @@ def _record_run(scene, script, steps, every, out: Path, t0) -> dict:
     summary = {"scene": scene.name, "status": "completed", "error": None, "steps": steps, "every": every,
                "frames": int(traj.frames), "particles": int(traj.positions.shape[1]), "wall_time_s": wall,
                "simulated_time": steps * scene.dt, "options": scene.options,
-               "traces": {k: [r[k] for r in rows] for k in rows[0]}}
-    summary["outputs"] = scene.outputs(summary["traces"]) if scene.measures and len(rows) >= 2 else {}
+               "traces": trace_table(rows)}
+    summary["outputs"] = scene.outputs(summary["traces"])
     dio.atomic_write_json(out / "summary.json", summary)
     return {"status": "completed", "error": None, "wall_s": wall}
 

@@ -170,23 +170,35 @@ class NeuralDEM(nn.Module):
         return np.stack(np.meshgrid(xs, zs, indexing="ij"), -1).reshape(-1, 2)
 
     # ------------------------------------------------------------------------ discharge
-    def outflow(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
-        """Mass flux (kg/s) through the slot at ``times``: density x depth x the integral of
-        occupancy x descent speed across the line z = 0 (trapezoid over 2 points per node
-        spacing, two spacings past each edge); negative flux counts as 0."""
-        _, _, h, depth = self.stats["grid"]
+    def slot_points(self) -> tuple[np.ndarray, float]:
+        """Points (P, 2) across the slot on the line z = 0 (2 per node spacing, reaching two
+        spacings past each edge) and their spacing (m): where :meth:`slot_flux` integrates."""
+        _, _, h, _ = self.stats["grid"]
         half = 0.5 * self.stats["orifice"] + 2 * h
         xs = np.linspace(-half, half, int(round(2 * half / (0.5 * h))) + 1)
-        points = np.stack([xs, np.zeros_like(xs)], -1)
-        f = self.fields(conditions, times, points, extrapolate)
-        density = (f["occupancy"] * (-f["vz"])).clamp_min(0)
-        return self.stats["density"] * depth * torch.trapezoid(density, dx=float(xs[1] - xs[0]), dim=-1)
+        return np.stack([xs, np.zeros_like(xs)], -1), float(xs[1] - xs[0])
 
-    def discharge_curve(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
+    def slot_flux(self, occupancy: torch.Tensor, vz: torch.Tensor, dx: float) -> torch.Tensor:
+        """Mass flux (kg/s) from the fields at :meth:`slot_points` (last axis): density x
+        depth x the integral of occupancy x descent speed (trapezoid); negative flux counts
+        as 0."""
+        density = (occupancy * -vz).clamp_min(0)
+        return self.stats["density"] * self.stats["grid"][3] * torch.trapezoid(density, dx=dx, dim=-1)
+
+    def outflow(self, conditions: dict, times, extrapolate: bool = False) -> torch.Tensor:
+        """Mass flux (kg/s) through the slot at ``times`` (:meth:`slot_flux`)."""
+        points, dx = self.slot_points()
+        f = self.fields(conditions, times, points, extrapolate)
+        return self.slot_flux(f["occupancy"], f["vz"], dx)
+
+    def discharge_curve(self, conditions: dict, times, extrapolate: bool = False, no_flow: float = 0.0) -> torch.Tensor:
         """Discharged mass (kg) at ``times`` (increasing, from the gate's opening): the time
-        integral (trapezoid) of :meth:`outflow`."""
+        integral (trapezoid) of :meth:`outflow`, fluxes under ``no_flow`` x their peak taken
+        as none."""
         t = torch.as_tensor(times, dtype=next(self.parameters()).dtype).reshape(-1)
         q = self.outflow(conditions, t, extrapolate)
+        if no_flow:
+            q = torch.where(q < no_flow * q.max(), torch.zeros_like(q), q)
         steps = 0.5 * (q[1:] + q[:-1]) * (t[1:] - t[:-1])
         return torch.cat([q.new_zeros(1), torch.cumsum(steps, 0)])
 
@@ -223,10 +235,8 @@ class NeuralDEM(nn.Module):
         from diffsim.dem import discharge_figures
         times = np.asarray(self.default_times() if times is None else times, float)
         with torch.no_grad():
-            q = self.outflow(conditions, times, extrapolate).double().numpy()
+            curve = self.discharge_curve(conditions, times, extrapolate, no_flow=NO_FLOW).double().numpy()
             inside = float(self.mass_inside(conditions, float(times[-1]), extrapolate))
-        q = np.where(q < NO_FLOW * q.max(), 0.0, q)
-        curve = np.concatenate([[0.0], np.cumsum(0.5 * (q[1:] + q[:-1]) * np.diff(times))])
         total = self.stats["total_mass"]
         out = discharge_figures(times, curve, total)
         out["residual_mass_fraction"] = max(0.0, min(1.0, inside / total))

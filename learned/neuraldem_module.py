@@ -42,7 +42,7 @@ class HopperSurrogate(StepModule):
             raise InvalidScene(f"HopperSurrogate: markers must be (N,3) m, got {markers.shape}")
         conditions = dict(zip(CONDITIONS, (angle, friction, rolling_friction)))
         model.check_conditions(conditions, extrapolate)
-        lo, hi, h, depth = model.stats["grid"]
+        lo, hi, _, depth = model.stats["grid"]
         state = State(x=torch.as_tensor(markers), v=torch.zeros(len(markers), 3, dtype=torch.float64),
                       time=torch.zeros(1, dtype=torch.float64), discharged=torch.zeros(1, dtype=torch.float64))
         super().__init__(state, float(model.stats["frame_dt"]), mass=float(sphere_mass),
@@ -53,10 +53,8 @@ class HopperSurrogate(StepModule):
             setattr(self, name, nn.Parameter(torch.tensor(float(value), dtype=dtype)))
         for p in self.model.parameters():   # a trained surrogate: its weights are not fitted by default
             p.requires_grad_(False)
-        half = 0.5 * model.stats["orifice"] + 2 * h
-        xs = np.linspace(-half, half, int(round(2 * half / (0.5 * h))) + 1)
-        self.register_buffer("slot", torch.as_tensor(np.stack([xs, np.zeros_like(xs)], -1), dtype=dtype))
-        self.slot_dx = float(xs[1] - xs[0])
+        slot, self.slot_dx = model.slot_points()
+        self.register_buffer("slot", torch.as_tensor(slot, dtype=dtype))
         self.reset()
 
     def forward(self, state: State, control: dict, dt: float) -> State:
@@ -72,8 +70,7 @@ class HopperSurrogate(StepModule):
         v = torch.stack([vx[:n], torch.zeros_like(vx[:n]), vz[:n]], -1)
         v = torch.where(inside, v, state.v)                       # markers that left keep falling
         x = state.x + dt * v
-        stats = self.model.stats
-        flux = stats["density"] * stats["grid"][3] * torch.trapezoid((occ[n:] * -vz[n:]).clamp_min(0), dx=self.slot_dx)
+        flux = self.model.slot_flux(occ[n:], vz[n:], self.slot_dx)
         return State(x=x, v=v, time=state.time + dt, discharged=state.discharged + dt * flux)
 
     # ------------------------------------------------------------------ for diffsim run

@@ -64,10 +64,10 @@ def discharge_figures(time, discharged_mass, total_mass: float, gate_time: float
         out["stopped"] = bool(t[-1] - gate_time >= QUIET)
         return out
     # the steady window: from the first frame past 20% of the final mass to the last frame below 80%
-    t0 = t[int(np.argmax(m >= STEADY[0] * final))]
+    i = int(np.argmax(m >= STEADY[0] * final))
+    t0 = t[i]
     t1 = t[np.nonzero(m <= STEADY[1] * final)[0][-1]] if np.any(m <= STEADY[1] * final) else t0
     if t1 <= t0:   # it all left between two frames: the rate is not resolved
-        i = int(np.argmax(m >= STEADY[0] * final))
         t0, t1 = t[max(i - 1, 0)], t[min(i + 1, len(t) - 1)]
     out["outflow_rate"] = flow_rate(t, m, t0, t1)
     last_change = t[np.nonzero(m < final)[0][-1] + 1] if np.any(m < final) else t[0]

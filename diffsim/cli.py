@@ -362,7 +362,8 @@ def main(argv=None) -> int:
     s.add_argument("--every", type=int, default=None)
     s.add_argument("--backend", choices=("ray", "serial"), default="ray")
     s.add_argument("--workers", type=int, default=None, help="local Ray CPUs (default: all cores)")
-    s.add_argument("--address", default=None, help="join a Ray cluster (auto or HOST:PORT)")
+    s.add_argument("--address", default=None, help="join a Ray cluster (auto: the one running on this machine, or HOST:PORT); "
+                        "default: start a local instance")
     s.add_argument("--threads-per-run", type=int, default=1, help="CPU threads (and Ray CPUs) per run")
     s.add_argument("--gpus-per-run", type=float, default=0)
     s.add_argument("--retries", type=int, default=2, help="further attempts for a failed run")

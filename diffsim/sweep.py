@@ -7,7 +7,7 @@ machine's cores, or a cluster with ``address``) or serially in this process.
 Each run writes what ``diffsim run`` writes into ``OUT/runs/<id>/`` (``<id>`` is a hash of
 the scene script, its options, seed, steps and frame interval, so runs never collide and a
 re-invocation finds its runs again). ``OUT/manifest.jsonl`` holds one line per run
-(options, seed, status, output folder, wall time, attempts, error), rewritten atomically
+(options, seed, status, output folder, wall time, attempts, error, host, Ray node), rewritten atomically
 after every finished run; ``OUT/summary.csv`` tabulates the options and the scalars of
 every run's ``summary.json``. Re-running the same sweep skips completed runs and retries
 failed or diverged ones until ``retries`` further attempts were used; a run that raises or
@@ -26,6 +26,8 @@ import hashlib
 import io
 import itertools
 import json
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -104,14 +106,27 @@ def run_one(script: str, options: dict, seed: int, steps, every, out: str, preci
             opts.setdefault("seed", seed)
         scene = build_scene(script, opts)
         if record:
-            return _record_run(scene, script, steps, every, Path(out), t0)
-        summary = run_scene(scene, out, steps=steps, every=every, progress=False, video=False, overwrite=True)
-        return {"status": summary["status"], "error": summary.get("error"), "wall_s": time.perf_counter() - t0}
+            result = _record_run(scene, script, steps, every, Path(out), t0)
+        else:
+            summary = run_scene(scene, out, steps=steps, every=every, progress=False, video=False, overwrite=True)
+            result = {"status": summary["status"], "error": summary.get("error")}
     except DiffsimError as exc:
         status = "diverged" if type(exc).__name__ == "SimulationDiverged" else "failed"
-        return {"status": status, "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
+        result = {"status": status, "error": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # a run's bug must not stop the sweep: recorded with its type
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
+        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {**result, "wall_s": time.perf_counter() - t0, **_where()}
+
+
+def _where() -> dict:
+    """Where a run ran (the manifest's ``host`` and, on Ray, ``node``: the Ray node id): on a
+    cluster, a run that fails on one machine only points at that machine's environment."""
+    node = None
+    if "ray" in sys.modules:
+        import ray
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    return {"host": socket.gethostname(), "node": node}
 
 
 def _record_run(scene, script, steps, every, out: Path, t0) -> dict:
@@ -135,7 +150,7 @@ def _record_run(scene, script, steps, every, out: Path, t0) -> dict:
                "traces": trace_table(rows)}
     summary["outputs"] = scene.outputs(summary["traces"])
     dio.atomic_write_json(out / "summary.json", summary)
-    return {"status": "completed", "error": None, "wall_s": wall}
+    return {"status": "completed", "error": None}
 
 
 def split_of(run_id: str, fractions=SPLIT) -> str:
@@ -209,7 +224,7 @@ def sweep(script, out, grid: dict | None = None, random: dict | None = None, sam
         rid = run_id(script, run["options"], run["seed"], steps, every)
         row = rows.get(rid) or {"id": rid, "options": run["options"], "seed": run["seed"], "steps": steps,
                                 "every": every, "out": str(out / "runs" / rid), "status": "pending", "attempts": 0,
-                                "wall_s": None, "error": None}
+                                "wall_s": None, "error": None, "host": None, "node": None}
         rows[rid] = row
         done = row["status"] == "completed" and (Path(row["out"]) / "summary.json").exists()
         if not done and (row["status"] == "pending" or row["attempts"] <= int(retries)):
@@ -273,14 +288,23 @@ def plot(out, x: str, y: str, path=None):
     return path
 
 
-def _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries):
+def start_ray(workers: int | None = None, address: str | None = None):
+    """Connect to the Ray cluster at ``address`` (``"auto"``: the one running on this
+    machine), or start a new local instance with ``workers`` CPUs (even where another one
+    runs here: Ray's default would join that one, and refuse ``num_cpus``), unless this
+    process is connected already; returns the ``ray`` module."""
     try:
         import ray
     except ImportError:
         raise InvalidScene('the Ray backend needs Ray: pip install -e ".[cluster]" (or backend="serial")') from None
     if not ray.is_initialized():
-        kw = {"address": address} if address else {"num_cpus": workers}
+        kw = {"address": address} if address else {"address": "local", "num_cpus": workers}
         ray.init(include_dashboard=False, log_to_driver=False, **kw)
+    return ray
+
+
+def _run_on_ray(todo, args, finish, workers, address, threads, gpus_per_run, retries):
+    ray = start_ray(workers, address)
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_run, max_retries=int(retries))(run_one)
     pending = {task.remote(*args(row)): row for row in todo}
     try:

@@ -18,14 +18,17 @@ from diffsim.sweep import MANIFEST, SUMMARY, expand
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENE = '''"""Tiny sweep scene: particles with learned drag; `fail` raises once, `die` kills the
-process once (a marker file remembers the first attempt), `always_fail` always raises."""
+process once (a marker file remembers the first attempt), `always_fail` always raises,
+`pause` seconds of set-up keep a worker busy."""
 import os
+import time
 import numpy as np
 import diffsim as ds
 from diffsim.learned.damping import LinearDamping
 
 
-def build(rate=1.0, particles=12, fail=False, die=False, always_fail=False, marker="", seed=0):
+def build(rate=1.0, particles=12, fail=False, die=False, always_fail=False, marker="", seed=0, pause=0.0):
+    time.sleep(pause)
     if always_fail:
         raise ds.InvalidScene("this run always fails")
     if (fail or die) and marker and not os.path.exists(marker):
@@ -137,6 +140,33 @@ def test_ray_sweep_survives_a_dying_worker_and_matches_serial(scene_file, tmp_pa
         twin = by_opts[json.dumps(r["options"], sort_keys=True)]
         a, b = _final(r["out"]), _final(twin["out"])
         assert all(np.array_equal(a[k], b[k]) for k in a), r["options"]
+
+
+def test_ray_sweep_joins_a_cluster_and_spreads_over_its_nodes(scene_file, tmp_path):
+    """Two Ray nodes (raylets) on this machine, one CPU each, stand in for a cluster: the sweep
+    joins it by address, like ``diffsim sweep --address HEAD:6379``, and both nodes run runs.
+    Without an address a sweep starts its own instance beside it (Ray's default would join
+    the running one and refuse the worker count)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[cluster]'); CI installs it")
+    import ray
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        own = ds.sweep(scene_file, tmp_path / "own", grid={"rate": [0.5, 1.0]}, seeds=[0], backend="ray", workers=2,
+                       precision="f64", progress=False)
+        ray.shutdown()
+        rows = ds.sweep(scene_file, tmp_path / "cluster", grid={"rate": [0.5, 1.0, 2.0, 4.0], "pause": [1.0]},
+                        seeds=[0], backend="ray", address=cluster.address, precision="f64", progress=False)
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert all(r["status"] == "completed" for r in rows + own), [r["error"] for r in rows + own]
+    assert len(nodes) == 2 and {r["node"] for r in rows} == nodes       # every node ran some of the runs
+    assert not {r["node"] for r in own} & nodes                          # its own instance, not the cluster
+    assert all(r["host"] for r in _manifest(tmp_path / "cluster"))       # and the manifest says where
 
 
 def test_ray_missing_gives_a_clear_error(scene_file, tmp_path, monkeypatch):

@@ -222,7 +222,8 @@ def _cmd_train_rom(args) -> int:
 
 def _cmd_train_neuraldem(args) -> int:
     from .learned.neuraldem_training import train_neuraldem
-    return _train_surrogate(args, train_neuraldem, queries=args.queries)
+    return _train_surrogate(args, train_neuraldem, queries=args.queries, flux_weight=args.flux_weight,
+                            order_weight=args.order_weight)
 
 
 def _surrogate_parser(sub, name: str, help: str, iters: int, batch: int, checkpoint_every: int):
@@ -349,6 +350,9 @@ def main(argv=None) -> int:
                           "train a NeuralDEM surrogate on a recorded hopper sweep (scenes/dem_hopper.py)",
                           iters=3000, batch=16, checkpoint_every=250)
     m.add_argument("--queries", type=int, default=512, help="field nodes per (run, frame) sample")
+    m.add_argument("--flux-weight", type=float, default=1.0, help="weight of the loss on the flux through the slot")
+    m.add_argument("--order-weight", type=float, default=0.1,
+                   help="weight of the loss on the exit-order ratio (the flow regime)")
     m.set_defaults(func=_cmd_train_neuraldem)
 
     s = sub.add_parser("sweep", help="run a scene over a grid / random sample of options (Ray or serial)")

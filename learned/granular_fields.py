@@ -61,6 +61,31 @@ class FieldGrid:
                     out[:, c] += np.bincount(idx, w[ok] * weights[ok, c], minlength=nx * nz)
         return out.reshape(nx, nz, -1)
 
+    def sample(self, field: np.ndarray, xz: np.ndarray) -> np.ndarray:
+        """Bilinear interpolation of node values ``field`` (..., nx, nz) at points ``xz``
+        (P, 2) inside the grid: (..., P)."""
+        u = np.clip((np.asarray(xz, float) - self.lo) / self.h, 0, np.asarray(self.shape) - 1 - 1e-9)
+        i0 = np.floor(u).astype(np.int64)
+        f = u - i0
+        out = 0.0
+        for di in (0, 1):
+            for dk in (0, 1):
+                w = (f[:, 0] if di else 1 - f[:, 0]) * (f[:, 1] if dk else 1 - f[:, 1])
+                out = out + w * field[..., i0[:, 0] + di, i0[:, 1] + dk]
+        return out
+
+
+def slot_line(orifice: float, spacing: float, x0: float) -> tuple[np.ndarray, float]:
+    """Points (P, 2) across a hopper's slot on the line z = 0 at the x of the grid's nodes
+    (``x0 + k spacing``) reaching two spacings past each edge, and their spacing (m): where
+    the outflow is the flux of the fields. On the nodes' x the trapezoid of the deposited
+    momentum is exact (the bilinear weights sum to one); points between them made the
+    data's flux 3% low (the product of interpolated occupancy and velocity)."""
+    half = 0.5 * orifice + 2 * spacing
+    k = np.arange(math.ceil((-half - x0) / spacing - 1e-9), math.floor((half - x0) / spacing + 1e-9) + 1)
+    xs = x0 + spacing * k
+    return np.stack([xs, np.zeros_like(xs)], -1), float(spacing)
+
 
 def hopper_fields(traj, grid: FieldGrid, outlet_z: float = -0.03) -> dict:
     """The fields of one recorded hopper run (a :class:`diffsim.Trajectory` of

@@ -2,8 +2,10 @@
 
 Each run's spheres become fields on one grid (``learned.granular_fields``); every step draws
 (run, frame) pairs of the ``train`` split and query nodes (a quarter by the slot, the rest
-half where there is material, half anywhere) and fits the fields there: occupancy everywhere, the other fields weighted by
-the occupancy (they are undefined where there is no material). Checkpoints, resume and
+half where there is material, half anywhere) and fits the fields there: occupancy
+everywhere, the other fields weighted by the occupancy (they are undefined where there is
+no material); beside them the flux through the slot (the outflow) and the exit-order ratio
+(the flow regime) of a few runs, the integrals users read. Checkpoints, resume and
 torchrun as ``train-rom`` (``learned.training.optimise``).
 """
 from __future__ import annotations
@@ -14,14 +16,17 @@ import math
 import numpy as np
 import torch
 
+from diffsim.dem.discharge import order_sets
 from diffsim.errors import InvalidScene
 
-from .granular_fields import CONDITIONS, FIELDS, FieldGrid, hopper_fields
+from .granular_fields import CONDITIONS, FIELDS, FieldGrid, exit_order_from_fields, hopper_fields, slot_line
 from .neuraldem import NeuralDEM
 from .training import _distributed, descend, optimise, resume_checkpoint
 
 OUTLET_Z = -0.03
 PACKED = 0.6          # occupancy of a packed bed: the occupancy's scale
+#: signs of (x, z) and of the fields under the hopper's mirror symmetry x -> -x
+MIRROR = np.array([-1, 1] + [-1 if name in ("vx", "dx") else 1 for name in FIELDS], np.float32)
 
 
 class HopperFieldData:
@@ -57,6 +62,28 @@ class HopperFieldData:
         # the nodes by the slot, whose fields make the outflow (at least one node)
         near = (np.abs(self.nodes[:, 0]) <= 0.5 * self.orifice + 2 * grid.h) & (np.abs(self.nodes[:, 1]) <= 2 * grid.h)
         self.slot = np.nonzero(near)[0] if near.any() else np.array([int(np.argmin(np.abs(self.nodes).sum(1)))])
+        self.slot_xz, self.slot_dx = slot_line(self.orifice, grid.h, grid.lo[0])
+        for run in self.runs:
+            self._discharge_targets(run, r)
+        fluxes = np.concatenate([run["flux"] for run in self.runs])
+        self.flux_scale = float(np.sqrt(np.mean(fluxes[fluxes > 0] ** 2))) if (fluxes > 0).any() else 1.0
+
+    def _discharge_targets(self, run: dict, radius: float) -> None:
+        """What the discharge figures are made of, per run: ``flux`` (kg/s through the slot at
+        every frame, from the fields as the model computes it) and, at the gate's opening,
+        the exit-order sets (``order_nodes``: node ids of the shoulders and of the top,
+        ``order_weights``: their occupancy) and the true ``exit_order`` ratio."""
+        y = np.maximum(-self.grid.sample(run["occupancy"] * run["vz"], self.slot_xz), 0.0)   # momentum
+        run["flux"] = (self.density * self.grid.depth * self.slot_dx
+                       * (y.sum(-1) - 0.5 * (y[:, 0] + y[:, -1]))).astype(np.float32)
+        occ0, exit0 = run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1)
+        keep = np.nonzero(occ0 > 0.1)[0]
+        shoulders, top = order_sets(self.nodes[keep], float(run["conditions"][0]), self.orifice, radius,
+                                    weights=occ0[keep])
+        run["order_nodes"] = (keep[shoulders], keep[top])
+        run["order_weights"] = (occ0[keep[shoulders]], occ0[keep[top]])
+        run["exit_order"] = exit_order_from_fields(occ0, exit0, self.nodes, float(run["conditions"][0]),
+                                                   self.orifice, radius)
 
     def stats(self) -> dict:
         """Trained ranges, field scales, grid and geometry (what the model file keeps)."""
@@ -74,10 +101,12 @@ class HopperFieldData:
                 "orifice": self.orifice, "outlet_z": OUTLET_Z, "frame_dt": self.frame_dt}
 
     def batch(self, rng, size: int, queries: int):
-        """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F)) for ``size`` random
-        (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the outflow is the
-        flux there), three eighths among the occupied nodes, the rest anywhere."""
-        cond, times, xz, target = [], [], [], []
+        """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F), slot flux (B,)) for
+        ``size`` random (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the
+        outflow is the flux there), three eighths among the occupied nodes, the rest
+        anywhere; half of the pairs mirrored (x -> -x: the hopper is symmetric, its fill
+        only statistically)."""
+        cond, times, xz, target, flux = [], [], [], [], []
         n_slot = queries // 4
         for _ in range(size):
             run = self.runs[int(rng.integers(len(self.runs)))]
@@ -88,12 +117,38 @@ class HopperFieldData:
             ids = np.concatenate([self.slot[rng.integers(len(self.slot), size=n_slot)],
                                   occupied[rng.integers(len(occupied), size=n_occ)] if n_occ else np.zeros(0, int),
                                   rng.integers(len(values), size=queries - n_slot - n_occ)])
+            points, values = self.nodes[ids], values[ids]
+            if rng.random() < 0.5:      # the hopper's mirror image: x, vx and dx change sign
+                points, values = points * MIRROR[:2], values * MIRROR[2:]
             cond.append(run["conditions"])
             times.append(run["time"][f])
-            xz.append(self.nodes[ids])
-            target.append(values[ids])
+            xz.append(points)
+            target.append(values)
+            flux.append(run["flux"][f])
         return (torch.from_numpy(np.stack(cond)), torch.from_numpy(np.asarray(times, np.float32)),
-                torch.from_numpy(np.stack(xz)), torch.from_numpy(np.stack(target)))
+                torch.from_numpy(np.stack(xz)), torch.from_numpy(np.stack(target)),
+                torch.from_numpy(np.asarray(flux, np.float32)))
+
+    def order_batch(self, rng, size: int):
+        """Tensors for the exit-order loss of ``size`` random runs with a finite ratio:
+        conditions (R, 3), the shoulders' and top's nodes side by side xz (R, S, 2) (padded),
+        their occupancy weights (R, S) (0 on padding), a mask of the shoulders (R, S) and
+        the true log ratio (R,); None where no run has a ratio (beds too small for shoulders)."""
+        usable = [run for run in self.runs if np.isfinite(run["exit_order"])]
+        if not usable:
+            return None
+        picks = [usable[int(i)] for i in rng.integers(len(usable), size=size)]
+        width = max(sum(map(len, run["order_nodes"])) for run in picks)
+        xz = np.zeros((size, width, 2), np.float32)
+        w = np.zeros((size, width), np.float32)
+        shoulder = np.zeros((size, width), np.float32)
+        for i, run in enumerate(picks):
+            ids, ws = np.concatenate(run["order_nodes"]), np.concatenate(run["order_weights"])
+            xz[i, :len(ids)], w[i, :len(ids)] = self.nodes[ids], ws
+            shoulder[i, :len(run["order_nodes"][0])] = 1.0
+        cond = np.stack([run["conditions"] for run in picks])
+        ratio = np.log([run["exit_order"] for run in picks]).astype(np.float32)
+        return tuple(map(torch.from_numpy, (cond, xz, w, shoulder, ratio)))
 
 
 def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,9 +161,26 @@ def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor) -> to
     return occ.mean() + (weight * rest).sum() / weight.sum().clamp_min(1e-6)
 
 
+def flux_loss(model: NeuralDEM, data: HopperFieldData, slot_fields: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
+    """Squared error of the flux through the slot (:meth:`NeuralDEM.slot_flux` of the
+    fields predicted at ``data.slot_xz``, (B, P, F)) in units of the data's typical flux."""
+    pred = model.slot_flux(slot_fields[..., 0], slot_fields[..., 2], data.slot_dx)
+    return (((pred - flux) / data.flux_scale) ** 2).mean()
+
+
+def order_loss(model: NeuralDEM, cond, xz, w, shoulder, log_ratio) -> torch.Tensor:
+    """Squared error of the log exit-order ratio at the gate's opening: the weighted mean
+    predicted exit time of the shoulders' nodes over the top's (:meth:`order_batch`)."""
+    exit_time = model(cond, torch.zeros(len(cond), dtype=xz.dtype), xz)[..., FIELDS.index("exit_time")]
+    mean = lambda m: (w * m * exit_time).sum(1) / (w * m).sum(1).clamp_min(1e-9)  # noqa: E731
+    ratio = mean(shoulder).clamp_min(1e-3) / mean(1 - shoulder).clamp_min(1e-3)
+    return ((torch.log(ratio) - log_ratio) ** 2).mean()
+
+
 def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch: int = 16, queries: int = 512,
                     lr: float = 1e-3, checkpoint_every: int = 250, resume: bool = False, seed: int = 0,
-                    progress: bool = True, **overrides) -> NeuralDEM:
+                    progress: bool = True, flux_weight: float = 1.0, order_weight: float = 0.1,
+                    **overrides) -> NeuralDEM:
     """Train a NeuralDEM on the recorded hopper sweep ``dataset`` and write ``out``.
 
     Args:
@@ -116,6 +188,10 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
             single entries. batch: (run, frame) pairs per step (under torchrun shared among
             the processes); queries: nodes per pair. lr: Adam's rate, decaying to lr/10.
         resume: continue from ``out`` (its optimizer state, iteration and random stream).
+        flux_weight, order_weight: weights of the slot-flux loss (:func:`flux_loss`, on every
+            pair of the batch) and of the exit-order loss (:func:`order_loss`, on a quarter
+            as many runs) beside the field loss: the outflow and the regime are what users
+            read, and both are integrals the pointwise field loss weighs only indirectly.
     """
     from pathlib import Path
 
@@ -126,10 +202,12 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     data = HopperFieldData(load_dataset(dataset, "train"))
     model, extra, start, history = resume_checkpoint(NeuralDEM.load, out, resume)
     if model is None:
-        model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs)},
+        model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs),
+                                                          "flux_weight": flux_weight, "order_weight": order_weight},
                           **overrides)
     if batch % world:
         raise InvalidScene(f"train-neuraldem: the batch ({batch}) must be a multiple of the processes ({world})")
+    order_runs = max(world, batch // 4 // world * world)   # an equal share on every process
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     if extra is not None and "optimizer" in extra:
@@ -147,8 +225,17 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     def iteration(k):
         for g in opt.param_groups:
             g["lr"] = lr * 0.1 ** (k / max(iterations, 1))
-        cond, t, xz, target = (a[rank::world] for a in data.batch(rng, batch, queries))
-        return descend(opt, field_loss(model, model(cond, t, xz), target), params, world), "fields"
+        cond, t, xz, target, flux = (a[rank::world] for a in data.batch(rng, batch, queries))
+        slot = torch.from_numpy(data.slot_xz.astype(np.float32)).expand(len(xz), -1, -1)
+        pred = model(cond, t, torch.cat([xz, slot], 1))
+        q = xz.shape[1]
+        loss = field_loss(model, pred[:, :q], target)
+        if flux_weight:
+            loss = loss + flux_weight * flux_loss(model, data, pred[:, q:], flux)
+        ob = data.order_batch(rng, order_runs) if order_weight else None
+        if ob is not None:
+            loss = loss + order_weight * order_loss(model, *(a[rank::world] for a in ob))
+        return descend(opt, loss, params, world), "fields"
 
     optimise(iteration, start, iterations, save, history, checkpoint_every, rng, out, "train-neuraldem",
              progress, rank)

@@ -43,36 +43,34 @@ class FieldGrid:
         zs = self.lo[1] + self.h * np.arange(self.shape[1])
         return np.stack(np.meshgrid(xs, zs, indexing="ij"), -1)
 
-    def deposit(self, xz: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Bilinear deposit of ``weights`` (N, C) at points ``xz`` (N, 2) onto the nodes:
-        (nx, nz, C). Points outside the grid are dropped."""
+    def _corners(self, xz: np.ndarray):
+        """The four bilinear corners of points ``xz`` (N, 2): (node i, node k, weight) each,
+        from the cell whose lower corner is ``floor((xz - lo) / h)``."""
         u = (np.asarray(xz, float) - self.lo) / self.h
         i0 = np.floor(u).astype(np.int64)
         f = u - i0
-        nx, nz = self.shape
-        out = np.zeros((nx * nz, weights.shape[1]))
         for di in (0, 1):
             for dk in (0, 1):
-                i, k = i0[:, 0] + di, i0[:, 1] + dk
                 w = (f[:, 0] if di else 1 - f[:, 0]) * (f[:, 1] if dk else 1 - f[:, 1])
-                ok = (i >= 0) & (i < nx) & (k >= 0) & (k < nz)
-                idx = i[ok] * nz + k[ok]
-                for c in range(weights.shape[1]):
-                    out[:, c] += np.bincount(idx, w[ok] * weights[ok, c], minlength=nx * nz)
+                yield i0[:, 0] + di, i0[:, 1] + dk, w
+
+    def deposit(self, xz: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Bilinear deposit of ``weights`` (N, C) at points ``xz`` (N, 2) onto the nodes:
+        (nx, nz, C). Points outside the grid are dropped."""
+        nx, nz = self.shape
+        out = np.zeros((nx * nz, weights.shape[1]))
+        for i, k, w in self._corners(xz):
+            ok = (i >= 0) & (i < nx) & (k >= 0) & (k < nz)
+            idx = i[ok] * nz + k[ok]
+            for c in range(weights.shape[1]):
+                out[:, c] += np.bincount(idx, w[ok] * weights[ok, c], minlength=nx * nz)
         return out.reshape(nx, nz, -1)
 
     def sample(self, field: np.ndarray, xz: np.ndarray) -> np.ndarray:
         """Bilinear interpolation of node values ``field`` (..., nx, nz) at points ``xz``
-        (P, 2) inside the grid: (..., P)."""
-        u = np.clip((np.asarray(xz, float) - self.lo) / self.h, 0, np.asarray(self.shape) - 1 - 1e-9)
-        i0 = np.floor(u).astype(np.int64)
-        f = u - i0
-        out = 0.0
-        for di in (0, 1):
-            for dk in (0, 1):
-                w = (f[:, 0] if di else 1 - f[:, 0]) * (f[:, 1] if dk else 1 - f[:, 1])
-                out = out + w * field[..., i0[:, 0] + di, i0[:, 1] + dk]
-        return out
+        (P, 2) inside the grid (clipped to it): (..., P)."""
+        top = self.hi - 1e-9 * self.h          # the last cell's far edge stays in that cell
+        return sum(w * field[..., i, k] for i, k, w in self._corners(np.clip(xz, self.lo, top)))
 
 
 def slot_line(orifice: float, spacing: float, x0: float) -> tuple[np.ndarray, float]:

@@ -74,8 +74,7 @@ class HopperFieldData:
         the exit-order sets (``order_nodes``: node ids of the shoulders and of the top,
         ``order_weights``: their occupancy) and the true ``exit_order`` ratio."""
         y = np.maximum(-self.grid.sample(run["occupancy"] * run["vz"], self.slot_xz), 0.0)   # momentum
-        run["flux"] = (self.density * self.grid.depth * self.slot_dx
-                       * (y.sum(-1) - 0.5 * (y[:, 0] + y[:, -1]))).astype(np.float32)
+        run["flux"] = (self.density * self.grid.depth * np.trapezoid(y, dx=self.slot_dx, axis=-1)).astype(np.float32)
         occ0, exit0 = run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1)
         keep = np.nonzero(occ0 > 0.1)[0]
         shoulders, top = order_sets(self.nodes[keep], float(run["conditions"][0]), self.orifice, radius,

@@ -36,6 +36,7 @@ from .fem.tetmesh import (TetMesh, box_tet_mesh, check_tet_mesh, dome_pad, flat_
                           load_tet_mesh, tetrahedralize, voxel_tet_mesh)
 from .fem.solver import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
 from .tactile.cameras import FisheyeCamera, PinholeCamera, look_at
+from .tactile.optical import OpticalTactile
 from .tactile.sensor import TactileSensor, mount_sensor
 from .coupling.system import FEMMPMCoupling
 from .tactile.markers import detect_markers, grid_markers
@@ -59,6 +60,6 @@ __all__ = [
     "CylinderWall", "BoxWall", "MeshWall", "Pour", "TetMesh", "box_tet_mesh",
     "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
     "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "PinholeCamera",
-    "FisheyeCamera", "look_at", "TactileSensor", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
+    "FisheyeCamera", "look_at", "TactileSensor", "OpticalTactile", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter", "sweep",
 ]

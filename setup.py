@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["diffsim", "diffsim.core", "diffsim.mpm", "diffsim.fem", "diffsim.dem", "diffsim.coupling",
-              "diffsim.tactile", "diffsim.geometry", "diffsim.kernels", "diffsim.learned"],
+              "diffsim.tactile", "diffsim.tasks", "diffsim.geometry", "diffsim.kernels", "diffsim.learned"],
     package_dir={"diffsim": "diffsim", "diffsim.kernels": "kernels", "diffsim.learned": "learned"},
     install_requires=[
         "taichi==1.7.4",
@@ -32,6 +32,7 @@ setup(
         "video": ["imageio"],
         "cluster": ["ray"],  # diffsim sweep on Ray (local cores or a cluster)
         "mesh": ["tetgen"],  # tetrahedralize surface meshes (diffsim.tetrahedralize)
+        "tasks": ["cma"],    # the CMA-ES baseline of diffsim optimize
     },
     entry_points={"console_scripts": ["diffsim=diffsim.cli:main"]},
 )

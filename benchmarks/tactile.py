@@ -24,6 +24,14 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
   the object's particle positions; gradients for the elastomer's and the object's E)
   over its forward pass (median of 3).
 
+* ``optical_image_640x480`` -- the optical tactile image (:class:`diffsim.OpticalTactile`,
+  default settings: geometry every 4th pixel, three lights, 8-wide per-pixel MLP, the 137
+  reference-image markers) of the dome of ``dome_rigid_press_slide`` after 200 substeps of
+  the press. ``ms_per_frame``: forward (node positions -> image), ``backward_ms_per_frame``:
+  backward of a pixel loss to the node positions, ``backward_over_forward`` their ratio,
+  ``ms_per_frame_no_grad`` the forward without autograd; medians of 30 frames, in the
+  benchmark's precision.
+
 Fields: case, tets, nodes, particles (MPM particles; 0 here), substeps, dt,
 ms_per_substep, backward_over_forward, peak_rss_mb, threads, arch, precision.
 """
@@ -40,7 +48,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = {"rigid": "dome_rigid_press_slide", "mpm": "dome_mpm_press"}
+CASES = {"rigid": "dome_rigid_press_slide", "mpm": "dome_mpm_press", "optical": "optical_image_640x480"}
 
 
 def _peak_rss_mb():
@@ -164,6 +172,45 @@ def run_mpm(arch, threads, precision, substeps=200, dt=4e-6):
             "precision": precision}
 
 
+def run_optical(arch, threads, precision, substeps=200, dt=4e-6):
+    import torch
+    import diffsim as ds
+    ds.init(arch=arch, threads=threads, precision=precision)
+    if threads:
+        torch.set_num_threads(threads)
+    sim, sensor = _dome_over_rigid(dt, 2 * substeps)
+    sim.build()
+    sim.step(substeps)
+    optics = ds.OpticalTactile(sensor)
+    dtype = ds.runtime.torch_dtype()
+    T, R = sim.drivers[0].translation, sim.drivers[0].rotation
+    x = torch.as_tensor(sim.positions(), dtype=dtype)
+    weights = torch.rand(3, optics.height, optics.width, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    fwd, bwd, plain = [], [], []
+    for i in range(33):
+        xg = x.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        img = optics(xg, T, R)
+        t1 = time.perf_counter()
+        (weights * img).sum().backward()
+        t2 = time.perf_counter()
+        with torch.no_grad():
+            t3 = time.perf_counter()
+            optics(x, T, R)
+            t4 = time.perf_counter()
+        if i >= 3:                              # warm-up
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            plain.append(t4 - t3)
+    f, b = statistics.median(fwd), statistics.median(bwd)
+    return {"case": CASES["optical"], "tets": sim.n_tets, "nodes": sim.n, "particles": 0, "width": optics.width,
+            "height": optics.height, "stride": optics.stride, "markers": sensor.marker_count,
+            "ms_per_frame": 1e3 * f, "backward_ms_per_frame": 1e3 * b, "backward_over_forward": b / f,
+            "ms_per_frame_no_grad": 1e3 * statistics.median(plain), "peak_rss_mb": _peak_rss_mb(),
+            "threads": threads or os.cpu_count(), "torch_threads": torch.get_num_threads(), "arch": arch,
+            "precision": precision}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=sorted(CASES) + ["all"], default="all")
@@ -175,7 +222,7 @@ def main(argv=None):
     cases = sorted(CASES) if a.case == "all" else [a.case]
     if a.inline:
         for c in cases:
-            print(json.dumps({"rigid": run_rigid, "mpm": run_mpm}[c](a.arch, a.threads, a.precision)), flush=True)
+            print(json.dumps({"rigid": run_rigid, "mpm": run_mpm, "optical": run_optical}[c](a.arch, a.threads, a.precision)), flush=True)
         return
     for c in cases:  # one process per case: peak memory is the case's own
         cmd = [sys.executable, os.path.abspath(__file__), "--inline", "--case", c, "--arch", a.arch,

@@ -31,9 +31,10 @@ OBJECT_E = 3e4        # Pa: a soft object, so that the sensor's own deformation 
 DAMPING = 6000.0      # 1/s, mass-proportional: about critical for the pad's first mode (quasi-static press)
 
 
-def build():
-    """The dome pad facing down over a soft block; returns ``(sim, sensor)``."""
-    sim = ds.FEMSolver(dt=DT, gravity=(0, 0, 0), tape_substeps=2400)   # one chunk: smooth in the parameters
+def build(tape_substeps=2400):
+    """The dome pad facing down over a soft block; returns ``(sim, sensor)``. The tape
+    holds the whole rollout (one chunk: smooth in the parameters)."""
+    sim = ds.FEMSolver(dt=DT, gravity=(0, 0, 0), tape_substeps=tape_substeps)
     down = np.diag([1.0, -1.0, -1.0])                               # pad's +z (the dome) faces -z
     mesh = ds.dome_pad(width=0.02, thickness=0.003, cap_height=0.003, cap_radius=0.02, resolution=0.0015)
     h = float(mesh.vertices[:, 2].max())

@@ -13,6 +13,9 @@
     diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
     diffsim train-neuraldem DATASET --out hopper.pt [--iters N] [--resume]
     diffsim sweep SCENE.py --out DIR [--grid K=V1,V2] [--random K=LO:HI] [--record] ...
+    diffsim tasks
+    diffsim optimize TASK [--method grad|cmaes|ppo] [--budget N] [--out result.json]
+                          [--set key=value ...] [--lr F] [--seed S]
 """
 from __future__ import annotations
 
@@ -380,8 +383,52 @@ def main(argv=None) -> int:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_sweep)
 
+    o = sub.add_parser("optimize", help="optimise a manipulation task's controls (gradients, CMA-ES or PPO)")
+    o.add_argument("task", help="task name (see `diffsim tasks`) or task script")
+    o.add_argument("--method", choices=("grad", "cmaes", "ppo"), default="grad")
+    o.add_argument("--budget", type=int, default=50, help="simulated rollouts at most")
+    o.add_argument("--out", default=None, help="result JSON (default runs/optimize/TASK_METHOD.json)")
+    o.add_argument("--set", action="append", metavar="KEY=VALUE", help="task option (repeatable)")
+    o.add_argument("--lr", type=float, default=0.1, help="grad: Adam step size (units of the controls)")
+    o.add_argument("--sigma", type=float, default=0.015, help="cmaes: initial step, a fraction of the controls' bound")
+    o.add_argument("--popsize", type=int, default=20, help="cmaes: population")
+    o.add_argument("--no-stop", action="store_true", help="spend the whole budget even after a success")
+    o.add_argument("--quiet", action="store_true")
+    _runtime_args(o)
+    o.set_defaults(func=_cmd_optimize)
+
+    tl = sub.add_parser("tasks", help="list the built-in manipulation tasks")
+    tl.set_defaults(func=_cmd_tasks)
+
     args = p.parse_args(argv)
     return _dispatch(args)
+
+
+def _cmd_tasks(args) -> int:
+    from .scene import load_script, resolve_script
+    from .tasks import list_tasks
+    for name in list_tasks():
+        doc = (load_script(resolve_script(f"task_{name}")).__doc__ or "").strip()
+        print(f"  {name}")
+        print(textwrap.indent(textwrap.fill(doc.partition("\n\n")[0], 88), "      "))
+        print()
+    return 0
+
+
+def _cmd_optimize(args) -> int:
+    from pathlib import Path
+    from .scene import parse_options
+    from .tasks import load_task, optimize, write_result
+
+    _init_runtime(args)
+    task = load_task(args.task, parse_options(args.set))
+    out = Path(args.out or f"runs/optimize/{task.name}_{args.method}.json")
+    result = optimize(task, args.method, budget=args.budget, lr=args.lr, seed=args.seed, sigma=args.sigma,
+                      popsize=args.popsize, progress=not args.quiet, stop_at_success=not args.no_stop)
+    write_result(result, out)
+    print(json.dumps({k: result[k] for k in ("task", "method", "success", "rollouts", "wall_s", "best_loss")}
+                     | {"out": str(out)}))
+    return 0 if result["success"] else 1
 
 
 def _cmd_sweep(args) -> int:

@@ -1,0 +1,113 @@
+"""Manipulation tasks: controls, each task's loss and success on a tiny configuration,
+full-horizon gradients against central differences (float64), the optimisers and the CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import diffsim as ds
+from _helpers import central_difference
+from diffsim.tasks import SplineControls, bspline_basis, list_tasks, load_task, optimize
+
+
+def test_spline_controls_map_waypoints_onto_record_intervals():
+    B = bspline_basis(20, 6)
+    assert B.shape == (20, 6) and np.allclose(B.sum(1), 1.0) and np.all(B >= 0)
+    assert B[0, 0] > 0.75 and B[-1, -1] > 0.75                      # clamped: the ends follow the end waypoints
+    nominal = np.zeros((20, 6))
+    nominal[:, 0] = 0.1
+    c = SplineControls(dofs=[("plate", 2), ("plate", 4)], records=20, waypoints=6, scale=[0.01, 0.5],
+                       nominal={"plate": nominal})
+    assert c.shape == (6, 2)
+    v = c.velocities(torch.zeros(6, 2, dtype=torch.float64))["plate"]
+    assert torch.equal(v, torch.as_tensor(nominal))                   # theta = 0: the nominal profile
+    v = c.velocities(torch.ones(6, 2, dtype=torch.float64))["plate"]
+    assert torch.allclose(v[:, 2], torch.full((20,), 0.01, dtype=torch.float64))
+    assert torch.allclose(v[:, 4], torch.full((20,), 0.5, dtype=torch.float64))
+    per_step = SplineControls(dofs=[("plate", 0)], records=5, waypoints=None)
+    assert per_step.shape == (5, 1) and np.array_equal(per_step.basis, np.eye(5))
+    with pytest.raises(ds.InvalidScene, match="shape"):
+        c.velocities(torch.zeros(5, 2))
+    with pytest.raises(ds.InvalidScene, match="0..5"):
+        SplineControls(dofs=[("plate", 7)], records=5)
+
+
+def test_built_in_tasks_are_listed_and_bad_names_are_refused():
+    assert {"surface_following", "grasp_elastic"} <= set(list_tasks())
+    with pytest.raises(ds.InvalidScene, match="no option"):
+        load_task("surface_following", {"speeed": 1.0})
+    with pytest.raises(ds.InvalidScene):
+        load_task("elastic_drop")                                    # a scene, not a task
+
+
+def _gradient_check(task, seed):
+    """Directional derivative of the task loss at a random theta: autograd through the
+    whole rollout vs central differences."""
+    g = torch.Generator().manual_seed(seed)
+    theta = 0.5 * torch.randn(task.controls.shape, generator=g, dtype=torch.float64)
+    d = torch.randn(task.controls.shape, generator=g, dtype=torch.float64)
+    th = theta.clone().requires_grad_(True)
+    loss = task.loss(task.run(th))
+    loss.backward()
+    analytic = float((th.grad * d).sum())
+    fd = central_difference(lambda eps: task.loss(task.run(theta + eps * d)), 1e-4)
+    return float(loss.detach()), analytic, fd
+
+
+def test_surface_following_short_loss_success_and_gradient():
+    task = load_task("surface_following", {"trace": 2e-3, "waypoints": 3})
+    with torch.no_grad():
+        nominal = task.run(task.initial_controls())
+    f = nominal.observed["normal_force"]
+    assert f.shape == (task.steps // task.record_every,) and float(f.max()) > 0.05
+    assert not task.success(nominal)                                  # uncontrolled: off the target
+    assert task.loss(nominal) > 0.01
+    loss, analytic, fd = _gradient_check(task, seed=0)
+    assert abs(analytic) > 1e-3 * loss
+    assert analytic == pytest.approx(fd, rel=1e-4)
+
+
+def test_grasp_elastic_short_loss_success_and_gradient():
+    task = load_task("grasp_elastic", {"lift": 1e-3, "waypoints": 2})
+    with torch.no_grad():
+        nominal = task.run(task.initial_controls())
+        firm = task.run(task.initial_controls() + 2.0)                # close 0.04 m/s more: a firm grip
+    assert not task.success(nominal) and nominal.observed["rise"][-1] < 0.5e-3
+    assert task.success(firm), task.metrics(firm)
+    assert task.loss(firm) < 0.1 * task.loss(nominal)
+    m = task.metrics(firm)
+    assert m["rise_m"] > 0.9e-3 and m["max_slip_ratio"] < 1.0 and m["grip_force_n"] > 0.01
+    loss, analytic, fd = _gradient_check(task, seed=1)
+    assert abs(analytic) > 1e-4 * loss
+    assert analytic == pytest.approx(fd, rel=1e-4)
+
+
+def test_gradient_and_cmaes_optimisers_count_rollouts_and_stop_at_success():
+    pytest.importorskip("cma", reason="the cma package (pip install 'diffsim[tasks]') runs the CMA-ES baseline")
+    task = load_task("grasp_elastic", {"lift": 1e-3, "waypoints": 2})
+    r = optimize(task, "grad", budget=15, lr=0.5, progress=False)
+    assert r["success"] and r["rollouts"] == len(r["history"]) <= 15
+    assert r["history"][-1]["success"] and not r["history"][0]["success"]
+    theta = torch.tensor(r["theta"], dtype=torch.float64)
+    with torch.no_grad():
+        assert task.success(task.run(theta))                          # the reported controls succeed
+    c = optimize(task, "cmaes", budget=4, sigma=0.3, popsize=4, progress=False)
+    assert len(c["history"]) <= 4 and c["method"] == "cmaes" and c["budget"] == 4
+    with pytest.raises(ds.InvalidScene, match="budget"):
+        optimize(task, "grad", budget=0)
+    with pytest.raises(ds.InvalidScene, match="method"):
+        optimize(task, "newton", budget=3)
+
+
+def test_optimize_cli_writes_a_result_file(tmp_path):
+    from test_cli import _diffsim
+    out = tmp_path / "r.json"
+    p = _diffsim("optimize", "grasp_elastic", "--set", "lift=1e-3", "--set", "waypoints=2", "--budget", 15,
+                 "--lr", 0.5, "--out", out, "--quiet")
+    line = json.loads(p.stdout.strip().splitlines()[-1])
+    r = json.loads(out.read_text())
+    assert p.returncode == 0 and line["success"] and r["success"] and r["rollouts"] == line["rollouts"]
+    assert r["controls"]["shape"] == [2, 2] and len(r["history"]) == r["rollouts"]
+    bad = _diffsim("optimize", "no_such_task", "--quiet")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("diffsim: error:")

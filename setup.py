@@ -33,6 +33,7 @@ setup(
         "cluster": ["ray"],  # diffsim sweep on Ray (local cores or a cluster)
         "mesh": ["tetgen"],  # tetrahedralize surface meshes (diffsim.tetrahedralize)
         "tasks": ["cma"],    # the CMA-ES baseline of diffsim optimize
+        "rl": ["gymnasium", "stable-baselines3"],   # the PPO baseline of diffsim optimize
     },
     entry_points={"console_scripts": ["diffsim=diffsim.cli:main"]},
 )

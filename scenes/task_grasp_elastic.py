@@ -1,20 +1,24 @@
-"""Task: grasp and lift an elastic object without slip. Two flat tactile pads (FEM fingers,
-10 x 10 x 3 mm, facing each other along x) close on a soft elastic cube (FEM, 12 mm,
-E = 3e4 Pa, 1.7 g, resting on a rigid floor under gravity), squeeze, lift it 3 mm and hold.
+"""Task: grasp and lift an elastic object gently and without slip. Two flat tactile pads
+(FEM fingers, 10 x 10 x 3 mm, facing each other along x) close on a soft elastic cube (FEM,
+12 mm, E = 3e4 Pa, 1.7 g, resting on a rigid floor under gravity), squeeze, lift it 3 mm
+and hold.
 
 Objective: the object's centre of mass ends `lift` above where it started, held by
-friction without slipping. Controls: each finger's closing velocity (along its facing), a
+friction without slipping, with each finger's grip force at a target (a gentle grasp:
+not crushing a soft object). Controls: each finger's closing velocity (along its facing), a
 cubic spline of 4 waypoints per finger (0.02 m/s per unit) added to the nominal profile
 (close until the pads just touch the object, 0.02 mm in, then lift at 0.15 m/s: far too
 light a grip, the object slides out).
 Loss: ((rise - lift) / lift)^2 + mean over the lift of relu(slip ratio - 0.7)^2 per finger,
 with the slip ratio |shear| / (friction x normal force) from each finger's sensor
-(DiffTactile's slip measure).
-Success: the rise at the end is at least 90% of the lift and the slip ratio stays below 1
-for both fingers at every record interval of the lift and hold.
+(DiffTactile's slip measure), + mean over the final hold of ((F_n - grip) / grip)^2 per
+finger.
+Success: the rise at the end is at least 90% of the lift, the slip ratio stays below 1
+for both fingers at every record interval of the lift and hold, and both fingers' normal
+forces are within 20% of `grip` over the final hold.
 
-Options: lift (m, 3e-3), friction (0.5), E_object (Pa, 3e4), density (kg/m^3, 1000),
-E_sensor (Pa, 1e5), waypoints (4), dt (s, 2e-5).
+Options: lift (m, 3e-3), grip (N, 0.2), friction (0.5), E_object (Pa, 3e4), density
+(kg/m^3, 1000), E_sensor (Pa, 1e5), waypoints (4), dt (s, 2e-5).
 """
 import numpy as np
 import torch
@@ -58,8 +62,9 @@ def _setup(lift, friction, E_object, density, E_sensor, dt):
 class GraspElastic(Task):
     name = "grasp_elastic"
 
-    def __init__(self, lift=3e-3, friction=0.5, E_object=3e4, density=1000.0, E_sensor=1e5, waypoints=4, dt=2e-5):
-        self.lift, self.friction = float(lift), float(friction)
+    def __init__(self, lift=3e-3, grip=0.2, friction=0.5, E_object=3e4, density=1000.0, E_sensor=1e5, waypoints=4,
+                 dt=2e-5):
+        self.lift, self.grip, self.friction = float(lift), float(grip), float(friction)
         self.system, self.object, self.sensors, nominal, self.lift_start = _setup(
             lift, friction, E_object, density, E_sensor, dt)
         records = len(next(iter(nominal.values())))
@@ -88,21 +93,27 @@ class GraspElastic(Task):
                             (self.friction * ob[f"{s.name}_normal"][self.lift_start:].clamp(min=1e-6))
                             for s in self.sensors])
 
+    def grip_error(self, run):
+        """(fingers, final hold records) (F_n - grip) / grip."""
+        return torch.stack([run.observed[f"{s.name}_normal"][-HOLD_RECORDS:] for s in self.sensors]) / self.grip - 1
+
     def loss(self, run):
         rise = run.observed["rise"][-1]
-        return ((rise - self.lift) / self.lift) ** 2 + (torch.relu(self.slip_ratio(run) - 0.7) ** 2).mean()
+        return (((rise - self.lift) / self.lift) ** 2 + (torch.relu(self.slip_ratio(run) - 0.7) ** 2).mean()
+                + (self.grip_error(run) ** 2).mean())
 
     def success(self, run):
         return bool(run.observed["rise"][-1].detach() >= 0.9 * self.lift and
-                    self.slip_ratio(run).detach().max() < 1.0)
+                    self.slip_ratio(run).detach().max() < 1.0 and self.grip_error(run).detach().abs().max() < 0.2)
 
     def metrics(self, run):
         return {"rise_m": float(run.observed["rise"][-1]), "max_slip_ratio": float(self.slip_ratio(run).max()),
-                "grip_force_n": float(run.observed["left_normal"][-1])}
+                "grip_force_n": float(run.observed["left_normal"][-1]),
+                "max_grip_error": float(self.grip_error(run).detach().abs().max())}
 
 
-def task(lift=3e-3, friction=0.5, E_object=3e4, density=1000.0, E_sensor=1e5, waypoints=4, dt=2e-5):
-    return GraspElastic(lift, friction, E_object, density, E_sensor, waypoints, dt)
+def task(lift=3e-3, grip=0.2, friction=0.5, E_object=3e4, density=1000.0, E_sensor=1e5, waypoints=4, dt=2e-5):
+    return GraspElastic(lift, grip, friction, E_object, density, E_sensor, waypoints, dt)
 
 
 def build(lift=3e-3, friction=0.5, E_object=3e4, density=1000.0, E_sensor=1e5, dt=2e-5):

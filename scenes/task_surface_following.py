@@ -1,17 +1,19 @@
-"""Task: surface following. A flat tactile pad (FEM, 12 x 12 x 3 mm, facing down) presses
-onto a rigid cylinder (radius 25 mm, axis along y: a curved surface) and traces it along x
-over 6 mm, from one side of the crest to the other, while keeping a target normal force.
+"""Task: surface following. A dome tactile sensor (FEM, 12 mm footprint, facing down)
+presses onto a rigid cylinder (radius 15 mm, axis along y: a curved surface) and traces it
+along x over 8 mm, from one flank over the crest to the other, while keeping a target
+normal force.
 
-Objective: the pad's normal force (its sensor reading, per record interval) equal to the
+Objective: the sensor's normal force (its reading, per record interval) equal to the
 target during the trace. Controls: the back plate's vertical velocity, a cubic spline of 6
 waypoints (0.03 m/s per unit) added to the nominal profile (press 0.3 mm at the start,
-then move along x at a constant speed without any vertical motion, which loses the
-contact on the far side of the crest).
+then move along x at 0.5 m/s without any vertical motion: the force doubles over the
+crest and falls on the far flank).
 Loss: mean over the trace of ((F_n - target) / target)^2.
-Success: |F_n - target| < 15% of the target at every record interval of the trace.
+Success: |F_n - target| < 15% of the target at every record interval of the trace after
+its first 1 mm (where the force builds up after the press).
 
-Options: target (N, 0.3), radius (m, 0.025), trace (m, 6e-3), speed (trace speed m/s,
-0.2), friction (0.3), E (pad Pa, 1e5), waypoints (6), dt (s, 1e-5).
+Options: target (N, 0.3), radius (m, 0.015), trace (m, 8e-3), speed (trace speed m/s,
+0.5), friction (0.3), E (sensor Pa, 5e4), waypoints (6), dt (s, 1.5e-5).
 """
 import numpy as np
 import torch

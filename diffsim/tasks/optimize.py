@@ -33,7 +33,8 @@ def optimize(task, method: str = "grad", budget: int = 50, lr: float = 0.3, seed
 
     Returns a result dict: task, method, budget, success, rollouts (to the first success,
     or all used), wall_s (to the first success, or total), best_loss, history (one entry
-    per rollout: loss, success, wall_s), theta (the best controls, as a nested list)."""
+    per rollout: loss, success, wall_s), theta (the first successful controls, else the
+    lowest-loss ones, as a nested list) and the task's description."""
     if method not in METHODS:
         raise InvalidScene(f"optimize: method must be one of {METHODS}, got {method!r}")
     if isinstance(budget, bool) or int(budget) != budget or budget < 1:
@@ -68,8 +69,9 @@ class _Log:
     def record(self, theta, loss: float, success: bool, stop_at_success: bool):
         wall = time.perf_counter() - self.t0
         self.history.append({"rollout": len(self.history) + 1, "loss": loss, "success": bool(success), "wall_s": wall})
-        if loss < self.best or (success and self.first_success is None):
-            self.best, self.best_theta = min(loss, self.best), theta.detach().clone()
+        if loss < self.best and self.first_success is None:
+            self.best_theta = theta.detach().clone()
+        self.best = min(loss, self.best)
         if success and self.first_success is None:
             self.first_success = len(self.history)
             self.best_theta = theta.detach().clone()

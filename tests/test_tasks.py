@@ -41,6 +41,14 @@ def test_built_in_tasks_are_listed_and_bad_names_are_refused():
         load_task("elastic_drop")                                    # a scene, not a task
 
 
+def test_task_scripts_also_build_scenes_for_diffsim_run():
+    from diffsim.scene import build_scene
+    for name in list_tasks():
+        scene = build_scene(f"task_{name}")
+        scene.solver.step(20)                                         # the nominal controls as drivers
+        assert np.isfinite(scene.solver.positions()).all() and scene.steps > 20, name
+
+
 def _gradient_check(task, seed):
     """Directional derivative of the task loss at a random theta: autograd through the
     whole rollout vs central differences."""

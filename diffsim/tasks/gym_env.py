@@ -41,10 +41,7 @@ def make_env(task, on_rollout=None):
         def step(self, action):
             a = np.clip(np.asarray(action, np.float64), -1.0, 1.0) * task.controls.bound
             theta = torch.as_tensor(a.reshape(task.controls.shape), dtype=self._dtype)
-            with torch.no_grad():
-                run = task.run(theta)
-                loss = float(task.loss(run))
-                ok = task.success(run)
+            loss, ok = task.evaluate(theta)
             if on_rollout is not None:
                 on_rollout(theta, loss, ok)
             reward = -loss if math.isfinite(loss) else -1e6

@@ -27,7 +27,7 @@ from ..progress import Progress
 METHODS = ("grad", "cmaes", "ppo")
 
 
-def optimize(task, method: str = "grad", budget: int = 50, lr: float = 0.3, seed: int = 0,
+def optimize(task, method: str = "grad", budget: int = 50, lr: float = 0.1, seed: int = 0,
              sigma: float = 0.015, popsize: int = 20, progress: bool = True, stop_at_success: bool = True) -> dict:
     """Optimise ``task``'s controls with ``method`` for at most ``budget`` rollouts.
 
@@ -122,10 +122,7 @@ def _cmaes(task, log, sigma, popsize, seed, stop_at_success):
         losses = []
         for x in xs:
             theta = torch.as_tensor(np.asarray(x).reshape(shape), dtype=dtype)
-            with torch.no_grad():
-                run = task.run(theta)
-                loss = float(task.loss(run))
-                ok = task.success(run)
+            loss, ok = task.evaluate(theta)
             losses.append(loss if math.isfinite(loss) else 1e30)
             log.record(theta, loss, ok, stop_at_success)
         es.tell(xs, losses)

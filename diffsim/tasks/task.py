@@ -129,6 +129,13 @@ class Task(abc.ABC):
                       control={name: v for name, v in vel.items()})
         return TaskRun(theta, out, self.observe(out))
 
+    def evaluate(self, theta: torch.Tensor) -> tuple:
+        """``(loss, success)`` of one forward rollout without gradients (what CMA-ES and RL
+        see); a non-finite loss is returned as it is."""
+        with torch.no_grad():
+            run = self.run(theta)
+            return float(self.loss(run)), self.success(run)
+
     @abc.abstractmethod
     def observe(self, rollout) -> dict:
         """Named tensors the loss and success test use (sensor readings, object state)."""

@@ -8,7 +8,7 @@ import torch
 
 import diffsim as ds
 from _helpers import central_difference
-from diffsim.tasks import SplineControls, bspline_basis, list_tasks, load_task, optimize
+from diffsim.tasks import SplineControls, Task, TaskRun, bspline_basis, list_tasks, load_task, optimize
 
 
 def test_spline_controls_map_waypoints_onto_record_intervals():
@@ -29,12 +29,18 @@ def test_spline_controls_map_waypoints_onto_record_intervals():
     assert per_step.shape == (5, 1) and np.array_equal(per_step.basis, np.eye(5))
     with pytest.raises(ds.InvalidScene, match="shape"):
         c.velocities(torch.zeros(5, 2))
+    window = SplineControls(dofs=[("plate", 0)], records=10, waypoints=3, span=(4, 8), scale=1.0)
+    v = window.velocities(torch.ones(3, 1, dtype=torch.float64))["plate"][:, 0]
+    assert torch.equal(v, torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 2, dtype=torch.float64))
+    with pytest.raises(ds.InvalidScene, match="span"):
+        SplineControls(dofs=[("plate", 0)], records=10, span=(8, 4))
     with pytest.raises(ds.InvalidScene, match="0..5"):
         SplineControls(dofs=[("plate", 7)], records=5)
 
 
 def test_built_in_tasks_are_listed_and_bad_names_are_refused():
-    assert {"surface_following", "grasp_elastic", "lid_opening", "cable_straightening"} <= set(list_tasks())
+    assert {"surface_following", "grasp_elastic", "grasp_plastic", "lid_opening", "cable_straightening",
+            "object_repositioning"} <= set(list_tasks())
     with pytest.raises(ds.InvalidScene, match="no option"):
         load_task("surface_following", {"speeed": 1.0})
     with pytest.raises(ds.InvalidScene):
@@ -46,7 +52,7 @@ def test_task_scripts_also_build_scenes_for_diffsim_run():
     for name in list_tasks():
         scene = build_scene(f"task_{name}")
         scene.solver.step(20)                                         # the nominal controls as drivers
-        assert np.isfinite(scene.solver.positions()).all() and scene.steps > 20, name
+        assert np.isfinite(scene.solver.frame()["particles"][0]).all() and scene.steps > 20, name
 
 
 def _gradient_check(task, seed):
@@ -120,6 +126,87 @@ def test_cable_straightening_measures_the_bend_and_a_pull_straightens_it():
     assert task.loss(pulled) < 0.9 * task.loss(nominal)
 
 
+def test_planar_pose_recovers_a_known_shift_and_turn():
+    from diffsim.scene import load_script, scenes_dir
+    planar_pose = load_script(f"{scenes_dir()}/task_object_repositioning.py").planar_pose
+    X0 = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (30, 3)))
+    a = np.deg2rad(17.0)
+    R = torch.tensor([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]], dtype=torch.float64)
+    x = X0 @ R.T + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    c, yaw = planar_pose(x, X0)
+    # the centroid moves by the shift plus the turn of the rest centroid about the origin
+    assert torch.allclose(c, (X0.mean(0) @ R.T - X0.mean(0))[:2] + torch.tensor([0.3, -0.2], dtype=torch.float64))
+    assert float(yaw) == pytest.approx(a, abs=1e-12)
+
+
+def test_object_repositioning_push_and_twist_move_the_block():
+    task = load_task("object_repositioning", {"shift": (1e-3, 0.0), "yaw": 5.0, "move": 0.006, "waypoints": 2})
+    with torch.no_grad():
+        nominal = task.run(task.initial_controls())
+        push = task.run(torch.tensor([[3.0, 0.0, 0.0]] * 2, dtype=torch.float64))     # +x at 0.3 m/s: 1.8 mm
+        twist = task.run(torch.tensor([[0.0, 0.0, 3.0]] * 2, dtype=torch.float64))    # 30 rad/s about +z: 10 deg
+    m0, mp, mt = task.metrics(nominal), task.metrics(push), task.metrics(twist)
+    assert max(abs(v) for v in m0["shift_m"]) < 2e-5 and abs(m0["yaw_deg"]) < 0.1      # pressed, not moved
+    assert float(nominal.observed["normal_force"][-1]) > 0.5                           # a firm press
+    assert not task.success(nominal) and m0["miss_m"] == pytest.approx(1e-3, rel=0.03)
+    # the block lags the pad (it shears before it slides on the table): measured 1.37 mm, 3.6 deg
+    assert 1e-3 < mp["shift_m"][0] < 1.8e-3 and abs(mp["shift_m"][1]) < 2e-5 and abs(mp["yaw_deg"]) < 0.1
+    assert 2.5 < mt["yaw_deg"] < 10.0 and max(abs(v) for v in mt["shift_m"]) < 2e-5   # turned about its centre
+    assert task.loss(push) < task.loss(nominal) and task.loss(twist) < task.loss(nominal)
+
+
+def test_grasp_plastic_squeeze_lifts_and_a_hard_squeeze_dents():
+    task = load_task("grasp_plastic", {"lift": 5e-4, "waypoints": 2})
+    with torch.no_grad():
+        runs = [task.run(task.initial_controls() + a) for a in (0.0, 0.5, 1.5)]
+    light, gentle, hard = (task.metrics(r) for r in runs)
+    # no grip: the fingers slide up the block (slip ratio ~1: sliding) and it stays behind
+    assert light["rise_m"] < 0.5 * 5e-4 and light["max_slip_ratio"] > 0.9 and not task.success(runs[0])
+    assert gentle["rise_m"] > 0.9 * 5e-4 and gentle["max_slip_ratio"] < 1.0 and gentle["dent"] < 0.1
+    assert task.success(runs[1])
+    assert hard["dent"] > 0.1 and not task.success(runs[2])                            # crushed
+    assert task.loss(runs[1]) < min(task.loss(runs[0]), task.loss(runs[2]))
+
+
+class _Bowl(Task):
+    """A stand-in task without a simulator: a quadratic bowl with coupled directions and
+    unequal curvatures (like a block's yaw and position under one pad's controls)."""
+    name = "bowl"
+    A = torch.tensor([[1.0, 0.9, 0, 0], [0.9, 1.0, 0, 0], [0, 0, 30, 5], [0, 0, 5, 1.0]], dtype=torch.float64)
+    target = torch.tensor([2.0, 1.0, 1.5, -1.0], dtype=torch.float64)
+
+    def __init__(self):
+        self.controls = SplineControls(dofs=[("p", 0), ("p", 5)], records=2, waypoints=None)
+
+    def run(self, theta):
+        return TaskRun(theta, None, {"theta": theta.reshape(4)})
+
+    def observe(self, rollout):
+        return {}
+
+    def loss(self, run):
+        e = run.observed["theta"].double() - self.target
+        return e @ self.A @ e
+
+    def success(self, run):
+        return bool(self.loss(run).detach() < 1e-3)
+
+
+def test_gradient_method_backtracks_when_adam_overshoots(monkeypatch):
+    import importlib
+    opt = importlib.import_module("diffsim.tasks.optimize")      # (the package exports the function of that name)
+    r = optimize(_Bowl(), "grad", budget=300, lr=0.1, progress=False)
+    losses = [h["loss"] for h in r["history"]]
+    assert r["success"]
+    best = np.minimum.accumulate(losses)
+    rises = np.flatnonzero(np.array(losses[1:]) > opt.BACKTRACK * best[:-1]) + 1
+    assert rises.size                                           # Adam did overshoot ...
+    assert all(losses[k + 1] < losses[k] for k in rises if k + 1 < len(losses))   # ... and came back at once
+    monkeypatch.setattr(opt, "BACKTRACK", np.inf)               # plain Adam
+    plain = optimize(_Bowl(), "grad", budget=300, lr=0.1, progress=False)
+    assert plain["rollouts"] > r["rollouts"]
+
+
 def test_gradient_and_cmaes_optimisers_count_rollouts_and_stop_at_success():
     pytest.importorskip("cma", reason="the cma package (pip install 'diffsim[tasks]') runs the CMA-ES baseline")
     task = load_task("grasp_elastic", {"lift": 1e-3, "waypoints": 2})
@@ -166,3 +253,23 @@ def test_optimize_cli_writes_a_result_file(tmp_path):
     assert len(r["theta"]) == 2 and all(len(row) == 2 for row in r["theta"])
     bad = _diffsim("optimize", "no_such_task", "--quiet")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("diffsim: error:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [
+    ("object_repositioning", {"shift": (1e-3, 5e-4), "yaw": 5.0, "move": 0.006, "waypoints": 2}),
+    ("grasp_plastic", {"lift": 5e-4, "waypoints": 2}),
+])
+def test_new_tasks_full_horizon_gradient_matches_central_differences(name, options):
+    task = load_task(name, options)
+    loss, analytic, fd = _gradient_check(task, seed=2)
+    assert abs(analytic) > 1e-4 * loss
+    assert analytic == pytest.approx(fd, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_gradient_method_solves_the_full_grasp_task():
+    """The benchmark's figure (success after 8 rollouts, f32) within a margin, in f64."""
+    task = load_task("grasp_elastic")
+    r = optimize(task, "grad", budget=20, lr=0.1, progress=False)
+    assert r["success"] and r["rollouts"] <= 20

@@ -8,7 +8,8 @@ backward pass; a CMA-ES candidate or an RL episode is one forward rollout) and s
 first rollout that meets the task's success criterion, or when the budget is spent.
 
 * ``grad``: Adam on ``theta`` with the gradient of the task loss through the whole
-  rollout (checkpointed, not truncated).
+  rollout (checkpointed, not truncated); a rollout whose loss exceeds 1.5x the best so far
+  sends ``theta`` back to the best with half the step and Adam's moments reset.
 * ``cmaes``: the ``cma`` package (population 20, initial sigma 0.015 in units of the
   controls' bound, as DiffTactile's baseline), within ``[-bound, bound]``.
 * ``ppo``: stable-baselines3 PPO on a gymnasium wrapper of the task (:mod:`.gym_env`).
@@ -25,6 +26,7 @@ from ..errors import InvalidScene
 from ..progress import Progress
 
 METHODS = ("grad", "cmaes", "ppo")
+BACKTRACK = 1.5      # grad: a loss above this times the best so far sends theta back to the best
 
 
 def optimize(task, method: str = "grad", budget: int = 50, lr: float = 0.1, seed: int = 0,
@@ -95,6 +97,7 @@ class _Log:
 def _grad(task, log, lr, stop_at_success):
     theta = task.initial_controls().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
+    best, best_theta, best_grad = math.inf, None, None
     while True:
         opt.zero_grad()
         run = task.run(theta)
@@ -104,6 +107,19 @@ def _grad(task, log, lr, stop_at_success):
             raise InvalidScene(f"{task.name}: the loss is not finite ({loss.item()}) at rollout {len(log.history) + 1}")
         loss.backward()
         log.record(theta, loss.item(), ok, stop_at_success)
+        if loss.item() < best:
+            best, best_theta, best_grad = loss.item(), theta.detach().clone(), theta.grad.clone()
+        elif loss.item() > BACKTRACK * best:
+            # Adam's momentum can carry a few-parameter control far past the optimum
+            # (measured on object_repositioning: from a loss of 1 back up to 30): return to
+            # the best controls with half the step and fresh moments. (Smaller rises are
+            # Adam's ordinary noise and are left alone.)
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            opt.state.clear()
+            with torch.no_grad():
+                theta.copy_(best_theta)
+            theta.grad = best_grad.clone()
         opt.step()
 
 

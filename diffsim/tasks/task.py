@@ -50,7 +50,9 @@ class SplineControls:
     per-step, one per record interval); ``scale``: velocity (m/s or rad/s) of one unit of
     ``theta`` (a number or one per dof); ``nominal``: ``{driver: (records, 6) array}``
     base profile (missing drivers: zero); ``bound``: ``|theta|`` limit used by CMA-ES and
-    RL (the gradient method may leave it, the physics has its own limits).
+    RL (the gradient method may leave it, the physics has its own limits); ``span``:
+    ``(first, stop)`` record intervals the spline acts on (default all; outside it the
+    nominal profile alone, e.g. a fixed approach before the controlled phase).
     """
     dofs: list
     records: int
@@ -58,6 +60,7 @@ class SplineControls:
     scale: object = 0.01
     nominal: dict = field(default_factory=dict)
     bound: float = 3.0
+    span: tuple | None = None
 
     def __post_init__(self):
         if not self.dofs:
@@ -65,8 +68,12 @@ class SplineControls:
         for name, k in self.dofs:
             if not 0 <= int(k) <= 5:
                 raise InvalidScene(f"control dof of {name!r} must be 0..5, got {k}")
-        n = self.records if self.waypoints is None else int(self.waypoints)
-        self.basis = np.eye(self.records) if self.waypoints is None else bspline_basis(self.records, n)
+        first, stop = (0, self.records) if self.span is None else (int(self.span[0]), int(self.span[1]))
+        if not 0 <= first < stop <= self.records:
+            raise InvalidScene(f"control span must satisfy 0 <= first < stop <= {self.records}, got {self.span}")
+        n = stop - first if self.waypoints is None else int(self.waypoints)
+        self.basis = np.zeros((self.records, n))
+        self.basis[first:stop] = np.eye(n) if self.waypoints is None else bspline_basis(stop - first, n)
         self.scales = np.broadcast_to(np.asarray(self.scale, np.float64), (len(self.dofs),)).copy()
         for name, prof in self.nominal.items():
             if np.shape(prof) != (self.records, 6):
@@ -155,6 +162,7 @@ class Task(abc.ABC):
     def describe(self) -> dict:
         return {"task": self.name, "steps": self.steps, "record_every": self.record_every,
                 "controls": {"dofs": [[n, int(k)] for n, k in self.controls.dofs],
+                             "span": None if self.controls.span is None else list(self.controls.span),
                              "waypoints": self.controls.waypoints, "shape": list(self.controls.shape),
                              "scale": self.controls.scales.tolist(), "bound": self.controls.bound}}
 

@@ -25,7 +25,7 @@ import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task
+from diffsim.tasks import SplineControls, Task, sensor_trace, slip_ratio
 
 SIZE, GAP, TOUCH = 0.012, 1e-4, 2e-5        # cube edge, finger gap at rest, nominal squeeze (m)
 CLOSE_SPEED, LIFT_SPEED, EVERY = 0.05, 0.15, 50
@@ -74,24 +74,19 @@ class GraspElastic(Task):
                                        waypoints=int(waypoints), scale=[0.02, -0.02], nominal=nominal)
 
     def observe(self, rollout):
-        o = rollout.outputs
         z0 = self.system.initial_state().x[self.object.start:self.object.stop, 2].mean()
         rise = torch.stack([s.x[self.object.start:self.object.stop, 2].mean() for _, s in rollout.records]) - z0
         out = {"rise": rise}
-        for k, sensor in enumerate(self.sensors):
-            d = self.system.drivers.index(sensor.driver)
-            reads = [sensor.read(s.x, o["force"][r], o["driver_translation"][r, d], o["driver_rotation"][r, d])
-                     for r, (_, s) in enumerate(rollout.records)]
-            out[f"{sensor.name}_normal"] = torch.stack([r["normal_force"] for r in reads])
-            out[f"{sensor.name}_shear"] = torch.stack([torch.linalg.vector_norm(r["shear_force"]) for r in reads])
+        for sensor in self.sensors:
+            trace = sensor_trace(rollout, sensor)
+            out[f"{sensor.name}_normal"], out[f"{sensor.name}_shear"] = trace["normal"], trace["shear"]
         return out
 
     def slip_ratio(self, run):
         """(fingers, records of the lift and hold) |shear| / (friction x normal force)."""
         ob = run.observed
-        return torch.stack([ob[f"{s.name}_shear"][self.lift_start:] /
-                            (self.friction * ob[f"{s.name}_normal"][self.lift_start:].clamp(min=1e-6))
-                            for s in self.sensors])
+        return torch.stack([slip_ratio(ob[f"{s.name}_shear"][self.lift_start:], ob[f"{s.name}_normal"][self.lift_start:],
+                                       self.friction) for s in self.sensors])
 
     def grip_error(self, run):
         """(fingers, final hold records) (F_n - grip) / grip."""

@@ -27,7 +27,7 @@ import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task
+from diffsim.tasks import SplineControls, Task, sensor_trace, slip_ratio
 
 SIZE = 0.010                                 # block edge (m)
 CLOSE_SPEED, LIFT_SPEED, EVERY = 0.2, 0.2, 250
@@ -90,25 +90,19 @@ class GraspPlastic(Task):
                                        nominal={f"fem.{k}": v for k, v in nominal.items()})
 
     def observe(self, rollout):
-        o = rollout.outputs
-        fem = self.system.fem
         xs = [s["mpm"]["x"][self.block] for _, s in rollout.records]
         out = {"rise": torch.stack([x[:, 2].mean() for x in xs]) - self.z0,
                "dent": 1.0 - (xs[-1][self.right, 0].mean() - xs[-1][self.left, 0].mean()) / self.width0}
         for sensor in self.sensors:
-            d = fem.drivers.index(sensor.driver)
-            reads = [sensor.read(s["fem"]["x"], o["force"][r], o["driver_translation"][r, d],
-                                 o["driver_rotation"][r, d]) for r, (_, s) in enumerate(rollout.records)]
-            out[f"{sensor.name}_normal"] = torch.stack([r["normal_force"] for r in reads])
-            out[f"{sensor.name}_shear"] = torch.stack([torch.linalg.vector_norm(r["shear_force"]) for r in reads])
+            trace = sensor_trace(rollout, sensor)
+            out[f"{sensor.name}_normal"], out[f"{sensor.name}_shear"] = trace["normal"], trace["shear"]
         return out
 
     def slip_ratio(self, run):
         """(fingers, records of the lift and hold) |shear| / (friction x normal force)."""
         ob = run.observed
-        return torch.stack([ob[f"{s.name}_shear"][self.lift_start:] /
-                            (self.friction * ob[f"{s.name}_normal"][self.lift_start:].clamp(min=1e-6))
-                            for s in self.sensors])
+        return torch.stack([slip_ratio(ob[f"{s.name}_shear"][self.lift_start:], ob[f"{s.name}_normal"][self.lift_start:],
+                                       self.friction) for s in self.sensors])
 
     def loss(self, run):
         rise, dent = run.observed["rise"][-1], run.observed["dent"]

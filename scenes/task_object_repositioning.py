@@ -25,7 +25,7 @@ import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task
+from diffsim.tasks import SplineControls, Task, sensor_trace, slip_ratio
 
 BLOCK = (0.012, 0.012, 0.006)
 PRESS, PRESS_SPEED, GAP, EVERY = 3.5e-4, 0.05, 5e-5, 50
@@ -83,19 +83,16 @@ class ObjectRepositioning(Task):
                                        span=(self.move_start, records - HOLD_RECORDS))
 
     def observe(self, rollout):
-        o, b = rollout.outputs, self.block
+        b = self.block
         X0 = self.system.initial_state().x[b.start:b.stop]
         final = rollout.records[-1][1].x[b.start:b.stop]
         centroid, yaw = planar_pose(final, X0.to(final.dtype))
-        reads = [self.sensor.read(s.x, o["force"][r], o["driver_translation"][r, 0], o["driver_rotation"][r, 0])
-                 for r, (_, s) in enumerate(rollout.records)]
-        return {"shift": centroid, "yaw": torch.rad2deg(yaw),
-                "normal_force": torch.stack([r["normal_force"] for r in reads]),
-                "shear": torch.stack([torch.linalg.vector_norm(r["shear_force"]) for r in reads])}
+        trace = sensor_trace(rollout, self.sensor)
+        return {"shift": centroid, "yaw": torch.rad2deg(yaw), "normal_force": trace["normal"], "shear": trace["shear"]}
 
     def slip_ratio(self, run):
         ob = run.observed
-        return ob["shear"][self.move_start:] / (PAD_FRICTION * ob["normal_force"][self.move_start:].clamp(min=1e-6))
+        return slip_ratio(ob["shear"][self.move_start:], ob["normal_force"][self.move_start:], PAD_FRICTION)
 
     def _errors(self, run):
         """(centroid miss in m, yaw miss in degrees)."""

@@ -16,11 +16,10 @@ Options: target (N, 0.3), radius (m, 0.015), trace (m, 8e-3), speed (trace speed
 0.5), friction (0.3), E (sensor Pa, 5e4), waypoints (6), dt (s, 1.5e-5).
 """
 import numpy as np
-import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task
+from diffsim.tasks import SplineControls, Task, sensor_trace
 
 PRESS, PRESS_SPEED, EVERY = 3e-4, 0.1, 50
 SETTLE = 1e-3          # m of the trace before the success test applies (the force builds up)
@@ -63,11 +62,7 @@ class SurfaceFollowing(Task):
                                        scale=0.03, nominal={plate.name: nominal})
 
     def observe(self, rollout):
-        o = rollout.outputs
-        fn = torch.stack([self.sensor.read(s.x, o["force"][r], o["driver_translation"][r, 0],
-                                           o["driver_rotation"][r, 0])["normal_force"]
-                          for r, (_, s) in enumerate(rollout.records)])
-        return {"normal_force": fn}
+        return {"normal_force": sensor_trace(rollout, self.sensor)["normal"]}
 
     def _error(self, run):
         return (run.observed["normal_force"][self.first:] - self.target) / self.target

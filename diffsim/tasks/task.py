@@ -167,6 +167,27 @@ class Task(abc.ABC):
                              "scale": self.controls.scales.tolist(), "bound": self.controls.bound}}
 
 
+def sensor_trace(rollout, sensor) -> dict:
+    """A tactile sensor's readings at every record of a task's rollout (of its FEM solver,
+    alone or inside an FEM-MPM coupling): ``{"normal": (records,), "shear": (records,)}``,
+    the normal force and the magnitude of the shear force (N), differentiable."""
+    o = rollout.outputs
+    d = sensor.solver.drivers.index(sensor.driver)
+    normal, shear = [], []
+    for r, (_, state) in enumerate(rollout.records):
+        x = state["fem"]["x"] if "fem" in state else state["x"]
+        read = sensor.read(x, o["force"][r], o["driver_translation"][r, d], o["driver_rotation"][r, d])
+        normal.append(read["normal_force"])
+        shear.append(torch.linalg.vector_norm(read["shear_force"]))
+    return {"normal": torch.stack(normal), "shear": torch.stack(shear)}
+
+
+def slip_ratio(shear: torch.Tensor, normal: torch.Tensor, friction: float) -> torch.Tensor:
+    """DiffTactile's slip measure ``|shear| / (friction x normal force)``: about 1 when the
+    contact slides, below while it sticks (a normal force under 1 uN counts as 1 uN)."""
+    return shear / (friction * normal.clamp(min=1e-6))
+
+
 def load_task(name_or_path, options: dict | None = None) -> Task:
     """A task from a scene script's ``task(**options)`` (``"surface_following"`` finds
     ``scenes/task_surface_following.py``; a path works too)."""

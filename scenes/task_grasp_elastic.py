@@ -25,7 +25,7 @@ import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task, sensor_trace, slip_ratio
+from diffsim.tasks import SplineControls, Task, finger_slip_ratios, finger_traces
 
 SIZE, GAP, TOUCH = 0.012, 1e-4, 2e-5        # cube edge, finger gap at rest, nominal squeeze (m)
 CLOSE_SPEED, LIFT_SPEED, EVERY = 0.05, 0.15, 50
@@ -76,17 +76,11 @@ class GraspElastic(Task):
     def observe(self, rollout):
         z0 = self.system.initial_state().x[self.object.start:self.object.stop, 2].mean()
         rise = torch.stack([s.x[self.object.start:self.object.stop, 2].mean() for _, s in rollout.records]) - z0
-        out = {"rise": rise}
-        for sensor in self.sensors:
-            trace = sensor_trace(rollout, sensor)
-            out[f"{sensor.name}_normal"], out[f"{sensor.name}_shear"] = trace["normal"], trace["shear"]
-        return out
+        return {"rise": rise, **finger_traces(rollout, self.sensors)}
 
     def slip_ratio(self, run):
         """(fingers, records of the lift and hold) |shear| / (friction x normal force)."""
-        ob = run.observed
-        return torch.stack([slip_ratio(ob[f"{s.name}_shear"][self.lift_start:], ob[f"{s.name}_normal"][self.lift_start:],
-                                       self.friction) for s in self.sensors])
+        return finger_slip_ratios(run.observed, self.sensors, self.friction, self.lift_start)
 
     def grip_error(self, run):
         """(fingers, final hold records) (F_n - grip) / grip."""

@@ -27,7 +27,7 @@ import torch
 
 import diffsim as ds
 from diffsim.tactile.sensor import mount_sensor
-from diffsim.tasks import SplineControls, Task, sensor_trace, slip_ratio
+from diffsim.tasks import SplineControls, Task, finger_slip_ratios, finger_traces
 
 SIZE = 0.010                                 # block edge (m)
 CLOSE_SPEED, LIFT_SPEED, EVERY = 0.2, 0.2, 250
@@ -93,16 +93,11 @@ class GraspPlastic(Task):
         xs = [s["mpm"]["x"][self.block] for _, s in rollout.records]
         out = {"rise": torch.stack([x[:, 2].mean() for x in xs]) - self.z0,
                "dent": 1.0 - (xs[-1][self.right, 0].mean() - xs[-1][self.left, 0].mean()) / self.width0}
-        for sensor in self.sensors:
-            trace = sensor_trace(rollout, sensor)
-            out[f"{sensor.name}_normal"], out[f"{sensor.name}_shear"] = trace["normal"], trace["shear"]
-        return out
+        return {**out, **finger_traces(rollout, self.sensors)}
 
     def slip_ratio(self, run):
         """(fingers, records of the lift and hold) |shear| / (friction x normal force)."""
-        ob = run.observed
-        return torch.stack([slip_ratio(ob[f"{s.name}_shear"][self.lift_start:], ob[f"{s.name}_normal"][self.lift_start:],
-                                       self.friction) for s in self.sensors])
+        return finger_slip_ratios(run.observed, self.sensors, self.friction, self.lift_start)
 
     def loss(self, run):
         rise, dent = run.observed["rise"][-1], run.observed["dent"]

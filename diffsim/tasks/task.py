@@ -182,10 +182,27 @@ def sensor_trace(rollout, sensor) -> dict:
     return {"normal": torch.stack(normal), "shear": torch.stack(shear)}
 
 
+def finger_traces(rollout, sensors) -> dict:
+    """:func:`sensor_trace` of several sensors (a gripper's fingers) as
+    ``{"<sensor>_normal": ..., "<sensor>_shear": ...}``."""
+    out = {}
+    for sensor in sensors:
+        trace = sensor_trace(rollout, sensor)
+        out[f"{sensor.name}_normal"], out[f"{sensor.name}_shear"] = trace["normal"], trace["shear"]
+    return out
+
+
 def slip_ratio(shear: torch.Tensor, normal: torch.Tensor, friction: float) -> torch.Tensor:
     """DiffTactile's slip measure ``|shear| / (friction x normal force)``: about 1 when the
     contact slides, below while it sticks (a normal force under 1 uN counts as 1 uN)."""
     return shear / (friction * normal.clamp(min=1e-6))
+
+
+def finger_slip_ratios(observed: dict, sensors, friction: float, first: int = 0) -> torch.Tensor:
+    """(fingers, records from ``first``) :func:`slip_ratio` of the traces
+    :func:`finger_traces` put into ``observed``."""
+    return torch.stack([slip_ratio(observed[f"{s.name}_shear"][first:], observed[f"{s.name}_normal"][first:],
+                                   friction) for s in sensors])
 
 
 def load_task(name_or_path, options: dict | None = None) -> Task:

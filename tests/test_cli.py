@@ -98,6 +98,7 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+@pytest.mark.slow          # 53 s in CI; a leak check, not a correctness one
 def test_200_scenes_in_one_process_do_not_grow_memory():
     from diffsim import pool
     rss = []

@@ -72,10 +72,10 @@ class GraspElastic(Task):
         # closing is +x for the left finger, -x for the right: one sign per dof
         self.controls = SplineControls(dofs=[(s.driver.name, 0) for s in self.sensors], records=records,
                                        waypoints=int(waypoints), scale=[0.02, -0.02], nominal=nominal)
+        self.z0 = self.system.initial_state().x[self.object.start:self.object.stop, 2].mean()   # at rest
 
     def observe(self, rollout):
-        z0 = self.system.initial_state().x[self.object.start:self.object.stop, 2].mean()
-        rise = torch.stack([s.x[self.object.start:self.object.stop, 2].mean() for _, s in rollout.records]) - z0
+        rise = torch.stack([s.x[self.object.start:self.object.stop, 2].mean() for _, s in rollout.records]) - self.z0
         return {"rise": rise, **finger_traces(rollout, self.sensors)}
 
     def slip_ratio(self, run):

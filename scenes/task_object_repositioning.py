@@ -81,12 +81,11 @@ class ObjectRepositioning(Task):
                                        waypoints=int(waypoints), scale=[0.1, 0.1, 10.0],
                                        nominal={plate.name: nominal},
                                        span=(self.move_start, records - HOLD_RECORDS))
+        self.rest = self.system.initial_state().x[self.block.start:self.block.stop]   # the block's nodes at rest
 
     def observe(self, rollout):
-        b = self.block
-        X0 = self.system.initial_state().x[b.start:b.stop]
-        final = rollout.records[-1][1].x[b.start:b.stop]
-        centroid, yaw = planar_pose(final, X0.to(final.dtype))
+        final = rollout.records[-1][1].x[self.block.start:self.block.stop]
+        centroid, yaw = planar_pose(final, self.rest.to(final.dtype))
         trace = sensor_trace(rollout, self.sensor)
         return {"shift": centroid, "yaw": torch.rad2deg(yaw), "normal_force": trace["normal"], "shear": trace["shear"]}
 

@@ -4,6 +4,7 @@
     python benchmarks/dem.py --duration 0.4           # shorter
     python benchmarks/dem.py --beverloo 0.020,0.024,0.028   # + flow rate vs orifice, Beverloo fit
     python benchmarks/dem.py --arch gpu
+    python benchmarks/dem.py --grad                   # only the gradient case (below)
 
 Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
 
@@ -17,6 +18,12 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
 * ``silo_orifice_<D>mm`` (with ``--beverloo``) -- the same for other orifice diameters,
   then ``beverloo_fit``: W = C rho_b sqrt(g) (D0 - k d)^2.5 fitted to the rates (rho_b, the
   bulk density of the settled bed, measured in its core).
+
+* ``grad_pile_300`` (with ``--grad``) -- a differentiable rollout: 300 spheres (R = 1 mm,
+  Hertz-Mindlin with rolling friction, f64) in a 10 x 10 x 3 block pressed together (0.5%
+  overlaps) on a floor, 300 steps of dt = 2e-6 s; gradients of the mean height with
+  respect to E, friction and rolling friction. ``forward_s``, ``backward_s`` (medians of 3
+  after a warm-up), ``backward_over_forward``, ``contacts``.
 
 Fields: case, particles, steps, dt, particle_steps_per_s, wall_s (time stepping),
 peak_rss_mb, flow_rate_kg_s, rate_windows_kg_s, threads, arch.
@@ -77,6 +84,42 @@ def silo_beverloo(rates, orifices):
     return dict({"case": "beverloo_fit", "orifices_m": list(orifices), "rates_kg_s": list(rates)}, **fit)
 
 
+def run_grad_pile(arch, threads):
+    import statistics
+    import time
+
+    import numpy as np
+    import torch
+
+    import diffsim as ds
+    ds.init(arch=arch, precision="f64", threads=threads)
+    R, steps = 1e-3, 300
+    mat = ds.DEMMaterial(E=1e7, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05, rolling_smoothing=1.0)
+    sim = ds.DEMSolver((0, 0, -0.001), (0.03, 0.03, 0.01), mat, dt=2e-6, requires_grad=True)
+    sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
+    axis = np.arange(10) * 1.99 * R + 2 * R
+    x = np.stack(np.meshgrid(axis, axis, np.arange(3) * 1.99 * R + 0.995 * R, indexing="ij"), -1).reshape(-1, 3)
+    sim.add_particles(x, R, check_overlap=False)
+    sim.build()
+    P = {k: torch.tensor(getattr(mat, k), dtype=torch.float64, requires_grad=True)
+         for k in ("E", "friction", "rolling_friction")}
+
+    def once():
+        t0 = time.perf_counter()
+        out = ds.rollout(sim, steps, params=P)
+        t1 = time.perf_counter()
+        out.final.x[:, 2].mean().backward()
+        return t1 - t0, time.perf_counter() - t1
+
+    once()
+    fwd, bwd = zip(*[once() for _ in range(3)])
+    f, b = statistics.median(fwd), statistics.median(bwd)
+    return {"case": "grad_pile_300", "particles": sim.n, "steps": steps, "dt": sim.dt, "forward_s": round(f, 4),
+            "backward_s": round(b, 4), "backward_over_forward": round(b / f, 2),
+            "contacts": int(sim.fields.nbr_n.to_numpy()[:sim.n].sum()), "peak_rss_mb": _peak_rss_mb(),
+            "threads": threads, "arch": arch}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=1.0, help="seconds of discharge (default 1.0)")
@@ -84,8 +127,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--beverloo", default=None, help="comma-separated orifice diameters (m) to fit Beverloo")
     ap.add_argument("--trace", action="store_true", help="include the discharged-mass trace in the JSON")
+    ap.add_argument("--grad", action="store_true", help="run the gradient case grad_pile_300 only")
     ap.add_argument("--_one", type=float, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.grad:
+        print(json.dumps(run_grad_pile(a.arch, a.threads)), flush=True)
+        return
     if a._one is not None:
         r = run_silo(a._one, a.duration, a.arch, a.threads)
         print(json.dumps(r))

@@ -645,3 +645,42 @@ def diagnostics(fs: ti.template(), S: ti.template(), n: ti.i32, gx: float, gy: f
             fs.stats[None][4] += m * v[1]
             fs.stats[None][5] += m * v[2]
             ti.atomic_max(fs.stats[None][7], v.norm())
+
+
+# ----------------------------------------------------------------------------- rollout tape
+# A differentiable rollout keeps every step's input state; copying the six state fields (or
+# their adjoints) one by one costs six launches and six numpy arrays per step, which was
+# most of a small rollout's time. These copy a tuple of 3-vector fields to/from one
+# (rows, 3) array in one launch: field k occupies rows offsets[k] .. offsets[k] + size.
+
+
+@ti.func
+def _flat_row(I, shape: ti.template()):
+    r = 0
+    for d in ti.static(range(len(shape))):
+        r = r * shape[d] + I[d]
+    return r
+
+
+@ti.kernel
+def pack_vectors(fields: ti.template(), offsets: ti.template(), out: ti.types.ndarray()):
+    for k in ti.static(range(len(fields))):
+        for I in ti.grouped(fields[k]):
+            r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
+            for c in ti.static(range(3)):
+                out[r, c] = fields[k][I][c]
+
+
+@ti.kernel
+def unpack_vectors(fields: ti.template(), offsets: ti.template(), src: ti.types.ndarray()):
+    for k in ti.static(range(len(fields))):
+        for I in ti.grouped(fields[k]):
+            r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
+            fields[k][I] = ti.Vector([src[r, 0], src[r, 1], src[r, 2]])
+
+
+@ti.kernel
+def zero_vectors(fields: ti.template()):
+    for k in ti.static(range(len(fields))):
+        for I in ti.grouped(fields[k]):
+            fields[k][I] = ti.Vector.zero(float, 3)

@@ -57,27 +57,26 @@ def checked_overrides(sim, params: dict) -> dict:
     return out
 
 
-def _grads_zero(S):
-    for f in S.fields().values():
-        f.grad.fill(0)
+class _Layout:
+    """Where each state field sits in one packed (rows, 3) snapshot (see kd.pack_vectors)."""
 
+    def __init__(self, S):
+        self.offsets, self.rows, r = [], {}, 0
+        for name, f in S.fields().items():
+            size = int(np.prod(f.shape))
+            self.offsets.append(r)
+            self.rows[name] = slice(r, r + size)
+            r += size
+        self.offsets = tuple(self.offsets)
+        self.size = r
 
-def _state_numpy(S):
-    return {k: f.to_numpy() for k, f in S.fields().items()}
+    @staticmethod
+    def values(S):
+        return tuple(S.fields().values())
 
-
-def _load_state(S, arrays):
-    for k, f in S.fields().items():
-        f.from_numpy(arrays[k])
-
-
-def _load_grads(S, arrays):
-    for k, f in S.fields().items():
-        f.grad.from_numpy(arrays[k])
-
-
-def _read_grads(S):
-    return {k: f.grad.to_numpy() for k, f in S.fields().items()}
+    @staticmethod
+    def adjoints(S):
+        return tuple(f.grad for f in S.fields().values())
 
 
 _EPOCH_FIELDS = ("nbr_n", "rev", "rev_n", "active", "pair_i", "pair_j", "pair_perm", "pair_start")
@@ -95,17 +94,24 @@ class _Rollout(torch.autograd.Function):
         wv = None if wall_velocity is None else wall_velocity.detach().cpu().numpy().astype(dt)
         model = sim.material.model_code
         epochs = [dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs)]
+        layout = _Layout(fs.A)
+        snaps = np.empty((steps, layout.size, 3), dt)  # every step's input state, packed
         tape, records = [], []
         removed0 = int(fs.removed[None])
+        pose_key, walls = object(), None
         for t in range(steps):
-            sim._update_wall_pose()
+            sim._update_wall_pose()           # writes the wall fields only when the pose changed
+            if sim._pose_key is not pose_key:
+                pose_key = sim._pose_key
+                walls = (fs.w_vel.to_numpy(), fs.w_R.to_numpy(), fs.w_on.to_numpy())
+            step_walls = walls
             if wv is not None:
-                vel = fs.w_vel.to_numpy()
+                vel = walls[0].copy()
                 vel[: wv.shape[1]] = wv[t]
                 fs.w_vel.from_numpy(vel)
-                sim._pose_key = None
-            walls = (fs.w_vel.to_numpy(), fs.w_R.to_numpy(), fs.w_on.to_numpy())
-            tape.append(("step", _state_numpy(sim.state), walls, len(epochs) - 1))
+                step_walls = (vel,) + walls[1:]
+            kd.pack_vectors(layout.values(sim.state), layout.offsets, snaps[t])
+            tape.append(("step", t, step_walls, len(epochs) - 1))
             kd.step(fs, sim.state, sim.spare, model, W, False, n, sim.n_pairs)
             sim._swap()
             sim._advance_walls()
@@ -123,8 +129,10 @@ class _Rollout(torch.autograd.Function):
             if record_every and (t + 1) % record_every == 0:
                 tape.append(("record", len(records)))
                 records.append(sim.state_tensors())
+        sim._pose_key = None                  # the wall velocities may hold the control's values
         final = sim.state_tensors()
         ctx.sim, ctx.tape, ctx.epochs, ctx.steps, ctx.check = sim, tape, epochs, steps, check
+        ctx.snaps, ctx.layout = snaps, layout
         ctx.prm = fs.prm.to_numpy()  # restored in backward (another rollout may run in between)
         ctx.has_wall_velocity = wall_velocity is not None
         ctx.n_walls_given = 0 if wall_velocity is None else wall_velocity.shape[1]
@@ -141,25 +149,24 @@ class _Rollout(torch.autograd.Function):
         dt = runtime.np_dtype()
         model = sim.material.model_code
         A, B = fs.A, fs.B
-        shapes = {k: f.shape for k, f in A.fields().items()}
-
-        def zeros():
-            return {k: np.zeros(s + (3,), dt) for k, s in shapes.items()}
+        layout = ctx.layout
+        rows = layout.rows
+        A_val, A_adj, B_adj = layout.values(A), layout.adjoints(A), layout.adjoints(B)
+        step_adj = A_adj + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad)
 
         def add_kinematic(acc, gx, gv, gw):
             for k, gt in (("x", gx), ("v", gv), ("w", gw)):
                 if gt is not None:
-                    acc[k][:n] += gt.detach().cpu().numpy().astype(dt)
+                    acc[rows[k]][:n] += gt.detach().cpu().numpy().astype(dt)
 
-        gs = zeros()
+        gs = np.zeros((layout.size, 3), dt)   # the adjoint of the current step's input state, packed
         add_kinematic(gs, *grads[:3])
         fs.prm.from_numpy(ctx.prm)
         kd.derive_constants(fs, model)
         fs.prm.grad.fill(0)
         fs.derived.grad.fill(0)  # accumulates over all steps, mapped to prm at the end
         wv_grad = np.zeros((ctx.steps, W, 3), dt)
-        t = ctx.steps
-        epoch_loaded = None
+        epoch_loaded, walls_loaded = None, (None, None, None)
 
         def load_epoch(e):
             nonlocal epoch_loaded
@@ -174,28 +181,27 @@ class _Rollout(torch.autograd.Function):
                 add_kinematic(gs, *grads[3 + 3 * k: 6 + 3 * k])
             elif entry[0] == "remap":
                 load_epoch(entry[1])
-                _grads_zero(A)
-                _load_grads(B, gs)
+                kd.zero_vectors(A_adj)
+                kd.unpack_vectors(B_adj, layout.offsets, gs)
                 kd.remap_state.grad(fs, A, B, n, ctx.epochs[entry[1]]["n_pairs"], W)
-                gs = _read_grads(A)
+                kd.pack_vectors(A_adj, layout.offsets, gs)
             else:
-                _, snap, (vel, R, on), e = entry
-                t -= 1
+                _, t, walls, e = entry
                 load_epoch(e)
-                _load_state(A, snap)
-                fs.w_vel.from_numpy(vel)
-                fs.w_R.from_numpy(R)
-                fs.w_on.from_numpy(on)
+                kd.unpack_vectors(A_val, layout.offsets, ctx.snaps[t])
+                for f, a, loaded in zip((fs.w_vel, fs.w_R, fs.w_on), walls, walls_loaded):
+                    if a is not loaded:
+                        f.from_numpy(a)
+                walls_loaded = walls
                 kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])  # this step's pair buffers
-                _grads_zero(A)
-                for f in (fs.pair_f, fs.pair_ti, fs.pair_tj, fs.w_vel):
-                    f.grad.fill(0)
-                _load_grads(B, gs)
+                kd.zero_vectors(step_adj)
+                kd.unpack_vectors(B_adj, layout.offsets, gs)
                 kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])
-                gs = _read_grads(A)
-                wv_grad[t] = fs.w_vel.grad.to_numpy()
+                kd.pack_vectors(A_adj, layout.offsets, gs)
+                if ctx.has_wall_velocity:
+                    wv_grad[t] = fs.w_vel.grad.to_numpy()
                 if ctx.check:
-                    hit = adjoint_health.first_bad_row({f"{k} adjoint": gs[k] for k in ("x", "v", "w")}, n)
+                    hit = adjoint_health.first_bad_row({f"{k} adjoint": gs[rows[k]] for k in ("x", "v", "w")}, n)
                     if hit is not None:
                         raise GradientNotFinite(t, "DEM step (contacts, walls, integration)",
                                                 f"{hit[0]} of sphere {hit[1]}",
@@ -203,7 +209,7 @@ class _Rollout(torch.autograd.Function):
                                                 f"derivatives can overflow: try diffsim.init(precision='f64')")
         kd.derive_constants.grad(fs, model)
         sim._pose_key = None
-        bad = [name for name, a in (("parameters", fs.prm.grad.to_numpy()), ("initial state", gs["x"][:n]),
+        bad = [name for name, a in (("parameters", fs.prm.grad.to_numpy()), ("initial state", gs[rows["x"]][:n]),
                                     ("wall velocities", wv_grad)) if not np.all(np.isfinite(a))]
         if bad and ctx.check:
             raise GradientNotFinite(0, "DEM material constants", f"the gradient of the {', '.join(bad)}",
@@ -211,7 +217,7 @@ class _Rollout(torch.autograd.Function):
                                     f"overflow: try diffsim.init(precision='f64')")
         tdt = runtime.torch_dtype()
         g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)
-        g_x0, g_v0, g_w0 = (torch.from_numpy(gs[k][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))
+        g_x0, g_v0, g_w0 = (torch.from_numpy(gs[rows[k]][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))
         g_wv = torch.from_numpy(wv_grad[:, : ctx.n_walls_given].astype(np.float64)).to(tdt) \
             if ctx.has_wall_velocity else None
         return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0, None

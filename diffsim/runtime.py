@@ -29,6 +29,9 @@ class RuntimeConfig:
 _config: RuntimeConfig | None = None
 
 
+OFFLINE_CACHE_BYTES = 1 << 30  # Taichi's compiled-kernel cache on disk (~/.cache/taichi)
+
+
 def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, seed: int = 0,
          deterministic: bool = False, debug: bool = False) -> RuntimeConfig:
     """Initialise the Taichi runtime (once per process).
@@ -66,6 +69,11 @@ def init(arch: str = "cpu", precision: str = "f32", threads: int | None = None, 
 
     kwargs = dict(default_fp=ti.f64 if precision == "f64" else ti.f32, default_ip=ti.i32,
                   random_seed=int(seed), debug=debug, offline_cache=True,
+                  # Taichi's default 100 MB cache is smaller than diffsim's compiled kernels
+                  # (every solver x material mask x precision x adjoint): least recently
+                  # used files were evicted whenever it filled, and a new process recompiled
+                  # them (~55 s for the DEM hopper's kernels)
+                  offline_cache_max_size_of_files=OFFLINE_CACHE_BYTES,
                   ad_stack_size=256)  # reverse-mode loops over DEM neighbours/triangles
     if arch == "cpu":
         kwargs["arch"] = ti.cpu

@@ -29,10 +29,19 @@ def _leaf(t):
     return t.detach().clone().requires_grad_(True)
 
 
+PERTURB = {}  # "round": start positions rounded to f32; "noise": random offsets of this size (m)
+
+
 def _start_state(sim):
     s = sim.current_state()
     n = sim.n
-    x0, v0 = _leaf(s.x), _leaf(s.v)
+    x = s.x
+    if PERTURB.get("round"):
+        x = x.float().to(x.dtype)
+    if PERTURB.get("noise"):
+        g = torch.Generator().manual_seed(99)
+        x = x + PERTURB["noise"] * torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    x0, v0 = _leaf(x), _leaf(s.v)
     return x0, v0, ds.MPMState(x0, v0, torch.zeros(n, 3, 3, dtype=_dtype()),
                                torch.eye(3, dtype=_dtype()).repeat(n, 1, 1))
 
@@ -226,7 +235,10 @@ def main():
     ap.add_argument("--fd", default=None, help="NAME:H1,H2,...: central differences of the loss in NAME "
                     "(a material parameter or v0_direction) instead of gradients")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-start", action="store_true", help="start positions rounded to f32 (f64 runs)")
+    ap.add_argument("--noise", type=float, default=0.0, help="random offsets of the start positions (m)")
     a = ap.parse_args()
+    PERTURB.update({"round": a.round_start, "noise": a.noise})
     ds.init(precision=a.precision, threads=a.threads)
     import inspect
     fn = CASES[a.case]

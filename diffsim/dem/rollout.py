@@ -112,13 +112,13 @@ class _Rollout(torch.autograd.Function):
                 step_walls = (vel,) + walls[1:]
             kd.pack_vectors(layout.values(sim.state), layout.offsets, snaps[t])
             tape.append(("step", t, step_walls, len(epochs) - 1))
-            kd.step(fs, sim.state, sim.spare, model, W, False, n, sim.n_pairs)
+            # tracking the largest displacement since the last neighbour build, as DEMSolver.step
+            # does (the backward pass re-runs and differentiates the untracked kernel)
+            kd.step(fs, sim.state, sim.spare, model, W, True, n, sim.n_pairs)
             sim._swap()
             sim._advance_walls()
             sim.time += sim.dt
             sim.step_count += 1
-            fs.max_disp[None] = 0.0
-            kd.max_displacement(fs, sim.state, n)
             if fs.max_disp[None] > 0.5 * sim.skin:
                 sim._rebuild()
                 if int(fs.removed[None]) != removed0:

@@ -327,6 +327,31 @@ def test_gradients_match_central_differences_through_120_steps():
         assert abs(an - g) <= 1e-3 * abs(g), (an, g)
 
 
+def test_wall_driven_by_the_control_from_afar_pushes_the_spheres():
+    """A static wall moved only by a rollout's velocity control, starting far from every
+    sphere (beyond the neighbour skin), reaches them and pushes as in plain stepping of a
+    wall with that velocity of its own (the forward step must not skip walls flagged far
+    at the last neighbour build)."""
+    R, steps, speed = 1e-3, 250, 2.0         # 5 mm of travel, 4 mm to the first sphere
+
+    def build(velocity):
+        mat = ds.DEMMaterial(E=1e7, nu=0.3, restitution=0.5, friction=0.3)
+        sim = ds.DEMSolver((-0.01, -0.005, -0.001), (0.01, 0.005, 0.005), mat, dt=1e-5, requires_grad=True)
+        sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
+        sim.add_wall(ds.PlaneWall((-0.004 - R, 0, 0), (1, 0, 0), velocity=velocity, name="piston"))
+        sim.add_particles(np.array([[0.0, 0.0, R], [2.0 * R, 0.0, R]]), R, check_overlap=False)
+        return sim.build()
+
+    stepped = build((speed, 0.0, 0.0))
+    stepped.step(steps)
+    expected = stepped.get_state()["x"]
+    assert expected[0, 0] > 1e-4            # the piston reached the spheres and pushed them
+    sim = build((0.0, 0.0, 0.0))
+    control = T(np.tile([speed, 0.0, 0.0], (steps, 1)))
+    out = ds.rollout(sim, steps, control={"piston": control})
+    np.testing.assert_allclose(out.final.x.numpy(), expected, rtol=0, atol=1e-9)
+
+
 def test_backward_after_another_rollout_uses_its_own_parameters():
     sim = _grad_scene()
     E = T(1e6, requires_grad=True)

@@ -112,13 +112,18 @@ class _Rollout(torch.autograd.Function):
                 step_walls = (vel,) + walls[1:]
             kd.pack_vectors(layout.values(sim.state), layout.offsets, snaps[t])
             tape.append(("step", t, step_walls, len(epochs) - 1))
-            # tracking the largest displacement since the last neighbour build, as DEMSolver.step
-            # does (the backward pass re-runs and differentiates the untracked kernel)
-            kd.step(fs, sim.state, sim.spare, model, W, True, n, sim.n_pairs)
+            # the tracked kernel (as DEMSolver.step) records the largest displacement since the
+            # last neighbour build and skips walls flagged far at that build; a wall driven by
+            # the control may move in from afar, so then every wall is checked and the
+            # displacement measured apart (the backward pass differentiates the untracked kernel)
+            kd.step(fs, sim.state, sim.spare, model, W, wv is None, n, sim.n_pairs)
             sim._swap()
             sim._advance_walls()
             sim.time += sim.dt
             sim.step_count += 1
+            if wv is not None:
+                fs.max_disp[None] = 0.0
+                kd.max_displacement(fs, sim.state, n)
             if fs.max_disp[None] > 0.5 * sim.skin:
                 sim._rebuild()
                 if int(fs.removed[None]) != removed0:

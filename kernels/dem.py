@@ -651,7 +651,18 @@ def diagnostics(fs: ti.template(), S: ti.template(), n: ti.i32, gx: float, gy: f
 # A differentiable rollout keeps every step's input state; copying the six state fields (or
 # their adjoints) one by one costs six launches and six numpy arrays per step, which was
 # most of a small rollout's time. These copy a tuple of 3-vector fields to/from one
-# (rows, 3) array in one launch: field k occupies rows offsets[k] .. offsets[k] + size.
+# (rows, 3) array in one launch: field k occupies the rows from row_offsets(fields)[k] on,
+# one per element in row-major order. (The MPM's copy_in_packed packs columns instead:
+# its fields all have one row per particle, these have different shapes.)
+
+
+def row_offsets(fields):
+    """First row of each field in the packed array, and the total number of rows."""
+    out, r = [], 0
+    for f in fields:
+        out.append(r)
+        r += math.prod(f.shape)
+    return tuple(out), r
 
 
 @ti.func
@@ -663,7 +674,8 @@ def _flat_row(I, shape: ti.template()):
 
 
 @ti.kernel
-def pack_vectors(fields: ti.template(), offsets: ti.template(), out: ti.types.ndarray()):
+def pack_vectors(fields: ti.template(), out: ti.types.ndarray()):
+    offsets = ti.static(row_offsets(fields)[0])
     for k in ti.static(range(len(fields))):
         for I in ti.grouped(fields[k]):
             r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
@@ -672,7 +684,8 @@ def pack_vectors(fields: ti.template(), offsets: ti.template(), out: ti.types.nd
 
 
 @ti.kernel
-def unpack_vectors(fields: ti.template(), offsets: ti.template(), src: ti.types.ndarray()):
+def unpack_vectors(fields: ti.template(), src: ti.types.ndarray()):
+    offsets = ti.static(row_offsets(fields)[0])
     for k in ti.static(range(len(fields))):
         for I in ti.grouped(fields[k]):
             r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
@@ -683,4 +696,4 @@ def unpack_vectors(fields: ti.template(), offsets: ti.template(), src: ti.types.
 def zero_vectors(fields: ti.template()):
     for k in ti.static(range(len(fields))):
         for I in ti.grouped(fields[k]):
-            fields[k][I] = ti.Vector.zero(float, 3)
+            fields[k][I] = ti.zero(fields[k][I])

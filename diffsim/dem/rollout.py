@@ -30,6 +30,8 @@ gradients through resting contacts give the material ``rolling_smoothing`` > 0 (
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -61,14 +63,9 @@ class _Layout:
     """Where each state field sits in one packed (rows, 3) snapshot (see kd.pack_vectors)."""
 
     def __init__(self, S):
-        self.offsets, self.rows, r = [], {}, 0
-        for name, f in S.fields().items():
-            size = int(np.prod(f.shape))
-            self.offsets.append(r)
-            self.rows[name] = slice(r, r + size)
-            r += size
-        self.offsets = tuple(self.offsets)
-        self.size = r
+        starts, self.size = kd.row_offsets(S.fields().values())
+        self.rows = {name: slice(r, r + math.prod(f.shape))
+                     for (name, f), r in zip(S.fields().items(), starts)}
 
     @staticmethod
     def values(S):
@@ -110,7 +107,7 @@ class _Rollout(torch.autograd.Function):
                 vel[: wv.shape[1]] = wv[t]
                 fs.w_vel.from_numpy(vel)
                 step_walls = (vel,) + walls[1:]
-            kd.pack_vectors(layout.values(sim.state), layout.offsets, snaps[t])
+            kd.pack_vectors(layout.values(sim.state), snaps[t])
             tape.append(("step", t, step_walls, len(epochs) - 1))
             # the tracked kernel (as DEMSolver.step) records the largest displacement since the
             # last neighbour build and skips walls flagged far at that build; a wall driven by
@@ -187,22 +184,22 @@ class _Rollout(torch.autograd.Function):
             elif entry[0] == "remap":
                 load_epoch(entry[1])
                 kd.zero_vectors(A_adj)
-                kd.unpack_vectors(B_adj, layout.offsets, gs)
+                kd.unpack_vectors(B_adj, gs)
                 kd.remap_state.grad(fs, A, B, n, ctx.epochs[entry[1]]["n_pairs"], W)
-                kd.pack_vectors(A_adj, layout.offsets, gs)
+                kd.pack_vectors(A_adj, gs)
             else:
                 _, t, walls, e = entry
                 load_epoch(e)
-                kd.unpack_vectors(A_val, layout.offsets, ctx.snaps[t])
+                kd.unpack_vectors(A_val, ctx.snaps[t])
                 for f, a, loaded in zip((fs.w_vel, fs.w_R, fs.w_on), walls, walls_loaded):
                     if a is not loaded:
                         f.from_numpy(a)
                 walls_loaded = walls
                 kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])  # this step's pair buffers
                 kd.zero_vectors(step_adj)
-                kd.unpack_vectors(B_adj, layout.offsets, gs)
+                kd.unpack_vectors(B_adj, gs)
                 kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])
-                kd.pack_vectors(A_adj, layout.offsets, gs)
+                kd.pack_vectors(A_adj, gs)
                 if ctx.has_wall_velocity:
                     wv_grad[t] = fs.w_vel.grad.to_numpy()
                 if ctx.check:

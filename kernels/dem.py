@@ -674,22 +674,26 @@ def _flat_row(I, shape: ti.template()):
 
 
 @ti.kernel
-def pack_vectors(fields: ti.template(), out: ti.types.ndarray()):
+def _copy_vectors(fields: ti.template(), array: ti.types.ndarray(), into_array: ti.template()):
     offsets = ti.static(row_offsets(fields)[0])
     for k in ti.static(range(len(fields))):
         for I in ti.grouped(fields[k]):
             r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
-            for c in ti.static(range(3)):
-                out[r, c] = fields[k][I][c]
+            if ti.static(into_array):
+                for c in ti.static(range(3)):
+                    array[r, c] = fields[k][I][c]
+            else:
+                fields[k][I] = ti.Vector([array[r, 0], array[r, 1], array[r, 2]])
 
 
-@ti.kernel
-def unpack_vectors(fields: ti.template(), src: ti.types.ndarray()):
-    offsets = ti.static(row_offsets(fields)[0])
-    for k in ti.static(range(len(fields))):
-        for I in ti.grouped(fields[k]):
-            r = offsets[k] + _flat_row(I, ti.static(fields[k].shape))
-            fields[k][I] = ti.Vector([src[r, 0], src[r, 1], src[r, 2]])
+def pack_vectors(fields, out):
+    """The fields' values into ``out`` (rows, 3), one launch."""
+    _copy_vectors(fields, out, True)
+
+
+def unpack_vectors(fields, src):
+    """The fields' values from ``src`` (rows, 3), one launch."""
+    _copy_vectors(fields, src, False)
 
 
 @ti.kernel

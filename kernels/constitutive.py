@@ -20,11 +20,22 @@ A material stage maps the previous deformation gradient ``F`` and the APIC affin
 ``C`` to the trial gradient ``F_tr = (I + dt C) F``, projects it (plasticity) to the new
 elastic ``F_e`` and returns the Kirchhoff stress ``tau(F_e)``. :func:`material_vjp` is its
 exact adjoint (checked against finite differences in the tests).
+
+Deformation gradients are held as ``F - I`` (the particle state stores ``F_minus_I``; the
+stage maps ``F_old - I`` to ``F_tr - I = dt C + (F_old - I) + dt C (F_old - I)`` and returns
+``F_e - I``). Near rest the strains that carry the stress are ~1e-5 while an entry of ``F``
+itself is ~1 and resolved to ~6e-8 in f32: stored as ``F`` they lost two digits every
+substep (dry sand's E gradient was 2% off f64 after 200 f32 substeps, all of it from the
+rounding of the stored ``F``). The Hencky plastic models never form ``I + small``: they take
+the eigen-decomposition of ``b - I = K + K^T + K K^T`` (``K = F_tr - I``), the log strains
+``0.5 log1p(eigenvalues)``, and return ``F_e - I = K + M (I + K)`` with
+``M = U diag(expm1(eps_e - eps)) U^T`` (:func:`_hencky_spectral`); the stress depends on
+the left stretch only. Inverted or nearly singular trial states use the SVD form.
 """
 import taichi as ti
 
-from .mathops import (cofactor, divided_difference, expm1_over, log_ratio_over, polar_rotation,
-                      polar_rotation_vjp, spectral_vjp, svd3)
+from .mathops import (atanh_over, cofactor, divided_difference, expm1, expm1_over, log1p, log_ratio_over,
+                      polar_rotation, polar_rotation_vjp, spectral_vjp, svd3, sym_eig3)
 
 FIXED_COROTATED = 0
 NEO_HOOKEAN = 1
@@ -152,8 +163,9 @@ def _return_map(mtype, eps, prm, mats: ti.template()):
 
 
 @ti.func
-def _hencky_plastic(mtype, F, prm, mats: ti.template()):
-    """Plastic projection + Hencky (StVK on log strain) Kirchhoff stress."""
+def _hencky_svd(mtype, F, prm, mats: ti.template()):
+    """Plastic projection + Hencky (StVK on log strain) Kirchhoff stress through the SVD of
+    ``F`` (inverted or nearly singular trial states; see :func:`_hencky_plastic`)."""
     U, s, V = svd3(F)
     sc = ti.max(s, SIGMA_MIN)
     eps = ti.log(sc)
@@ -163,6 +175,117 @@ def _hencky_plastic(mtype, F, prm, mats: ti.template()):
     Fe = U @ ti.Matrix([[sig_e[0], 0.0, 0.0], [0.0, sig_e[1], 0.0], [0.0, 0.0, sig_e[2]]]) @ V.transpose()
     tau = U @ ti.Matrix([[t[0], 0.0, 0.0], [0.0, t[1], 0.0], [0.0, 0.0, t[2]]]) @ U.transpose()
     return Fe, tau
+
+
+# Trial states whose smallest stretch is below this (or inverted) take the SVD form.
+SPECTRAL_MIN_STRETCH = 1e-2
+
+
+@ti.func
+def _diag(d):
+    return ti.Matrix([[d[0], 0.0, 0.0], [0.0, d[1], 0.0], [0.0, 0.0, d[2]]])
+
+
+@ti.func
+def _stretch_spectrum(K):
+    """Eigenvalues ``lam`` and vectors ``U`` of ``b - I`` for ``F = I + K`` (``b = F F^T``),
+    and whether the spectral form applies (not inverted, every stretch above
+    SPECTRAL_MIN_STRETCH)."""
+    lam, U = sym_eig3(K + K.transpose() + K @ K.transpose())
+    ok = (ti.Matrix.identity(float, 3) + K).determinant() > 0.0 and \
+        1.0 + lam.min() > ti.static(SPECTRAL_MIN_STRETCH ** 2)
+    return lam, U, ok
+
+
+@ti.func
+def _hencky_spectral(mtype, K, lam, U, prm, mats: ti.template()):
+    """``(F_e - I, tau)`` from ``K = F_tr - I`` and the spectrum of ``b_tr - I``."""
+    eps = 0.5 * ti.Vector([log1p(lam[0]), log1p(lam[1]), log1p(lam[2])])
+    eps_e, Jm, D, c = _return_map(mtype, eps, prm, mats)
+    t = 2.0 * prm[0] * eps_e + prm[1] * eps_e.sum()
+    d = eps_e - eps
+    M = U @ _diag(ti.Vector([expm1(d[0]), expm1(d[1]), expm1(d[2])])) @ U.transpose()
+    De = K + M @ (ti.Matrix.identity(float, 3) + K)
+    return De, U @ _diag(t) @ U.transpose()
+
+
+@ti.func
+def _hencky_spectral_vjp(mtype, K, lam, U, prm, De_bar, tau_bar, mats: ti.template()):
+    """Adjoint of :func:`_hencky_spectral`: ``(K_bar, prm_bar)``.
+
+    ``F_e - I = K + M(b - I) (I + K)`` and ``tau(b - I)`` are spectral functions of the
+    symmetric ``b - I``; their adjoint is ``U (Gamma o U^T X U) U^T`` with the eigenvalue
+    Jacobian on the diagonal and divided differences ``(f_i - f_j) / (lam_i - lam_j)``
+    off it, computed without cancellation: with ``z = (lam_i - lam_j) / (2 + lam_i + lam_j)``
+    the log strains differ by ``L = 2 atanh(z) / 2`` and ``L / (lam_i - lam_j) =
+    atanh(z)/z / (2 + lam_i + lam_j)``; every return map scales deviatoric differences by
+    ``c`` (see :func:`_return_map`), so ``t_i - t_j = 2 mu c L`` and
+    ``r_i - r_j = exp(d_j) expm1((c - 1) L)`` for ``r = expm1(d)``, ``d = eps_e - eps``."""
+    I3 = ti.Matrix.identity(float, 3)
+    mu = prm[0]
+    lmb = prm[1]
+    ones = ti.Vector([1.0, 1.0, 1.0])
+    eps = 0.5 * ti.Vector([log1p(lam[0]), log1p(lam[1]), log1p(lam[2])])
+    eps_e, Jm, D, c = _return_map(mtype, eps, prm, mats)
+    stiff = 2.0 * mu * I3 + lmb * ones.outer_product(ones)
+    d = eps_e - eps
+    ed = ti.exp(d)
+    M = U @ _diag(ti.Vector([expm1(d[0]), expm1(d[1]), expm1(d[2])])) @ U.transpose()
+    Fm = I3 + K
+    K_bar = De_bar + M @ De_bar
+    X = U.transpose() @ (De_bar @ Fm.transpose()) @ U        # adjoint of M, eigenframe
+    Y = U.transpose() @ tau_bar @ U                          # adjoint of tau, eigenframe
+    w = ed * ti.Vector([X[0, 0], X[1, 1], X[2, 2]])          # adjoint of eps_e through r
+    y = ti.Vector([Y[0, 0], Y[1, 1], Y[2, 2]])               # adjoint of t
+    g = Jm.transpose() @ (w + stiff @ y) - w                 # adjoint of eps
+    P = _diag(g * 0.5 / (1.0 + lam))
+    for i, j in ti.static([(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]):
+        s2 = 2.0 + lam[i] + lam[j]
+        z = (lam[i] - lam[j]) / s2
+        q = atanh_over(z) / s2                               # (eps_i - eps_j) / (lam_i - lam_j)
+        L = q * (lam[i] - lam[j])
+        ddr = ed[j] * (c - 1.0) * expm1_over((c - 1.0) * L) * q
+        ddt = 2.0 * mu * c * q
+        P[i, j] = ddr * X[i, j] + ddt * Y[i, j]
+    B_bar = U @ P @ U.transpose()
+    K_bar += (B_bar + B_bar.transpose()) @ Fm
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    SD = stiff @ D
+    for k in ti.static(range(4)):
+        for i in ti.static(range(3)):
+            prm_bar[k] += w[i] * D[i, k] + y[i] * SD[i, k]
+    prm_bar[0] += 2.0 * y.dot(eps_e)
+    prm_bar[1] += y.sum() * eps_e.sum()
+    return K_bar, prm_bar
+
+
+@ti.func
+def _hencky_plastic(mtype, K, prm, mats: ti.template()):
+    """Plastic projection + Hencky (StVK on log strain) Kirchhoff stress:
+    ``(F_e - I, tau)`` from ``K = F_tr - I``."""
+    lam, U, ok = _stretch_spectrum(K)
+    De = K
+    tau = ti.Matrix.zero(float, 3, 3)
+    if ok:
+        De, tau = _hencky_spectral(mtype, K, lam, U, prm, mats)
+    else:
+        Fe, tau_s = _hencky_svd(mtype, ti.Matrix.identity(float, 3) + K, prm, mats)
+        De = Fe - ti.Matrix.identity(float, 3)
+        tau = tau_s
+    return De, tau
+
+
+@ti.func
+def _hencky_plastic_vjp(mtype, K, prm, De_bar, tau_bar, mats: ti.template()):
+    """Adjoint of :func:`_hencky_plastic`: ``(K_bar, prm_bar)``."""
+    lam, U, ok = _stretch_spectrum(K)
+    K_bar = ti.Matrix.zero(float, 3, 3)
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    if ok:
+        K_bar, prm_bar = _hencky_spectral_vjp(mtype, K, lam, U, prm, De_bar, tau_bar, mats)
+    else:
+        K_bar, prm_bar = _hencky_svd_vjp(mtype, ti.Matrix.identity(float, 3) + K, prm, De_bar, tau_bar, mats)
+    return K_bar, prm_bar
 
 
 # --------------------------------------------------------------------------- fluids
@@ -208,47 +331,53 @@ def _fluid(mtype, F, C, prm, mats: ti.template()):
 
 
 @ti.func
-def trial_deformation(F, C, dt):
-    """``F_tr = (I + dt C) F``."""
-    return (ti.Matrix.identity(float, 3) + dt * C) @ F
+def trial_deformation(D, C, dt):
+    """``F_tr - I = dt C + D + dt C D`` for ``D = F - I`` (``F_tr = (I + dt C) F``)."""
+    dC = dt * C
+    return dC + D + dC @ D
 
 
 @ti.func
-def material_response(mtype, F_tr, C, prm, mats: ti.template()):
-    """New elastic deformation gradient and Kirchhoff stress (Pa) from the trial ``F_tr``.
+def material_response(mtype, K, C, prm, mats: ti.template()):
+    """New elastic ``F_e - I`` and Kirchhoff stress (Pa) from the trial ``K = F_tr - I``.
 
     ``mats``: compile-time mask of the material codes that can occur (see material_mask).
     """
-    Fe = F_tr
+    De = K
     tau = ti.Matrix.zero(float, 3, 3)
+    I3 = ti.Matrix.identity(float, 3)
     if ti.static(_has(mats, FIXED_COROTATED)):
         if mtype == FIXED_COROTATED:
-            tau, _ = _fixed_corotated(F_tr, prm[0], prm[1])
+            tau, _ = _fixed_corotated(I3 + K, prm[0], prm[1])
     if ti.static(_has(mats, NEO_HOOKEAN)):
         if mtype == NEO_HOOKEAN:
-            tau = _neo_hookean(F_tr, prm[0], prm[1])
+            tau = _neo_hookean(I3 + K, prm[0], prm[1])
     if ti.static(_has(mats, VON_MISES, DRUCKER_PRAGER)):
         if mtype == VON_MISES or mtype == DRUCKER_PRAGER:
-            Fe, tau = _hencky_plastic(mtype, F_tr, prm, mats)
+            De, tau = _hencky_plastic(mtype, K, prm, mats)
     if ti.static(_has(mats, FLUID, VISCOPLASTIC)):
         if mtype == FLUID or mtype == VISCOPLASTIC:
-            Fe, tau = _fluid(mtype, F_tr, C, prm, mats)
-    return Fe, tau
+            Fe, tau_f = _fluid(mtype, I3 + K, C, prm, mats)
+            De = Fe - I3
+            tau = tau_f
+    return De, tau
 
 
 @ti.func
-def material_vjp(mtype, F_old, C, prm, dt, Fe_bar, tau_bar, mats: ti.template()):
-    """Adjoint of (``F_e``, ``tau``) = material stage(``F_old``, ``C``, ``prm``).
+def material_vjp(mtype, D_old, C, prm, dt, De_bar, tau_bar, mats: ti.template()):
+    """Adjoint of (``F_e - I``, ``tau``) = material stage(``F_old - I``, ``C``, ``prm``).
 
-    Returns ``(F_old_bar, C_bar, prm_bar)``.
+    Returns ``(D_old_bar, C_bar, prm_bar)``.
     """
     I3 = ti.Matrix.identity(float, 3)
     A = I3 + dt * C
-    F = A @ F_old
+    K = trial_deformation(D_old, C, dt)
+    F = I3 + K
     F_bar = ti.Matrix.zero(float, 3, 3)
     C_bar = ti.Matrix.zero(float, 3, 3)
     prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
     handled = False
+    Fe_bar = De_bar
     if ti.static(_has(mats, FIXED_COROTATED)):
         if mtype == FIXED_COROTATED:
             handled = True
@@ -280,16 +409,15 @@ def material_vjp(mtype, F_old, C, prm, dt, Fe_bar, tau_bar, mats: ti.template())
     if ti.static(_has(mats, VON_MISES, DRUCKER_PRAGER)):
         if mtype == VON_MISES or mtype == DRUCKER_PRAGER:
             handled = True
-            F_bar, prm_bar = _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats)
+            F_bar, prm_bar = _hencky_plastic_vjp(mtype, K, prm, Fe_bar, tau_bar, mats)
     if ti.static(_has(mats, FLUID, VISCOPLASTIC)):
         if mtype == FLUID or mtype == VISCOPLASTIC:
             handled = True
             F_bar, C_bar, prm_bar = _fluid_vjp(mtype, F, C, prm, Fe_bar, tau_bar, mats)
     if not handled:  # EXTERNAL: F_e = F_tr, stress from outside
         F_bar = Fe_bar
-    F_old_bar = A.transpose() @ F_bar
-    C_bar += dt * F_bar @ F_old.transpose()
-    return F_old_bar, C_bar, prm_bar
+    C_bar += dt * F_bar @ (I3 + D_old).transpose()
+    return A.transpose() @ F_bar, C_bar, prm_bar
 
 
 @ti.func
@@ -320,7 +448,7 @@ def _hencky_divided_differences(s, sig_e, t, g2, c, mu, J1, J2):
 
 
 @ti.func
-def _hencky_plastic_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
+def _hencky_svd_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
     mu = prm[0]
     lam = prm[1]
     U, s, V = svd3(F)

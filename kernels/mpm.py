@@ -49,11 +49,11 @@ class MPMFields:
         self.x = ti.Vector.field(3, f, N, needs_grad=True)
         self.v = ti.Vector.field(3, f, N, needs_grad=True)
         self.C = ti.Matrix.field(3, 3, f, N, needs_grad=True)
-        self.F = ti.Matrix.field(3, 3, f, N)
+        self.F_minus_I = ti.Matrix.field(3, 3, f, N)   # F - I: see kernels.constitutive
         self.x1 = ti.Vector.field(3, f, N, needs_grad=True)
         self.v1 = ti.Vector.field(3, f, N, needs_grad=True)
         self.C1 = ti.Matrix.field(3, 3, f, N, needs_grad=True)
-        self.F1 = ti.Matrix.field(3, 3, f, N)
+        self.F1_minus_I = ti.Matrix.field(3, 3, f, N)
         self.tau = ti.Matrix.field(3, 3, f, N, needs_grad=True)
         # adjoints of the material stage (hand-written VJP)
         self.adj_F1 = ti.Matrix.field(3, 3, f, N)
@@ -274,9 +274,9 @@ def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: t
         fs.g_m[I] = 0.0
     for p in range(n):
         Cp = fs.C[p]
-        F_tr = constitutive.trial_deformation(fs.F[p], Cp, dt)
-        Fe, taup = constitutive.material_response(fs.mtype[p], F_tr, Cp, fs.prm[p], mats)
-        fs.F[p] = Fe
+        K = constitutive.trial_deformation(fs.F_minus_I[p], Cp, dt)
+        De, taup = constitutive.material_response(fs.mtype[p], K, Cp, fs.prm[p], mats)
+        fs.F_minus_I[p] = De
         _scatter(fs, p, fs.x[p], fs.v[p], Cp, taup, dt, dx, lo)
     for I in ti.grouped(fs.g_m):
         fs.g_v[I] = _node_velocity(fs, I, dt, dx, lo, gravity, cols)
@@ -296,12 +296,13 @@ def step_fused(fs: ti.template(), mats: ti.template(), cols: ti.template(), n: t
 
 @ti.kernel
 def material_stage(fs: ti.template(), mats: ti.template(), n: ti.i32, dt: float):
-    """``(F, C) -> (F1, tau)`` for every particle (EXTERNAL ones get F1 = F_tr, tau = 0)."""
+    """``(F - I, C) -> (F1 - I, tau)`` for every particle (EXTERNAL ones get F1 = F_tr,
+    tau = 0)."""
     for p in range(n):
         Cp = fs.C[p]
-        F_tr = constitutive.trial_deformation(fs.F[p], Cp, dt)
-        Fe, taup = constitutive.material_response(fs.mtype[p], F_tr, Cp, fs.prm[p], mats)
-        fs.F1[p] = Fe
+        K = constitutive.trial_deformation(fs.F_minus_I[p], Cp, dt)
+        De, taup = constitutive.material_response(fs.mtype[p], K, Cp, fs.prm[p], mats)
+        fs.F1_minus_I[p] = De
         fs.tau[p] = taup
 
 
@@ -309,7 +310,7 @@ def material_stage(fs: ti.template(), mats: ti.template(), n: ti.i32, dt: float)
 def material_stage_vjp(fs: ti.template(), mats: ti.template(), n: ti.i32, dt: float):
     """Adjoint of :func:`material_stage`: ``(adj_F1, tau.grad) -> (adj_F, adj_C, adj_prm)``."""
     for p in range(n):
-        Fb, Cb, pb = constitutive.material_vjp(fs.mtype[p], fs.F[p], fs.C[p], fs.prm[p], dt,
+        Fb, Cb, pb = constitutive.material_vjp(fs.mtype[p], fs.F_minus_I[p], fs.C[p], fs.prm[p], dt,
                                                fs.adj_F1[p], fs.tau.grad[p], mats)
         fs.adj_F[p] = Fb
         fs.adj_C[p] = Cb
@@ -467,13 +468,13 @@ def substep_adjoint_particles(fs: ti.template(), mats: ti.template(), n: ti.i32,
     Needs ``x.grad`` from :func:`g2p_adjoint` and the grid adjoints."""
     for p in range(n):
         lo = ti.Vector([lox, loy, loz])
-        Fp = fs.F[p]
+        Dp = fs.F_minus_I[p]
         Cp = fs.C[p]
         prm = fs.prm[p]
-        F_tr = constitutive.trial_deformation(Fp, Cp, dt)
-        Fe, taup = constitutive.material_response(fs.mtype[p], F_tr, Cp, prm, mats)
+        K = constitutive.trial_deformation(Dp, Cp, dt)
+        _, taup = constitutive.material_response(fs.mtype[p], K, Cp, prm, mats)
         xb, vb, Cb, tb = _p2g_particle_adjoint(fs, p, fs.x[p], fs.v[p], Cp, taup, dt, dx, lo)
-        Fb, Cb2, pb = constitutive.material_vjp(fs.mtype[p], Fp, Cp, prm, dt, fs.adj_F1[p], tb, mats)
+        Fb, Cb2, pb = constitutive.material_vjp(fs.mtype[p], Dp, Cp, prm, dt, fs.adj_F1[p], tb, mats)
         fs.x1.grad[p] = fs.x.grad[p] + xb
         fs.v1.grad[p] = vb
         fs.C1.grad[p] = Cb + Cb2
@@ -498,7 +499,7 @@ class MPMTape:
         self.x = ti.Vector.field(3, dtype, shape)
         self.v = ti.Vector.field(3, dtype, shape)
         self.C = ti.Matrix.field(3, 3, dtype, shape)
-        self.F = ti.Matrix.field(3, 3, dtype, shape)
+        self.F_minus_I = ti.Matrix.field(3, 3, dtype, shape)
         # grid momentum and mass of every substep (saves recomputing P2G); empty if None
         self.with_grid = grid_shape is not None
         gshape = (self.length,) + tuple(grid_shape) if self.with_grid else (1, 1, 1, 1)
@@ -512,7 +513,7 @@ def tape_store(fs: ti.template(), tape: ti.template(), k: ti.i32, n: ti.i32):
         tape.x[k, p] = fs.x[p]
         tape.v[k, p] = fs.v[p]
         tape.C[k, p] = fs.C[p]
-        tape.F[k, p] = fs.F[p]
+        tape.F_minus_I[k, p] = fs.F_minus_I[p]
 
 
 @ti.kernel
@@ -535,7 +536,7 @@ def tape_load(fs: ti.template(), tape: ti.template(), k: ti.i32, n: ti.i32):
         fs.x[p] = tape.x[k, p]
         fs.v[p] = tape.v[k, p]
         fs.C[p] = tape.C[k, p]
-        fs.F[p] = tape.F[k, p]
+        fs.F_minus_I[p] = tape.F_minus_I[k, p]
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -572,11 +573,12 @@ def diagnostics(fs: ti.template(), mats: ti.template(), n: ti.i32, dx: float, gx
         m = fs.mass[p]
         xp = fs.x[p]
         vp = fs.v[p]
-        s = xp.sum() + vp.sum() + fs.F[p].sum() + fs.C[p].sum()
+        s = xp.sum() + vp.sum() + fs.F_minus_I[p].sum() + fs.C[p].sum()
         if not_finite(s) or ti.abs(s) > 1e30:
             ti.atomic_min(fs.bad_particle[None], p)
         else:
-            psi = constitutive.energy_density(fs.mtype[p], fs.F[p], fs.prm[p], mats)
+            psi = constitutive.energy_density(fs.mtype[p], ti.Matrix.identity(float, 3) + fs.F_minus_I[p],
+                                             fs.prm[p], mats)
             fs.stats[b][0] += 0.5 * m * (vp.dot(vp) + 0.25 * dx * dx * fs.C[p].norm_sqr())
             fs.stats[b][1] += -m * gravity.dot(xp)
             fs.stats[b][2] += psi * fs.vol[p]

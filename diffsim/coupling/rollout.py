@@ -27,7 +27,8 @@ import torch
 from ..fem import rollout as fem_rollout
 from .. import runtime
 from ..mpm.rollout import (MPMState, _get, _put, _tapes, collider_schedule, finish_rollout, initial_state,
-                       load_substep, parameter_tensor, reverse_substep, seed_adjoint, segment_substep)
+                           load_substep, parameter_tensor, reverse_substep, seed_adjoint, segment_substep,
+                           state_from_rows, state_rows)
 from ..errors import InvalidScene
 
 
@@ -36,7 +37,7 @@ def _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record):
     tape's owner id (with ``record``)."""
     mpm, hook = both.mpm, both.hook
     fs = mpm.fields
-    _put((fs.x, fs.v, fs.C, fs.F, fs.prm), mpm_in, mpm.n, runtime.torch_dtype())
+    _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), mpm_in, mpm.n, runtime.torch_dtype())
     hook.normal.from_numpy(_np(mpm, normals))
     tape = _tapes(mpm).acquire(k) if record else None
     pos, vel, omega, rots = sched
@@ -64,7 +65,7 @@ class _CoupledChunk(torch.autograd.Function):
         ctx.tape_id = _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record=True)
         ctx.token = object()
         fem._tape_owner = ctx.token
-        outs = _get((mpm.fields.x, mpm.fields.v, mpm.fields.C, mpm.fields.F), ((3,), (3,), (3, 3), (3, 3)),
+        outs = _get((mpm.fields.x, mpm.fields.v, mpm.fields.C, mpm.fields.F_minus_I), ((3,), (3,), (3, 3), (3, 3)),
                     mpm.n, mx.dtype)
         return (*fem_rollout.outputs(fem, k, rec, x0.dtype), *outs)
 
@@ -133,7 +134,7 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
     state = mpm_state if mpm_state is not None else initial_state(mpm)
     mprm = parameter_tensor(mpm, mpm_params)
     pos, vel, omega, rotations, end = collider_schedule(mpm, substeps)
-    current = list(state.tensors())
+    current = list(state_rows(state))
     done, records = [0], []
     nodes = both.hook_nodes
     fem._check_gradients = bool(check_gradients)
@@ -146,12 +147,12 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
                                   *fem_in, *current, mprm)
         current[:] = out[5:]
         done[0] += k
-        records.append((done[0], MPMState(*current)))
+        records.append((done[0], state_from_rows(*current)))
         return out[:5]
     x0, v0 = (None, None) if fem_state is None else fem_state
     out = fem_rollout.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,
                               records_per_chunk=1 if records else None)
-    final = MPMState(*current)
+    final = state_from_rows(*current)
     finish_rollout(mpm, final, end, rotations, substeps, 0.0, 0)
     out["mpm"], out["mpm_records"] = final, records
     return out

@@ -36,6 +36,11 @@ Functions (material stage, the torch module, transfer) and segments are checkpoi
 with ``torch.utils.checkpoint`` (same memory formula, plus the module's activations
 for one segment).
 
+Inside a rollout deformation gradients travel as ``F - I`` (:func:`state_rows`), as the
+solver's fields hold them (see :mod:`diffsim.kernels.constitutive`: f32 keeps small strains
+to their own relative precision that way); states handed to users (records, the final
+state) carry ``F``.
+
 The contact/boundary branches (which grid nodes touch a collider, whether a particle
 yields) are taken as they were in the forward pass; gradients are exact almost
 everywhere and one-sided at contact or yield onset.
@@ -67,6 +72,16 @@ class MPMState(State):
         return state if isinstance(state, cls) else cls(*(state[k] for k in ("x", "v", "C", "F")))
 
 
+def state_rows(state: MPMState) -> tuple:
+    """``(x, v, C, F - I)``: a state as a rollout carries it."""
+    return state.x, state.v, state.C, state.F - torch.eye(3, dtype=state.F.dtype)
+
+
+def state_from_rows(x, v, C, F_minus_I) -> MPMState:
+    """Inverse of :func:`state_rows`."""
+    return MPMState(x, v, C, F_minus_I + torch.eye(3, dtype=F_minus_I.dtype))
+
+
 def _c(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.detach().to(dtype=dtype).contiguous()
 
@@ -88,14 +103,16 @@ def _get(fields, shapes, n, dtype):
 
 
 class _MaterialStage(torch.autograd.Function):
+    """``(F - I, C, prm) -> (F1 - I, tau)``."""
+
     @staticmethod
     def forward(ctx, sim, F, C, prm, substep=None, check=True):
         from ..kernels import mpm as km
         fs, n, dt = sim.fields, sim.n, sim.dt
         dtype = F.dtype
-        _put((fs.F, fs.C, fs.prm), (F, C, prm), n, dtype)
+        _put((fs.F_minus_I, fs.C, fs.prm), (F, C, prm), n, dtype)
         km.material_stage(fs, sim.mats, n, dt)
-        F1, tau = _get((fs.F1, fs.tau), ((3, 3), (3, 3)), n, dtype)
+        F1, tau = _get((fs.F1_minus_I, fs.tau), ((3, 3), (3, 3)), n, dtype)
         ctx.sim, ctx.substep, ctx.check = sim, substep, check
         ctx.save_for_backward(F, C, prm)
         return F1, tau
@@ -109,7 +126,7 @@ class _MaterialStage(torch.autograd.Function):
         dtype = F.dtype
         gF1 = torch.zeros_like(F) if gF1 is None else gF1
         gtau = torch.zeros_like(F) if gtau is None else gtau
-        _put((fs.F, fs.C, fs.prm, fs.adj_F1, fs.tau.grad), (F, C, prm, gF1, gtau), n, dtype)
+        _put((fs.F_minus_I, fs.C, fs.prm, fs.adj_F1, fs.tau.grad), (F, C, prm, gF1, gtau), n, dtype)
         km.material_stage_vjp(fs, sim.mats, n, dt)
         gF, gC, gprm = _get((fs.adj_F, fs.adj_C, fs.adj_prm), ((3, 3), (3, 3), (4,)), n, dtype)
         if ctx.check and not adjoint_health.all_finite(gF, gC, gprm):
@@ -203,10 +220,10 @@ class _Segment(torch.autograd.Function):
     def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega, start=0, check=True):
         fs, n = sim.fields, sim.n
         dtype = x.dtype
-        _put((fs.x, fs.v, fs.C, fs.F, fs.prm), (x, v, C, F, prm), n, dtype)
+        _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), (x, v, C, F, prm), n, dtype)
         record = any(ctx.needs_input_grad)
         ctx.tape_id = _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=record)
-        outs = _get((fs.x, fs.v, fs.C, fs.F), ((3,), (3,), (3, 3), (3, 3)), n, dtype)
+        outs = _get((fs.x, fs.v, fs.C, fs.F_minus_I), ((3,), (3,), (3, 3), (3, 3)), n, dtype)
         ctx.sim, ctx.rotations, ctx.start, ctx.check = sim, rotations, start, check
         ctx.save_for_backward(x, v, C, F, prm, c_pos, c_vel, c_omega)
         return tuple(outs)
@@ -222,7 +239,7 @@ class _Segment(torch.autograd.Function):
         # 1. re-run the segment to tape it, unless its tape survived
         tape = _tapes(sim).find(ctx.tape_id)
         if tape is None:
-            _put((fs.x, fs.v, fs.C, fs.F, fs.prm), (x, v, C, F, prm), n, dtype)
+            _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), (x, v, C, F, prm), n, dtype)
             tape = _tapes(sim).find(_run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True))
         else:
             _put((fs.prm,), (prm,), n, dtype)
@@ -424,19 +441,19 @@ def parameter_tensor(sim, params: dict | None = None) -> torch.Tensor:
     return torch.cat(rows, 0)
 
 
-def step(sim, state: MPMState, prm: torch.Tensor, c_pos: torch.Tensor, c_vel: torch.Tensor,
-         c_omega: torch.Tensor, substep: int | None = None, check_gradients: bool = True) -> MPMState:
-    """One differentiable substep (see the module docstring); ``substep`` names it in
-    gradient errors."""
-    F1, tau = _MaterialStage.apply(sim, state.F, state.C, prm, substep, check_gradients)
+def step(sim, x, v, C, F, prm: torch.Tensor, c_pos: torch.Tensor, c_vel: torch.Tensor,
+         c_omega: torch.Tensor, substep: int | None = None, check_gradients: bool = True) -> tuple:
+    """One differentiable substep (see the module docstring) of a state as rollouts carry
+    it (``F`` is ``F - I``, :func:`state_rows`); ``substep`` names it in gradient errors."""
+    F1, tau = _MaterialStage.apply(sim, F, C, prm, substep, check_gradients)
+    eye = torch.eye(3, dtype=F1.dtype)
     for b in sim.bodies:
         if isinstance(b.material, NeuralMaterial):
-            F_e, tau_b = b.material.respond(F1[b.start:b.stop])
-            F1 = torch.cat([F1[:b.start], F_e.to(F1.dtype), F1[b.stop:]], 0)
+            F_e, tau_b = b.material.respond(F1[b.start:b.stop] + eye)
+            F1 = torch.cat([F1[:b.start], F_e.to(F1.dtype) - eye, F1[b.stop:]], 0)
             tau = torch.cat([tau[:b.start], tau_b.to(tau.dtype), tau[b.stop:]], 0)
-    x1, v1, C1 = _Transfer.apply(sim, state.x, state.v, state.C, tau, c_pos, c_vel, c_omega, substep,
-                                 check_gradients)
-    return MPMState(x1, v1, C1, F1)
+    x1, v1, C1 = _Transfer.apply(sim, x, v, C, tau, c_pos, c_vel, c_omega, substep, check_gradients)
+    return x1, v1, C1, F1
 
 
 def initial_state(sim, requires_grad: bool = False, start: bool = False) -> MPMState:
@@ -505,7 +522,7 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
     cuts = sorted(cuts)
     neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
     start_time, start_step = sim.time, sim.step_count
-    x, v, C, F = state.tensors()
+    x, v, C, F = state_rows(state)
     records = []
     for a, b in zip(cuts[:-1], cuts[1:]):
         rots = rotations[a:b] if rotations is not None else None
@@ -521,8 +538,8 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
             x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega, a,
                                         check_gradients)
         if record_every and b % int(record_every) == 0:
-            records.append((b, MPMState(x, v, C, F)))
-    final = MPMState(x, v, C, F)
+            records.append((b, state_from_rows(x, v, C, F)))
+    final = state_from_rows(x, v, C, F)
     finish_rollout(sim, final, end, rotations, steps, start_time, start_step)
     return final, records
 
@@ -582,12 +599,11 @@ def finish_rollout(sim, final, end, rotations, steps, start_time, start_step):
 
 def _per_step_segment(sim, a, b, rotations, x, v, C, F, prm, pos, vel, omega, check=True):
     """Substeps ``a..b`` as a chain of per-step autograd Functions (torch materials)."""
-    st = MPMState(x, v, C, F)
     for k in range(b - a):
         if rotations is not None:
             sim.fields.c_rot.from_numpy(rotations[k])
-        st = step(sim, st, prm, pos[k], vel[k], omega, a + k, check)
-    return st.x, st.v, st.C, st.F
+        x, v, C, F = step(sim, x, v, C, F, prm, pos[k], vel[k], omega, a + k, check)
+    return x, v, C, F
 
 
 def _rotation_schedule(sim, steps):

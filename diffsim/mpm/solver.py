@@ -279,11 +279,10 @@ class MPMSolver(System):
         body = np.concatenate([np.full(b.count, i, np.int32) for i, b in enumerate(self.bodies)])
         prm = np.concatenate([np.broadcast_to(b.material.parameter_vector().detach().numpy(), (b.count, 4))
                               for b in self.bodies])
-        eye = np.broadcast_to(np.eye(3), (n, 3, 3))
         km.copy_in(fs.x, self._np(x), n)
         km.copy_in(fs.v, self._np(v), n)
         km.copy_in(fs.C, self._np(np.zeros((n, 3, 3))), n)
-        km.copy_in(fs.F, self._np(eye), n)
+        km.copy_in(fs.F_minus_I, self._np(np.zeros((n, 3, 3))), n)
         km.copy_in(fs.vol, self._np(vol), n)
         km.copy_in(fs.mass, self._np(mass), n)
         km.copy_in(fs.prm, self._np(prm), n)
@@ -367,33 +366,36 @@ class MPMSolver(System):
         km.material_stage(fs, self.mats, n, dt)
         tdt = runtime.torch_dtype()
         with torch.no_grad():
+            eye = torch.eye(3, dtype=tdt)
             for b in self._external:
-                F_tr = torch.empty((n, 3, 3), dtype=tdt)
-                km.copy_out(fs.F1, F_tr, n)
-                F_e, tau = b.material.respond(F_tr[b.slice])
-                F_full = F_tr.clone()
-                F_full[b.slice] = F_e.to(tdt)
+                D_tr = torch.empty((n, 3, 3), dtype=tdt)       # F_tr - I
+                km.copy_out(fs.F1_minus_I, D_tr, n)
+                F_e, tau = b.material.respond(D_tr[b.slice] + eye)
+                D_tr[b.slice] = F_e.to(tdt) - eye
                 tau_full = torch.empty((n, 3, 3), dtype=tdt)
                 km.copy_out(fs.tau, tau_full, n)
                 tau_full[b.slice] = tau.to(tdt)
-                km.copy_in(fs.F1, F_full.contiguous(), n)
+                km.copy_in(fs.F1_minus_I, D_tr.contiguous(), n)
                 km.copy_in(fs.tau, tau_full.contiguous(), n)
         km.clear_grid(fs)
         km.p2g(fs, n, dt, dx, lx, ly, lz)
         km.grid_update(fs, self.cols, dt, dx, lx, ly, lz, gx, gy, gz)
         km.g2p(fs, n, dt, dx, lx, ly, lz)
-        for src, dst in ((fs.x1, fs.x), (fs.v1, fs.v), (fs.C1, fs.C), (fs.F1, fs.F)):
+        for src, dst in ((fs.x1, fs.x), (fs.v1, fs.v), (fs.C1, fs.C), (fs.F1_minus_I, fs.F_minus_I)):
             km.copy_field(src, dst, n)
 
     # ------------------------------------------------------------------------ state
+    _STATE = (("x", (3,)), ("v", (3,)), ("C", (3, 3)), ("F_minus_I", (3, 3)))
+
     def _read_state(self) -> dict[str, np.ndarray]:
-        """x, v, C, F in the runtime's precision (bitwise copies of the fields)."""
+        """x, v, C, F_minus_I (``F - I``, as the fields hold it) in the runtime's precision
+        (bitwise copies of the fields: checkpoints resume exactly)."""
         from ..kernels import mpm as km
         self.build()
         n = self.n
         out = {}
-        for name, shape in (("x", (n, 3)), ("v", (n, 3)), ("C", (n, 3, 3)), ("F", (n, 3, 3))):
-            a = np.empty(shape, dtype=runtime.np_dtype())
+        for name, shape in self._STATE:
+            a = np.empty((n,) + shape, dtype=runtime.np_dtype())
             km.copy_out(getattr(self.fields, name), a, n)
             out[name] = a
         return out
@@ -401,20 +403,30 @@ class MPMSolver(System):
     def get_state(self) -> dict[str, np.ndarray]:
         """Current particle state as float64 numpy arrays: x (N,3) m, v (N,3) m/s,
         C (N,3,3) 1/s, F (N,3,3)."""
-        return {k: a.astype(np.float64) for k, a in self._read_state().items()}
+        st = {k: a.astype(np.float64) for k, a in self._read_state().items()}
+        st["F"] = st.pop("F_minus_I") + np.eye(3)
+        return st
 
     def set_state(self, state: dict):
-        """Overwrite the particle state (arrays as returned by :meth:`get_state`; numpy or torch)."""
+        """Overwrite the particle state (arrays as returned by :meth:`get_state`, numpy or
+        torch; ``F_minus_I`` may stand for ``F``)."""
         from ..kernels import mpm as km
         self.build()
         n = self.n
-        for name, shape in (("x", (n, 3)), ("v", (n, 3)), ("C", (n, 3, 3)), ("F", (n, 3, 3))):
+        state = dict(state)
+        if "F" in state:
+            F = state.pop("F")
+            F = F.detach().cpu().numpy() if hasattr(F, "detach") else np.asarray(F)
+            state["F_minus_I"] = F.astype(np.float64) - np.eye(3)
+        for name, shape in self._STATE:
             if name not in state:
                 continue
+            shape = (n,) + shape
             a = state[name]
             a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
             if a.shape != shape:
-                raise InvalidScene(f"state[{name!r}] has shape {a.shape}, expected {shape}")
+                raise InvalidScene(f"state[{'F' if name == 'F_minus_I' else name!r}] has shape {a.shape}, "
+                                   f"expected {shape}")
             km.copy_in(getattr(self.fields, name), self._np(a), n)
 
     def positions(self, body: str | None = None) -> np.ndarray:
@@ -494,12 +506,10 @@ class MPMSolver(System):
         return arrays, meta
 
     def restore(self, arrays: dict, meta: dict):
-        from ..kernels import mpm as km
         self.build()
         if int(meta["n"]) != self.n:
             raise InvalidScene(f"checkpoint holds {meta['n']} particles, the scene has {self.n}")
-        for name in ("x", "v", "C", "F"):
-            km.copy_in(getattr(self.fields, name), self._np(arrays[name]), self.n)
+        self.set_state({k: arrays[k] for k in ("x", "v", "C", "F_minus_I", "F") if k in arrays})
         for i, c in enumerate(self.colliders):
             c.position = np.asarray(arrays[f"collider{i}_position"], dtype=np.float64)
             c.rotation = np.asarray(arrays[f"collider{i}_rotation"], dtype=np.float64)

@@ -5,6 +5,7 @@
     python benchmarks/dem.py --beverloo 0.020,0.024,0.028   # + flow rate vs orifice, Beverloo fit
     python benchmarks/dem.py --arch gpu
     python benchmarks/dem.py --grad                   # only the gradient case (below)
+    python benchmarks/dem.py --scale                  # 10k ... 1M spheres (GPU: --arch gpu, to 3M)
 
 Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
 
@@ -24,6 +25,14 @@ Cases (each in its own process, so ``peak_rss_mb`` is the case's own):
   overlaps) on a floor, 300 steps of dt = 2e-6 s; gradients of the mean height with
   respect to E, friction and rolling friction. ``forward_s``, ``backward_s`` (medians of 3
   after a warm-up), ``backward_over_forward``, ``contacts``.
+
+* ``scale_<N>`` (with ``--scale``) -- about N spheres (R = 1 mm, Hertz-Mindlin with rolling
+  friction, f32) in an ``a x a x a/2`` block pressed together (0.5% overlaps, as
+  ``grad_pile_300``) relaxing on a floor between four side walls, dt = 2e-6 s; N = 10k,
+  30k, 100k, 300k, 1M (GPU also 3M). Timed steps shrink with size (at least 20, after 20
+  warm-up steps); ``contacts`` at the end, ``scene_mb`` (peak memory above the process
+  before the scene, kernel compilation included: memory per sphere is its slope between
+  sizes).
 
 Fields: case, particles, steps, dt, particle_steps_per_s, wall_s (time stepping),
 peak_rss_mb, flow_rate_kg_s, rate_windows_kg_s, threads, arch.
@@ -120,6 +129,55 @@ def run_grad_pile(arch, threads):
             "threads": threads, "arch": arch}
 
 
+SCALE_CPU = (10_000, 30_000, 100_000, 300_000, 1_000_000)
+SCALE_GPU = SCALE_CPU + (3_000_000,)
+
+
+def _current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def run_scale(n_target, arch, threads):
+    import time
+
+    import numpy as np
+
+    import diffsim as ds
+    ds.init(arch=arch, threads=threads)
+    R, gap = 1e-3, 1.99e-3
+    a = max(2, round((2 * n_target) ** (1.0 / 3.0)))           # a x a x a/2 spheres
+    h = max(1, round(n_target / (a * a)))
+    side = (a - 1) * gap + 2 * 0.995 * R                          # 0.5% overlap with the walls too
+    base = _current_rss_mb()
+    mat = ds.DEMMaterial(E=1e7, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05)
+    sim = ds.DEMSolver((-0.001, -0.001, -0.001), (side + 0.001, side + 0.001, h * gap + 0.01), mat, dt=2e-6)
+    sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
+    for axis in (0, 1):
+        for lo, sign in ((0.0, 1.0), (side, -1.0)):
+            p, nrm = np.zeros(3), np.zeros(3)
+            p[axis], nrm[axis] = lo, sign
+            sim.add_wall(ds.PlaneWall(tuple(p), tuple(nrm)))
+    g = np.arange(a) * gap + 0.995 * R
+    x = np.stack(np.meshgrid(g, g, np.arange(h) * gap + 0.995 * R, indexing="ij"), -1).reshape(-1, 3)
+    sim.add_particles(x, R, check_overlap=False)
+    sim.build()
+    sim.step(20)                                                # compile, first neighbour build
+    steps = max(20, min(200, int(4e7 / sim.n)))
+    t0 = time.perf_counter()
+    sim.step(steps)
+    sim.positions()                                             # wait for the device
+    wall = time.perf_counter() - t0
+    if not np.isfinite(sim.positions()).all():
+        raise SystemExit("scale case diverged")
+    peak = _peak_rss_mb()
+    return {"case": f"scale_{n_target}", "particles": sim.n, "steps": steps, "dt": sim.dt,
+            "particle_steps_per_s": sim.n * steps / wall, "wall_s": wall,
+            "contacts": int(sim.fields.nbr_n.to_numpy()[:sim.n].sum()), "rebuilds": sim.rebuilds,
+            "scene_mb": round(peak - base, 1),
+            "peak_rss_mb": peak, "threads": threads or os.cpu_count(), "arch": arch}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=1.0, help="seconds of discharge (default 1.0)")
@@ -128,8 +186,22 @@ def main(argv=None):
     ap.add_argument("--beverloo", default=None, help="comma-separated orifice diameters (m) to fit Beverloo")
     ap.add_argument("--trace", action="store_true", help="include the discharged-mass trace in the JSON")
     ap.add_argument("--grad", action="store_true", help="run the gradient case grad_pile_300 only")
+    ap.add_argument("--scale", action="store_true", help="10k ... 1M spheres (GPU: to 3M), one process each")
     ap.add_argument("--_one", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_scale_one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a._scale_one is not None:
+        print(json.dumps(run_scale(a._scale_one, a.arch, a.threads)), flush=True)
+        return
+    if a.scale:
+        for n in SCALE_GPU if a.arch == "gpu" else SCALE_CPU:
+            cmd = [sys.executable, os.path.abspath(__file__), "--_scale_one", str(n), "--arch", a.arch] + \
+                (["--threads", str(a.threads)] if a.threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            print(lines[-1] if out.returncode == 0 and lines else
+                  json.dumps({"case": f"scale_{n}", "error": (out.stderr or out.stdout)[-2000:]}), flush=True)
+        return
     if a.grad:
         print(json.dumps(run_grad_pile(a.arch, a.threads)), flush=True)
         return

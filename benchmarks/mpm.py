@@ -4,6 +4,7 @@
     python benchmarks/mpm.py --arch gpu
     python benchmarks/mpm.py --case grad_30k --threads 1
     python benchmarks/mpm.py --case memory_1000steps_30k
+    python benchmarks/mpm.py --scale         # 10k ... 1M particles (GPU: --arch gpu --scale, to 10M)
 
 Cases (each in its own process, so that ``peak_rss_mb`` is the case's own):
 
@@ -19,6 +20,12 @@ Cases (each in its own process, so that ``peak_rss_mb`` is the case's own):
   segment but the last is recomputed in the backward pass.
 * ``memory_1000steps_30k`` (not in the default list: ~10x longer) -- the same rollout over
   1000 steps with the default checkpointing; reports the peak memory.
+* ``scale_<N>`` (``--scale``) -- the elastic box at other sizes: ``n^3`` particles for
+  N = 10k, 30k, 100k, 300k, 1M (GPU also 3M and 10M), the Genesis scene's proportions kept
+  (box edge 0.49 of the domain, ~3.8 particles per cell: grid ``64 n / 49``, spacing and
+  substep ``49 / n`` of the 118k scene's). Timed substeps shrink with size (at least 20);
+  ``scene_mb`` per size: peak memory above the process before the scene (fields, grid,
+  set-up arrays, kernel compilation); memory per particle is its slope between sizes.
 
 Fields: case, particles, grid, steps, dt, particle_steps_per_s, wall_s (time stepping),
 peak_rss_mb, threads, arch, precision (+ forward_s, backward_s, backward_over_forward).
@@ -42,9 +49,9 @@ def _peak_rss_mb():
     return peak
 
 
-def _box_solver(ds, material, edge_particles, grid=64, dt=2e-4):
+def _box_solver(ds, material, edge_particles, grid=64, dt=2e-4, spacing=0.01):
     import numpy as np
-    sp = 0.01
+    sp = spacing
     g = (np.arange(edge_particles) + 0.5) * sp
     x = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     x += np.array([0.5, 0.5, 0.5]) - x.mean(0)
@@ -59,13 +66,18 @@ def _sync():
     ti.sync()
 
 
+def _current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def _median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2]
 
 
-def case_forward(ds, name, material, steps, repeats=5):
-    sim = _box_solver(ds, material, 49)
+def case_forward(ds, name, material, steps, repeats=5, sim=None):
+    sim = sim or _box_solver(ds, material, 49)
     sim.step(10)  # compile + warm up
     _sync()
     chunk = max(1, steps // repeats)
@@ -118,10 +130,31 @@ def case_grad(ds, name, steps, checkpoint_every, repeats=3, tape_memory=None):
             "tape_memory": tape_memory if tape_memory is not None else "default (1 GiB)"}
 
 
+SCALE_CPU = (10_000, 30_000, 100_000, 300_000, 1_000_000)
+SCALE_GPU = SCALE_CPU + (3_000_000, 10_000_000)
+
+
+def case_scale(ds, name, steps):
+    """``scale_<N>``: the elastic box with about N particles (see the module docstring)."""
+    n_target = int(name.split("_")[1])
+    edge = max(2, round(n_target ** (1.0 / 3.0)))
+    k = 49.0 / edge
+    grid = max(16, round(64 / k))
+    material = ds.FixedCorotated(E=3e5, nu=0.2, density=1000.0)
+    base = _current_rss_mb()                      # the process before the scene (torch, Taichi)
+    sim = _box_solver(ds, material, edge, grid=grid, dt=2e-4 * k, spacing=0.01 * k)
+    timed = max(20, min(steps, int(4e7 / sim.n)))
+    out = case_forward(ds, name, None, timed, sim=sim)
+    out["scene_mb"] = round(_peak_rss_mb() - base, 1)
+    return out
+
+
 def run_case(name, args):
     import diffsim as ds
     ds.init(arch=args.arch, precision=args.precision, threads=args.threads)
-    if name == "elastic_box_118k":
+    if name.startswith("scale_"):
+        out = case_scale(ds, name, args.steps)
+    elif name == "elastic_box_118k":
         out = case_forward(ds, name, ds.FixedCorotated(E=3e5, nu=0.2, density=1000.0), args.steps)
     elif name == "sand_box_118k":
         import math
@@ -134,7 +167,7 @@ def run_case(name, args):
     elif name == "memory_1000steps_30k":
         out = case_grad(ds, name, 1000, None, repeats=1)
     else:
-        raise SystemExit(f"unknown case {name!r}; cases: {ALL_CASES}")
+        raise SystemExit(f"unknown case {name!r}; cases: {ALL_CASES} or scale_<N>")
     import taichi as ti
     out.update(peak_rss_mb=_peak_rss_mb(), threads=args.threads or os.cpu_count(), arch=args.arch,
                precision=args.precision, device=str(ti.lang.impl.current_cfg().arch).split(".")[-1])
@@ -149,8 +182,11 @@ def main():
     p.add_argument("--precision", default="f32", choices=("f32", "f64"))
     p.add_argument("--steps", type=int, default=200, help="timed substeps of the forward cases")
     p.add_argument("--inline", action="store_true", help="run in this process (one case)")
+    p.add_argument("--scale", action="store_true", help="the elastic box at 10k ... 1M particles (GPU: to 10M)")
     args = p.parse_args()
     cases = args.case or list(DEFAULT_CASES)
+    if args.scale:
+        cases = [f"scale_{n}" for n in (SCALE_GPU if args.arch == "gpu" else SCALE_CPU)]
     if args.inline or len(cases) == 1 and os.environ.get("DIFFSIM_BENCH_CHILD"):
         for c in cases:
             print(json.dumps(run_case(c, args)), flush=True)

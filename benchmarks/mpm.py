@@ -20,6 +20,10 @@ Cases (each in its own process, so that ``peak_rss_mb`` is the case's own):
   segment but the last is recomputed in the backward pass.
 * ``memory_1000steps_30k`` (not in the default list: ~10x longer) -- the same rollout over
   1000 steps with the default checkpointing; reports the peak memory.
+* ``grad_neural_512`` -- a differentiable 60-substep rollout of a NeuralMaterial (structured
+  elastic + plastic networks, width 64, NCLaw-style) on a 512-particle box thrown onto the
+  floor (lands half-way; grid 32, dt 1e-4, f32); gradients of the final positions for every network weight;
+  forward/backward medians of 3 after a warm-up.
 * ``scale_<N>`` (``--scale``) -- the elastic box at other sizes: ``n^3`` particles for
   N = 10k, 30k, 100k, 300k, 1M (GPU also 3M and 10M), the Genesis scene's proportions kept
   (box edge 0.49 of the domain, ~3.8 particles per cell: grid ``64 n / 49``, spacing and
@@ -41,7 +45,7 @@ import sys
 import time
 
 DEFAULT_CASES = ("elastic_box_118k", "sand_box_118k", "grad_30k", "grad_30k_recompute")
-ALL_CASES = DEFAULT_CASES + ("memory_1000steps_30k",)
+ALL_CASES = DEFAULT_CASES + ("memory_1000steps_30k", "grad_neural_512")
 
 
 def _peak_rss_mb():
@@ -149,6 +153,41 @@ def case_scale(ds, name, steps):
     return out
 
 
+def case_grad_neural(ds, name, steps=60, repeats=3):
+    import numpy as np
+    import torch
+    from diffsim.learned.constitutive import make_law
+    torch.manual_seed(0)
+    el, pl = make_law("structured", plastic=True, width=64, depth=2, stress_scale=2e4,
+                      dtype=ds.runtime.torch_dtype())
+    mat = ds.NeuralMaterial(elasticity=el, plasticity=pl, density=1000.0, wave_speed_estimate=5.0)
+    sim = ds.MPMSolver(grid=32, dt=1e-4)
+    g = 0.5 + (np.arange(8) - 3.5) * (0.5 / 32)
+    x = np.stack(np.meshgrid(g, g, g - 0.34, indexing="ij"), -1).reshape(-1, 3)   # 1 cm above the floor
+    sim.add_particles(x, mat, name="law", velocity=(0.2, 0.0, -2.0))                # lands after ~3 ms
+    sim.build()
+    params = [p for p in list(el.parameters()) + list(pl.parameters())]
+    w = torch.randn(sim.n, 3, generator=torch.Generator().manual_seed(1))
+
+    def once():
+        for p in params:
+            p.grad = None
+        t0 = time.perf_counter()
+        final, _ = ds.rollout(sim, steps)
+        loss = (final.x * w.to(final.x.dtype)).sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+        return t1 - t0, t2 - t1
+    once()
+    fwds, bwds = zip(*[once() for _ in range(repeats)])
+    fwd, bwd = _median(fwds), _median(bwds)
+    return {"case": name, "particles": sim.n, "grid": list(sim.grid_shape), "steps": steps, "dt": sim.dt,
+            "forward_s": fwd, "backward_s": bwd, "backward_over_forward": _median([b / f for f, b in zip(fwds, bwds)]),
+            "median_of": repeats, "parameters": sum(p.numel() for p in params)}
+
+
 def run_case(name, args):
     import diffsim as ds
     ds.init(arch=args.arch, precision=args.precision, threads=args.threads)
@@ -162,6 +201,8 @@ def run_case(name, args):
                                                       density=1000.0), args.steps)
     elif name == "grad_30k":
         out = case_grad(ds, name, 100, 10)
+    elif name == "grad_neural_512":
+        out = case_grad_neural(ds, name)
     elif name == "grad_30k_recompute":
         out = case_grad(ds, name, 100, 10, tape_memory=0)
     elif name == "memory_1000steps_30k":

@@ -1,6 +1,11 @@
-"""Shared helpers for the tests (not a test module)."""
+"""Shared helpers for the tests (not a test module; tests/conftest.py puts this folder on
+``sys.path`` for the per-package test folders)."""
+from pathlib import Path
+
 import numpy as np
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]   # the repository
 
 
 def central_difference(f, h):

@@ -1,10 +1,10 @@
 """Gradient cases run in a separate process at a chosen precision (the test session's own
 runtime is f64, and Taichi allows one ``ti.init`` per process).
 
-    python tests/precision_cases.py CASE f32|f64 [--steps N] [--threads T]
+    python tests/core/precision_cases.py CASE f32|f64 [--steps N] [--threads T]
 
 prints one JSON object: the loss and the gradients (flattened lists) of the case.
-Used by ``tests/test_precision.py``; a case is a function ``case(steps) -> (loss, {name: tensor})``
+Used by ``tests/core/test_precision.py``; a case is a function ``case(steps) -> (loss, {name: tensor})``
 that builds its scene, runs ``ds.rollout`` and calls ``backward``.
 """
 import argparse
@@ -18,7 +18,8 @@ import torch
 
 import diffsim as ds
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # random_scenes
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: random_scenes, _helpers
+from _helpers import ROOT  # noqa: E402
 
 
 def _dtype():
@@ -167,7 +168,7 @@ def dem_pile(steps, seed=0):
     """13 spheres in sustained contact (demos/fit_dem_friction.py's pile) on a mesh floor
     (a triangulated slab, MeshWall) with rolling friction, pushed by a moving plane."""
     import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demos", "fit_dem_friction.py")
+    path = os.path.join(str(ROOT), "demos", "fit_dem_friction.py")
     spec = importlib.util.spec_from_file_location("fit_dem_friction", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
@@ -197,7 +198,7 @@ def dem_pile(steps, seed=0):
 
 def fem_press(steps, seed=0):
     """A 6 x 6 x 2 mm pad pressed into a sphere, pushed, slid and twisted (sticking and
-    sliding friction; tests/test_fem.py's press scene), 200 substeps."""
+    sliding friction; tests/fem/test_fem.py's press scene), 200 substeps."""
     mesh = ds.box_tet_mesh((0.006, 0.006, 0.002), (6, 6, 2), origin=(-0.003, -0.003, 0.0))
     sim = ds.FEMSolver(dt=2e-5, gravity=(0, 0, 0), tape_substeps=40)
     body = sim.add_body(mesh, ds.FEMMaterial(E=5e4, nu=0.4, density=1000, mass_damping=20, stiffness_damping=1e-5),

@@ -15,8 +15,8 @@ from diffsim.learned.model_file import InvalidModel
 from diffsim.learned.neuraldem import ConditionOutOfRange, NeuralDEM
 from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run
 from diffsim.sweep import load_dataset
+from _helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOPPER = os.path.join(ROOT, "scenes", "dem_hopper.py")
 TINY = dict(width=16, latents=4, blocks=1, heads=2, frequencies=3, decoder_hidden=16)
 FLUX_TOLERANCE = 0.1

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +21,8 @@ from diffsim.learned.rom import GIOROM, ROMBody
 from diffsim.sweep import load_dataset
 from diffsim.learned.rom_training import ROMData, chamfer, relative_l2, rollout_dense, train_rom
 
-from _helpers import central_difference, lattice
+from _helpers import ROOT, central_difference, lattice
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "scenes" / "rom_body.py"
 TINY = dict(sparse=24, width=8, layers=1, grid=6, latent=4, modes=2, operator_layers=1, decoder_hidden=8,
             radius=0.12)

@@ -15,7 +15,6 @@ from diffsim.runner import run_scene
 from diffsim.scene import build_scene
 from diffsim.sweep import MANIFEST, SUMMARY, expand
 
-ROOT = Path(__file__).resolve().parents[1]
 
 SCENE = '''"""Tiny sweep scene: particles with learned drag; `fail` raises once, `die` kills the
 process once (a marker file remembers the first attempt), `always_fail` always raises,

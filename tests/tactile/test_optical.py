@@ -9,7 +9,7 @@ import torch
 from scipy.ndimage import binary_erosion
 
 import diffsim as ds
-from _helpers import central_difference
+from _helpers import ROOT, central_difference
 from diffsim.tactile.cameras import FisheyeCamera
 from diffsim.tactile.optical import OpticalTactile, light_direction, to_uint8
 from diffsim.tactile.sensor import TactileSensor
@@ -152,8 +152,7 @@ def test_elastomer_and_friction_are_recovered_from_tactile_images():
     """demos/fit_elastomer_from_images.py: E and friction from nine 640 x 480 images of a
     press-and-slide, starting 3x off (measured: both exact to < 0.01% in 18 evaluations)."""
     import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "demos" / "fit_elastomer_from_images.py"
+    path = ROOT / "demos" / "fit_elastomer_from_images.py"
     spec = importlib.util.spec_from_file_location("fit_elastomer_from_images", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

@@ -11,9 +11,8 @@ import torch
 import trimesh
 
 import diffsim as ds
-from _helpers import central_difference
+from _helpers import ROOT, central_difference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 1e-3
 
 

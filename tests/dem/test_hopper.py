@@ -13,8 +13,8 @@ from diffsim.dem import discharge_figures, flow_regime
 from diffsim.dem.discharge import order_sets
 from diffsim.runner import run_scene
 from diffsim.scene import build_scene
+from _helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOPPER = os.path.join(ROOT, "scenes", "dem_hopper.py")
 
 

@@ -3,7 +3,6 @@ exact distances and SDF grids. Procedural meshes only, except one test on the sh
 DiffTactile mesh that is skipped when the data folder is missing."""
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,9 @@ from diffsim.geometry import (
     mesh_unsigned_distance,
     points_inside_mesh,
 )
+from _helpers import ROOT
 
-J03 = Path(__file__).resolve().parents[1] / "scenes" / "data" / "difftactile" / "J03_2.obj"
+J03 = ROOT / "scenes" / "data" / "difftactile" / "J03_2.obj"
 
 
 def _rng(seed=0):

@@ -1,6 +1,6 @@
 """float32 gradients: finite where the f64 ones are, and close to them.
 
-Each case runs in its own process (``tests/precision_cases.py``) at f32 and at f64; the
+Each case runs in its own process (``tests/core/precision_cases.py``) at f32 and at f64; the
 test compares the two sets of analytic gradients.
 """
 import json

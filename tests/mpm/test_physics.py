@@ -6,7 +6,7 @@ import pytest
 
 import diffsim as ds
 
-from _helpers import lattice
+from _helpers import ROOT, lattice
 
 
 def test_free_fall_matches_analytic_trajectory():
@@ -97,9 +97,8 @@ def test_sand_column_runout_consistent_with_friction_angle():
     angle, gets steeper and runs out less as the friction angle grows, and the run-out
     is in the range of the axisymmetric collapse experiments of Lube et al. (2004):
     (R_inf - R0)/R0 = 1.6 a^(1/2) for aspect ratio a = H0/R0 > 1.7 (we accept 0.4x-1.5x)."""
-    from pathlib import Path
     from diffsim.scene import build_scene
-    script = Path(__file__).resolve().parents[1] / "scenes" / "sand_column.py"
+    script = ROOT / "scenes" / "sand_column.py"
     out = {}
     for phi in (20.0, 40.0):
         scene = build_scene(script, {"friction_angle": phi, "grid": 48, "E": 3e5})

@@ -1,7 +1,6 @@
 """Trajectory data, `diffsim generate` / `diffsim fit`, and parameter identification."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ import diffsim as ds
 from diffsim.fitting import Fitter
 from diffsim.scene import build_scene
 from diffsim.trajectory import InvalidTrajectory, load_trajectory, record, surface_particles
+from _helpers import ROOT
 
-PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
+PROBE = ROOT / "scenes" / "material_probe.py"
 
 
 def _record(tmp_path, name="jelly", **kw):

@@ -1,4 +1,4 @@
-"""Long DEM validation (``python -m pytest -m slow tests/test_dem_validation.py``, ~20 min on
+"""Long DEM validation (``python -m pytest -m slow tests/dem/test_dem_validation.py``, ~20 min on
 2 cores, in f64 like the whole test session): silo discharge against the Beverloo law,
 angle of repose against rolling friction."""
 import json
@@ -9,8 +9,8 @@ import pytest
 
 import diffsim as ds
 from diffsim.dem import granular
+from _helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENES = os.path.join(ROOT, "scenes")
 
 pytestmark = pytest.mark.slow

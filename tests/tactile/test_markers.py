@@ -12,8 +12,9 @@ from diffsim.io import read_png
 from diffsim.tactile.drawing import marker_flow_image
 from diffsim.tactile.markers import detect_markers, grid_markers, marker_rows
 from diffsim.render import encode_png
+from _helpers import ROOT
 
-REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenes", "data", "difftactile",
+REFERENCE = os.path.join(str(ROOT), "scenes", "data", "difftactile",
                          "marker_reference_640x480.png")
 
 

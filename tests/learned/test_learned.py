@@ -6,7 +6,7 @@ import diffsim as ds
 from diffsim.learned.constitutive import ElasticityNet, MLPStress, PlasticityNet, make_law, polar_rotation
 from diffsim.learned.training import LawTrainer, load_law, save_law
 
-from _helpers import directional_fd_check
+from _helpers import ROOT, directional_fd_check
 
 
 def _random_rotations(n, g):
@@ -79,9 +79,8 @@ def test_polar_rotation():
 
 
 def _probe_scene(opts):
-    from pathlib import Path
     from diffsim.scene import build_scene
-    return build_scene(Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py", opts)
+    return build_scene(ROOT / "scenes" / "material_probe.py", opts)
 
 
 def test_network_weight_gradients_through_mpm_match_finite_differences():
@@ -154,8 +153,7 @@ def test_train_law_under_torchrun_equals_one_process(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
-    probe = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
+    probe = ROOT / "scenes" / "material_probe.py"
     data = tmp_path / "d.npz"
     env = dict(os.environ)
     gen = subprocess.run([sys.executable, "-m", "diffsim", "generate", str(probe), "--out", str(data), "--full-state",

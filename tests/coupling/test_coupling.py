@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import diffsim as ds
-from _helpers import central_difference
+from _helpers import ROOT, central_difference
 from diffsim.geometry.triangles import ray_mesh_intersect
 
 
@@ -155,8 +155,7 @@ def test_touch_identifies_the_objects_stiffness():
     """demos/fit_object_by_touch.py: the jelly's E from the sensor's force trace, through
     the coupled press, starting 3x off (measured: exact to 0.000% in 9 evaluations)."""
     import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "demos" / "fit_object_by_touch.py"
+    path = ROOT / "demos" / "fit_object_by_touch.py"
     spec = importlib.util.spec_from_file_location("fit_object_by_touch", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

@@ -5,21 +5,19 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import diffsim as ds
-from _helpers import central_difference
+from _helpers import ROOT, central_difference
 from diffsim.core import flatten, resolve
 from diffsim.fitting import Fitter
 from diffsim.learned.damping import LinearDamping
 from diffsim.trajectory import record
 
 T = torch.float64
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- State and names

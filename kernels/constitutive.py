@@ -210,6 +210,21 @@ def _hencky_spectral(mtype, K, lam, U, prm, mats: ti.template()):
 
 
 @ti.func
+def _hencky_parameter_adjoint(eps_e_bar, t_bar, eps_e, stiff, D):
+    """Parameter adjoint of a Hencky model from the adjoints of the elastic log strains
+    ``eps_e`` (through the return map's ``D = d eps_e / d prm``) and of the principal
+    stresses ``t = stiff eps_e`` (through ``D`` and directly through mu and lambda)."""
+    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
+    SD = stiff @ D
+    for k in ti.static(range(4)):
+        for i in ti.static(range(3)):
+            prm_bar[k] += eps_e_bar[i] * D[i, k] + t_bar[i] * SD[i, k]
+    prm_bar[0] += 2.0 * t_bar.dot(eps_e)
+    prm_bar[1] += t_bar.sum() * eps_e.sum()
+    return prm_bar
+
+
+@ti.func
 def _hencky_spectral_vjp(mtype, K, lam, U, prm, De_bar, tau_bar, mats: ti.template()):
     """Adjoint of :func:`_hencky_spectral`: ``(K_bar, prm_bar)``.
 
@@ -249,14 +264,7 @@ def _hencky_spectral_vjp(mtype, K, lam, U, prm, De_bar, tau_bar, mats: ti.templa
         P[i, j] = ddr * X[i, j] + ddt * Y[i, j]
     B_bar = U @ P @ U.transpose()
     K_bar += (B_bar + B_bar.transpose()) @ Fm
-    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
-    SD = stiff @ D
-    for k in ti.static(range(4)):
-        for i in ti.static(range(3)):
-            prm_bar[k] += w[i] * D[i, k] + y[i] * SD[i, k]
-    prm_bar[0] += 2.0 * y.dot(eps_e)
-    prm_bar[1] += y.sum() * eps_e.sum()
-    return K_bar, prm_bar
+    return K_bar, _hencky_parameter_adjoint(w, y, eps_e, stiff, D)
 
 
 @ti.func
@@ -485,17 +493,7 @@ def _hencky_svd_vjp(mtype, F, prm, Fe_bar, tau_bar, mats: ti.template()):
     Fa, d1 = spectral_vjp(U, s, V, g1, J1, Fe_bar, dd1)
     Fb, d2 = spectral_vjp(U, s, V, g2, J2, tau_bar @ F, dd2)
     F_bar += Fa + Fb
-    # parameters: through the return map (D) and directly through the stiffness
-    prm_bar = ti.Vector([0.0, 0.0, 0.0, 0.0])
-    w1 = d1 * sig_e
-    w2 = d2 / ss
-    SD = stiff @ D
-    for k in ti.static(range(4)):
-        for i in ti.static(range(3)):
-            prm_bar[k] += w1[i] * D[i, k] + w2[i] * SD[i, k]
-    prm_bar[0] += 2.0 * w2.dot(eps_e)
-    prm_bar[1] += w2.sum() * eps_e.sum()
-    return F_bar, prm_bar
+    return F_bar, _hencky_parameter_adjoint(d1 * sig_e, d2 / ss, eps_e, stiff, D)
 
 
 @ti.func

@@ -57,6 +57,30 @@ def cross_matrix(w):
 
 
 @ti.func
+def _jacobi_rotation(x, y, z):
+    """Cosine and sine of the Jacobi rotation that zeroes ``z`` in the symmetric 2x2
+    ``[[x, z], [z, y]]`` (the smaller of the two angles), and its tangent."""
+    zeta = (y - x) / (2.0 * z)
+    sgn = 1.0
+    if zeta < 0.0:
+        sgn = -1.0
+    t = sgn / (ti.abs(zeta) + ti.sqrt(1.0 + zeta * zeta))
+    c = 1.0 / ti.sqrt(1.0 + t * t)
+    return c, c * t, t
+
+
+@ti.func
+def _rotate_columns(M, i: ti.template(), j: ti.template(), c, s):
+    """Columns i and j of ``M`` rotated: ``(c m_i - s m_j, s m_i + c m_j)``."""
+    for r in ti.static(range(3)):
+        m_ri = M[r, i]
+        m_rj = M[r, j]
+        M[r, i] = c * m_ri - s * m_rj
+        M[r, j] = s * m_ri + c * m_rj
+    return M
+
+
+@ti.func
 def _jacobi_rotate(A, V, i: ti.template(), j: ti.template(), tol):
     """One Hestenes rotation making columns i and j of A orthogonal."""
     ai = ti.Vector([A[0, i], A[1, i], A[2, i]])
@@ -67,22 +91,9 @@ def _jacobi_rotate(A, V, i: ti.template(), j: ti.template(), tol):
     changed = 0
     if gamma * gamma > tol * tol * alpha * beta and gamma != 0.0:
         changed = 1
-        zeta = (beta - alpha) / (2.0 * gamma)
-        sgn = 1.0
-        if zeta < 0.0:
-            sgn = -1.0
-        t = sgn / (ti.abs(zeta) + ti.sqrt(1.0 + zeta * zeta))
-        c = 1.0 / ti.sqrt(1.0 + t * t)
-        s = c * t
-        for r in ti.static(range(3)):
-            a_ri = A[r, i]
-            a_rj = A[r, j]
-            A[r, i] = c * a_ri - s * a_rj
-            A[r, j] = s * a_ri + c * a_rj
-            v_ri = V[r, i]
-            v_rj = V[r, j]
-            V[r, i] = c * v_ri - s * v_rj
-            V[r, j] = s * v_ri + c * v_rj
+        c, s, _ = _jacobi_rotation(alpha, beta, gamma)
+        A = _rotate_columns(A, i, j, c, s)
+        V = _rotate_columns(V, i, j, c, s)
     return A, V, changed
 
 
@@ -166,13 +177,7 @@ def _jacobi_sym_rotate(A, U, p: ti.template(), q: ti.template(), tol):
     apq = A[p, q]
     if ti.abs(apq) > tol:
         changed = 1
-        theta = (A[q, q] - A[p, p]) / (2.0 * apq)
-        sgn = 1.0
-        if theta < 0.0:
-            sgn = -1.0
-        t = sgn / (ti.abs(theta) + ti.sqrt(1.0 + theta * theta))
-        c = 1.0 / ti.sqrt(1.0 + t * t)
-        s = t * c
+        c, s, t = _jacobi_rotation(A[p, p], A[q, q], apq)
         A[p, p] -= t * apq
         A[q, q] += t * apq
         A[p, q] = 0.0
@@ -184,11 +189,7 @@ def _jacobi_sym_rotate(A, U, p: ti.template(), q: ti.template(), tol):
         A[p, r] = A[r, p]
         A[r, q] = s * arp + c * arq
         A[q, r] = A[r, q]
-        for k in ti.static(range(3)):
-            ukp = U[k, p]
-            ukq = U[k, q]
-            U[k, p] = c * ukp - s * ukq
-            U[k, q] = s * ukp + c * ukq
+        U = _rotate_columns(U, p, q, c, s)
     return A, U, changed
 
 

@@ -232,9 +232,9 @@ def _hencky_spectral_vjp(mtype, K, lam, U, prm, De_bar, tau_bar, mats: ti.templa
     symmetric ``b - I``; their adjoint is ``U (Gamma o U^T X U) U^T`` with the eigenvalue
     Jacobian on the diagonal and divided differences ``(f_i - f_j) / (lam_i - lam_j)``
     off it, computed without cancellation: with ``z = (lam_i - lam_j) / (2 + lam_i + lam_j)``
-    the log strains differ by ``L = 2 atanh(z) / 2`` and ``L / (lam_i - lam_j) =
-    atanh(z)/z / (2 + lam_i + lam_j)``; every return map scales deviatoric differences by
-    ``c`` (see :func:`_return_map`), so ``t_i - t_j = 2 mu c L`` and
+    the log strains ``eps = log1p(lam) / 2`` differ by ``L = atanh(z)``, so
+    ``L / (lam_i - lam_j) = (atanh(z) / z) / (2 + lam_i + lam_j)``; every return map scales
+    deviatoric differences by ``c`` (see :func:`_return_map`), so ``t_i - t_j = 2 mu c L`` and
     ``r_i - r_j = exp(d_j) expm1((c - 1) L)`` for ``r = expm1(d)``, ``d = eps_e - eps``."""
     I3 = ti.Matrix.identity(float, 3)
     mu = prm[0]

@@ -508,8 +508,11 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
         raise InvalidScene(f"steps must be >= 1, got {steps}")
     if record_every is not None and int(record_every) < 1:
         raise InvalidScene(f"record_every must be >= 1, got {record_every}")
-    if state is None:
-        state = initial_state(sim)
+    if state is None:  # the solver's own state, F - I exactly as its fields hold it
+        raw = sim._read_state()
+        rows = tuple(torch.from_numpy(raw[k]) for k in ("x", "v", "C", "F_minus_I"))
+    else:
+        rows = state_rows(state)
     prm = parameter_tensor(sim, params)
     pos, vel, omega, rotations, end = collider_schedule(sim, steps, collider_velocity, collider_position)
     _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
@@ -522,7 +525,7 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
     cuts = sorted(cuts)
     neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
     start_time, start_step = sim.time, sim.step_count
-    x, v, C, F = state_rows(state)
+    x, v, C, F = rows
     records = []
     for a, b in zip(cuts[:-1], cuts[1:]):
         rots = rotations[a:b] if rotations is not None else None

@@ -417,6 +417,8 @@ class MPMSolver(System):
         if "F" in state:
             F = state.pop("F")
             F = F.detach().cpu().numpy() if hasattr(F, "detach") else np.asarray(F)
+            if F.shape != (n, 3, 3):
+                raise InvalidScene(f"state['F'] has shape {F.shape}, expected {(n, 3, 3)}")
             state["F_minus_I"] = F.astype(np.float64) - np.eye(3)
         for name, shape in self._STATE:
             if name not in state:
@@ -425,8 +427,7 @@ class MPMSolver(System):
             a = state[name]
             a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
             if a.shape != shape:
-                raise InvalidScene(f"state[{'F' if name == 'F_minus_I' else name!r}] has shape {a.shape}, "
-                                   f"expected {shape}")
+                raise InvalidScene(f"state[{name!r}] has shape {a.shape}, expected {shape}")
             km.copy_in(getattr(self.fields, name), self._np(a), n)
 
     def positions(self, body: str | None = None) -> np.ndarray:

@@ -46,6 +46,18 @@ def test_particles_outside_domain():
     assert "outside the usable domain" in str(err.value) and "low" in str(err.value)
 
 
+@pytest.mark.parametrize("name, shape", [("F", (4, 3)), ("F", (5, 3, 3)), ("x", (4, 2))])
+def test_mpm_state_of_the_wrong_shape_names_the_array(name, shape):
+    sim = ds.MPMSolver(grid=16, dt=1e-4)
+    sim.add_particles(np.full((4, 3), 0.5) + 0.01 * np.arange(4)[:, None], ds.FixedCorotated(E=1e4))
+    sim.build()
+    with pytest.raises(ds.InvalidScene, match=rf"state\['{name}'\] has shape"):
+        sim.set_state({name: np.zeros(shape)})
+    sim.set_state({"F": np.eye(3) * 1.01 + np.zeros((4, 3, 3))})    # the right shape round-trips
+    assert np.allclose(sim.get_state()["F"], 1.01 * np.eye(3))
+    sim.close()
+
+
 def test_non_watertight_mesh(tmp_path):
     box = trimesh.creation.box(extents=(0.1, 0.1, 0.1))
     box.update_faces(np.arange(len(box.faces)) != 0)

@@ -42,16 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
+from _memory import peak_rss_mb, rss_mb
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_silo(orifice, duration, arch, threads):
@@ -70,7 +67,7 @@ def run_silo(orifice, duration, arch, threads):
     name = "silo_settled_15k" if abs(orifice - 0.024) < 1e-9 else f"silo_orifice_{orifice * 1e3:.0f}mm"
     return {"case": name, "particles": sim.n, "mean_particles": mean_active, "steps": steps, "dt": sim.dt,
             "orifice_m": orifice, "particle_steps_per_s": mean_active * steps / stepping, "wall_s": stepping,
-            "peak_rss_mb": _peak_rss_mb(), "flow_rate_kg_s": granular.flow_rate(times, mass, t_lo),
+            "peak_rss_mb": peak_rss_mb(), "flow_rate_kg_s": granular.flow_rate(times, mass, t_lo),
             "rate_windows_kg_s": granular.windowed_rates(times, mass, t_lo, duration),
             "discharged_kg": float(mass[-1]), "rebuilds": sim.rebuilds,
             "threads": threads or os.cpu_count(), "arch": arch,
@@ -125,17 +122,12 @@ def run_grad_pile(arch, threads):
     f, b = statistics.median(fwd), statistics.median(bwd)
     return {"case": "grad_pile_300", "particles": sim.n, "steps": steps, "dt": sim.dt, "forward_s": round(f, 4),
             "backward_s": round(b, 4), "backward_over_forward": round(b / f, 2),
-            "contacts": int(sim.fields.nbr_n.to_numpy()[:sim.n].sum()), "peak_rss_mb": _peak_rss_mb(),
+            "contacts": int(sim.fields.nbr_n.to_numpy()[:sim.n].sum()), "peak_rss_mb": peak_rss_mb(),
             "threads": threads, "arch": arch}
 
 
 SCALE_CPU = (10_000, 30_000, 100_000, 300_000, 1_000_000)
 SCALE_GPU = SCALE_CPU + (3_000_000,)
-
-
-def _current_rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def run_scale(n_target, arch, threads):
@@ -149,7 +141,7 @@ def run_scale(n_target, arch, threads):
     a = max(2, round((2 * n_target) ** (1.0 / 3.0)))           # a x a x a/2 spheres
     h = max(1, round(n_target / (a * a)))
     side = (a - 1) * gap + 2 * 0.995 * R                          # 0.5% overlap with the walls too
-    base = _current_rss_mb()
+    base = rss_mb()
     mat = ds.DEMMaterial(E=1e7, nu=0.3, restitution=0.5, friction=0.4, rolling_friction=0.05)
     sim = ds.DEMSolver((-0.001, -0.001, -0.001), (side + 0.001, side + 0.001, h * gap + 0.01), mat, dt=2e-6)
     sim.add_wall(ds.PlaneWall((0, 0, 0), (0, 0, 1), name="floor"))
@@ -166,11 +158,11 @@ def run_scale(n_target, arch, threads):
     steps = max(20, min(200, int(4e7 / sim.n)))
     t0 = time.perf_counter()
     sim.step(steps)
-    sim.positions()                                             # wait for the device
+    x = sim.positions()                                         # (also waits for the device)
     wall = time.perf_counter() - t0
-    if not np.isfinite(sim.positions()).all():
+    if not np.isfinite(x).all():
         raise SystemExit("scale case diverged")
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
     return {"case": f"scale_{n_target}", "particles": sim.n, "steps": steps, "dt": sim.dt,
             "particle_steps_per_s": sim.n * steps / wall, "wall_s": wall,
             "contacts": int(sim.fields.nbr_n.to_numpy()[:sim.n].sum()), "rebuilds": sim.rebuilds,

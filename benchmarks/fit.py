@@ -16,11 +16,12 @@ summary: the fraction of fits whose true value lies within 2 reported standard d
 """
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
+
+from _memory import peak_rss_mb
 
 PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
 
@@ -45,9 +46,6 @@ def main():
     data = record(scene, scene.steps, scene.every, progress=False, script=str(PROBE), full_state=True)
     scene.solver.close()
 
-    def rss():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
     fitter = Fitter(build_scene(PROBE, opts), data, ["E", "nu"], init={"E": 2e3, "nu": 0.1})
     fitter.loss().backward()  # compile
     t0 = time.perf_counter()
@@ -58,7 +56,7 @@ def main():
     sec = (time.perf_counter() - t0) / n_eval
     print(json.dumps({"case": "fit_E_nu_jelly", "particles": fitter.sim.n, "substeps": fitter.steps,
                       "mpm_steps_per_s": fitter.steps / sec, "seconds_per_evaluation": sec,
-                      "peak_rss_mb": rss(), "precision": args.precision}), flush=True)
+                      "peak_rss_mb": peak_rss_mb(), "precision": args.precision}), flush=True)
 
     torch.manual_seed(0)
     el, pl = make_law("structured", width=32, depth=2, stress_scale=5e3)
@@ -70,7 +68,7 @@ def main():
     sec = (time.perf_counter() - t0) / iters
     steps = 10 * data.frame_every
     print(json.dumps({"case": "train_law_jelly", "particles": trainer.sim.n, "substeps": steps,
-                      "mpm_steps_per_s": steps / sec, "seconds_per_iteration": sec, "peak_rss_mb": rss(),
+                      "mpm_steps_per_s": steps / sec, "seconds_per_iteration": sec, "peak_rss_mb": peak_rss_mb(),
                       "precision": args.precision}), flush=True)
 
 

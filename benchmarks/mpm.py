@@ -39,18 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
+from _memory import peak_rss_mb, rss_mb
+
 DEFAULT_CASES = ("elastic_box_118k", "sand_box_118k", "grad_30k", "grad_30k_recompute")
 ALL_CASES = DEFAULT_CASES + ("memory_1000steps_30k", "grad_neural_512")
-
-
-def _peak_rss_mb():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return peak
 
 
 def _box_solver(ds, material, edge_particles, grid=64, dt=2e-4, spacing=0.01):
@@ -68,11 +64,6 @@ def _box_solver(ds, material, edge_particles, grid=64, dt=2e-4, spacing=0.01):
 def _sync():
     import taichi as ti
     ti.sync()
-
-
-def _current_rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _median(xs):
@@ -145,11 +136,11 @@ def case_scale(ds, name, steps):
     k = 49.0 / edge
     grid = max(16, round(64 / k))
     material = ds.FixedCorotated(E=3e5, nu=0.2, density=1000.0)
-    base = _current_rss_mb()                      # the process before the scene (torch, Taichi)
+    base = rss_mb()                      # the process before the scene (torch, Taichi)
     sim = _box_solver(ds, material, edge, grid=grid, dt=2e-4 * k, spacing=0.01 * k)
     timed = max(20, min(steps, int(4e7 / sim.n)))
     out = case_forward(ds, name, None, timed, sim=sim)
-    out["scene_mb"] = round(_peak_rss_mb() - base, 1)
+    out["scene_mb"] = round(peak_rss_mb() - base, 1)
     return out
 
 
@@ -210,7 +201,7 @@ def run_case(name, args):
     else:
         raise SystemExit(f"unknown case {name!r}; cases: {ALL_CASES} or scale_<N>")
     import taichi as ti
-    out.update(peak_rss_mb=_peak_rss_mb(), threads=args.threads or os.cpu_count(), arch=args.arch,
+    out.update(peak_rss_mb=peak_rss_mb(), threads=args.threads or os.cpu_count(), arch=args.arch,
                precision=args.precision, device=str(ti.lang.impl.current_cfg().arch).split(".")[-1])
     return out
 

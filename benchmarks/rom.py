@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from _memory import peak_rss_mb, rss_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -133,7 +134,7 @@ def speed_one(kind, model_path, frames, grid, size):
     opts = {"material": "jelly", "shape": "cube", "grid": grid, "size": size, "seed": 100, "frames": frames + 1}
     if kind == "rom":
         opts.update(solver="rom", model=model_path)
-    before = _rss_mb()
+    before = rss_mb()
     scene = build_scene(SCENE, opts)
     sim = scene.solver
     sim.build()
@@ -146,14 +147,8 @@ def speed_one(kind, model_path, frames, grid, size):
         scene.step(per_frame)
         sim.frame()["particles"][0]
     wall = (time.perf_counter() - t0) / frames
-    return {"kind": kind, "particles": n, "s_per_frame": wall, "memory_mb": _rss_mb() - before,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _rss_mb() -> float:
-    """Resident memory of this process now (MB; Linux)."""
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+    return {"kind": kind, "particles": n, "s_per_frame": wall, "memory_mb": rss_mb() - before,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def speed(model_path, frames=20, grid=100, size=0.23):

@@ -40,19 +40,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from _memory import peak_rss_mb
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CASES = {"rigid": "dome_rigid_press_slide", "mpm": "dome_mpm_press", "optical": "optical_image_640x480"}
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _dome_over_rigid(dt, substeps):
@@ -105,7 +102,7 @@ def run_rigid(arch, threads, precision, substeps=400, dt=4e-6):
     return {"case": CASES["rigid"], "tets": sim.n_tets, "nodes": sim.n, "particles": 0, "substeps": substeps,
             "dt": dt, "ms_per_substep": 1e3 * statistics.median(forward) / substeps,
             "backward_over_forward": statistics.median(ratios), "normal_force_n": d["sensor_normal_force"],
-            "max_penetration_m": penetration, "peak_rss_mb": _peak_rss_mb(),
+            "max_penetration_m": penetration, "peak_rss_mb": peak_rss_mb(),
             "threads": threads or os.cpu_count(), "arch": arch, "precision": precision}
 
 
@@ -168,7 +165,7 @@ def run_mpm(arch, threads, precision, substeps=200, dt=4e-6):
     return {"case": CASES["mpm"], "tets": fem.n_tets, "nodes": fem.n, "particles": mpm.n, "substeps": substeps,
             "dt": dt, "ms_per_substep": 1e3 * c, "mpm_ms_per_substep": 1e3 * m, "overhead_over_mpm": c / m - 1.0,
             "backward_over_forward": statistics.median(ratios), "normal_force_n": d["sensor_normal_force"],
-            "peak_rss_mb": _peak_rss_mb(), "threads": threads or os.cpu_count(), "arch": arch,
+            "peak_rss_mb": peak_rss_mb(), "threads": threads or os.cpu_count(), "arch": arch,
             "precision": precision}
 
 
@@ -206,7 +203,7 @@ def run_optical(arch, threads, precision, substeps=200, dt=4e-6):
     return {"case": CASES["optical"], "tets": sim.n_tets, "nodes": sim.n, "particles": 0, "width": optics.width,
             "height": optics.height, "stride": optics.stride, "markers": sensor.marker_count,
             "ms_per_frame": 1e3 * f, "backward_ms_per_frame": 1e3 * b, "backward_over_forward": b / f,
-            "ms_per_frame_no_grad": 1e3 * statistics.median(plain), "peak_rss_mb": _peak_rss_mb(),
+            "ms_per_frame_no_grad": 1e3 * statistics.median(plain), "peak_rss_mb": peak_rss_mb(),
             "threads": threads or os.cpu_count(), "torch_threads": torch.get_num_threads(), "arch": arch,
             "precision": precision}
 

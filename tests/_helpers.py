@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]   # the repository
@@ -47,3 +48,23 @@ def lattice(center, size, spacing):
     n = np.maximum(1, np.round(size / spacing).astype(int))
     axes = [c - s / 2 + (np.arange(k) + 0.5) * s / k for c, s, k in zip(center, size, n)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def check_model_file_errors(load, saved, kind, other_format):
+    """``load(path)`` of a learned model raises ``InvalidModel`` naming the problem for a
+    missing file, junk bytes, ``saved`` (a good file) cut in half, and a file of
+    ``other_format``; ``kind``: the model's own format name after ``diffsim-``."""
+    from diffsim.learned.model_file import InvalidModel
+    folder = saved.parent
+    with pytest.raises(InvalidModel, match="does not exist"):
+        load(folder / "missing.pt")
+    (folder / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(InvalidModel, match="not a readable model file"):
+        load(folder / "junk.pt")
+    data = saved.read_bytes()
+    (folder / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidModel, match="not a readable model file"):
+        load(folder / "cut.pt")
+    torch.save({"format": other_format}, folder / "other.pt")
+    with pytest.raises(InvalidModel, match=f"not a diffsim-{kind} file"):
+        load(folder / "other.pt")

@@ -15,7 +15,7 @@ from diffsim.learned.model_file import InvalidModel
 from diffsim.learned.neuraldem import ConditionOutOfRange, NeuralDEM
 from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run
 from diffsim.sweep import load_dataset
-from _helpers import ROOT
+from _helpers import ROOT, check_model_file_errors
 
 HOPPER = os.path.join(ROOT, "scenes", "dem_hopper.py")
 TINY = dict(width=16, latents=4, blocks=1, heads=2, frequencies=3, decoder_hidden=16)
@@ -135,14 +135,7 @@ def test_save_load_and_bad_model_files(tmp_path):
     a = model.fields(cond, [0.2, 0.4])["occupancy"]
     b = again.fields(cond, [0.2, 0.4])["occupancy"]
     assert torch.equal(a, b)
-    with pytest.raises(InvalidModel, match="does not exist"):
-        NeuralDEM.load(tmp_path / "none.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(InvalidModel, match="not a readable model file"):
-        NeuralDEM.load(tmp_path / "junk.pt")
-    torch.save({"format": "diffsim-giorom"}, tmp_path / "other.pt")
-    with pytest.raises(InvalidModel, match="not a diffsim-neuraldem file"):
-        NeuralDEM.load(tmp_path / "other.pt")
+    check_model_file_errors(NeuralDEM.load, tmp_path / "m.pt", "neuraldem", "diffsim-giorom")
     with pytest.raises(InvalidModel, match="unknown NeuralDEM options"):
         NeuralDEM(TINY, _stats(), depth=3)
 

@@ -21,7 +21,7 @@ from diffsim.learned.rom import GIOROM, ROMBody
 from diffsim.sweep import load_dataset
 from diffsim.learned.rom_training import ROMData, chamfer, relative_l2, rollout_dense, train_rom
 
-from _helpers import ROOT, central_difference, lattice
+from _helpers import ROOT, central_difference, check_model_file_errors, lattice
 
 SCENE = ROOT / "scenes" / "rom_body.py"
 TINY = dict(sparse=24, width=8, layers=1, grid=6, latent=4, modes=2, operator_layers=1, decoder_hidden=8,
@@ -98,18 +98,7 @@ def test_model_file_round_trip_and_clear_errors(tmp_path):
     again = GIOROM.load(tmp_path / "m.pt")
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
-    with pytest.raises(InvalidModel, match="does not exist"):
-        GIOROM.load(tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a model")
-    with pytest.raises(InvalidModel, match="not a readable model file"):
-        GIOROM.load(tmp_path / "junk.pt")
-    torch.save({"format": "something else"}, tmp_path / "other.pt")
-    with pytest.raises(InvalidModel, match="not a diffsim-giorom file"):
-        GIOROM.load(tmp_path / "other.pt")
-    data = (tmp_path / "m.pt").read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InvalidModel, match="not a readable model file"):
-        GIOROM.load(tmp_path / "cut.pt")
+    check_model_file_errors(GIOROM.load, tmp_path / "m.pt", "giorom", "something else")
     with pytest.raises(InvalidModel, match="unknown GIOROM options"):
         GIOROM("small", widht=3)
 

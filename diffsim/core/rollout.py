@@ -30,7 +30,8 @@ def rollout(system: System, steps: int, state: State | None = None, params: dict
             (``{"press": v}`` means its velocity); ``system.control_names()`` lists them.
         record_every: also return the state every that many substeps.
         tape_memory: bytes of substep tapes kept between the forward and the backward pass
-            (MPM and the coupling's MPM side; default 1 GiB; 0 recomputes every segment).
+            (the adjoint core's budget, :mod:`diffsim.core.adjoint`; default 1 GiB; 0
+            recomputes every segment but the last). The FEM keeps one tape, its own rows.
         check_gradients: non-finite adjoints raise :class:`~diffsim.GradientNotFinite`
             naming the substep and stage (False skips the check).
         start: the substep the rollout begins at (MPM and step modules; needs ``state``).

@@ -1,16 +1,19 @@
 """Differentiable FEM-MPM rollouts (:meth:`diffsim.FEMMPMCoupling.rollout`).
 
-The rollout runs in the FEM solver's chunks (``tape_substeps``); each chunk is one torch
-autograd Function that steps both solvers substep by substep exactly as the forward
-coupling does (the MPM's fused substep with the FEM surface as a grid hook, then the FEM
-substep) and tapes both: the FEM rows on the FEM solver's tape, the MPM states and grids
-on an MPM segment tape (:class:`diffsim.mpm.rollout.TapeCache`). Its backward reverses each
-substep:
+The coupled system's adjoint is a composition (:class:`CoupledHooks`): the FEM's hooks,
+the MPM's hooks and the contact term between them (the MPM's grid hook,
+:class:`diffsim.kernels.coupling.FEMGridContact`), run by the one adjoint core
+(:mod:`diffsim.core.adjoint`) in the FEM solver's chunks (``tape_substeps``). Each chunk
+steps both solvers substep by substep exactly as the forward coupling does (the MPM's
+fused substep with the term on its grid, then the FEM substep) and tapes both (the FEM
+rows on the FEM solver's tape, the MPM states and grids on an MPM tape of the same
+:class:`~diffsim.core.adjoint.TapeCache` the MPM's own rollouts use). Its backward
+reverses each substep:
 
 1. the FEM substep's adjoint (row ``t + 1`` -> ``t``; it also yields the adjoint of the
    contact force ``fp[t]`` that the grid exchanged with each node);
-2. the MPM substep loaded from its tape, the hook replayed on the grid (impulses kept);
-3. the MPM G2P adjoint; the hook's hand-written adjoint, node by node backwards
+2. the MPM substep loaded from its tape, the term replayed on the grid (impulses kept);
+3. the MPM G2P adjoint; the term's hand-written adjoint, node by node backwards
    (:meth:`diffsim.kernels.coupling.FEMGridContact.adjoint`: FEM node position and
    velocity adjoints, grid velocity and mass adjoints); the grid and P2G/material
    adjoints.
@@ -22,86 +25,119 @@ are taken as in the forward pass (gradients are one-sided where they switch).
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
+from ..core.adjoint import SegmentHooks, segment
+from ..errors import GradientNotFinite, InvalidScene
 from ..fem import rollout as fem_rollout
-from .. import runtime
-from ..mpm.rollout import (MPMState, _get, _put, _tapes, collider_schedule, finish_rollout, initial_state,
-                           load_substep, parameter_tensor, reverse_substep, seed_adjoint, segment_substep,
-                           state_from_rows, state_rows)
-from ..errors import InvalidScene
+from ..mpm.rollout import (MPMHooks, MPMState, _MPMSegment, collider_schedule, finish_rollout, initial_state,
+                           parameter_tensor, state_from_rows, state_rows)
+
+_FEM, _MPM = slice(1, 9), slice(9, 17)   # a coupled chunk's inputs: normals, the FEM's, the MPM's
+
+_pair_ids = itertools.count(1)
 
 
-def _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record):
-    """Both solvers through ``k`` coupled substeps from the given inputs; returns the MPM
-    tape's owner id (with ``record``)."""
-    mpm, hook = both.mpm, both.hook
-    fs = mpm.fields
-    _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), mpm_in, mpm.n, runtime.torch_dtype())
-    hook.normal.from_numpy(_np(mpm, normals))
-    tape = _tapes(mpm).acquire(k) if record else None
-    pos, vel, omega, rots = sched
+class _PairTape:
+    """The FEM's and the MPM's tapes of one coupled chunk; freeing it frees both."""
 
-    def mpm_substep(t):
-        hook.row[None] = t
-        segment_substep(mpm, tape, t, pos[t], vel[t], omega, rots, hook)
-    fem_rollout._run(both.fem, k, rec, pairs, *fem_in, before_substep=mpm_substep)
-    return tape.owner if record else None
+    def __init__(self, fem, mpm):
+        self.fem, self.mpm = fem, mpm
+        self.ids = (fem.owner, mpm.owner)
+        self._owner = next(_pair_ids)
+
+    @property
+    def owner(self):
+        return self._owner
+
+    @owner.setter
+    def owner(self, value):
+        self._owner = value
+        if value is None:
+            for tape, mine in ((self.fem, self.ids[0]), (self.mpm, self.ids[1])):
+                if tape.owner == mine:
+                    tape.owner = None
+
+    def intact(self) -> bool:
+        return (self.fem.owner, self.mpm.owner) == self.ids
 
 
-def _np(sim, t):
-    return sim._np(t.detach().cpu().numpy())
+class _CoupledChunk:
+    def __init__(self, fem_seg, mpm_seg):
+        self.fem, self.mpm = fem_seg, mpm_seg
+        self.start, self.steps = fem_seg.start, fem_seg.steps
 
 
-class _CoupledChunk(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, both, k, rec, pairs, normals, sched, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R,
-                mx, mv, mC, mF, mprm):
-        fem, mpm = both.fem, both.mpm
-        fem_in = (x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
-        mpm_in = (mx, mv, mC, mF, mprm)
-        ctx.both, ctx.k, ctx.rec, ctx.pairs, ctx.sched = both, k, rec, pairs, sched
-        ctx.save_for_backward(normals, *fem_in, *mpm_in)
-        ctx.tape_id = _run(both, k, rec, pairs, normals, sched, fem_in, mpm_in, record=True)
-        ctx.token = object()
-        fem._tape_owner = ctx.token
-        outs = _get((mpm.fields.x, mpm.fields.v, mpm.fields.C, mpm.fields.F_minus_I), ((3,), (3,), (3, 3), (3, 3)),
-                    mpm.n, mx.dtype)
-        return (*fem_rollout.outputs(fem, k, rec, x0.dtype), *outs)
+class CoupledHooks(SegmentHooks):
+    """A coupled system's hooks: the FEM's (:class:`~diffsim.fem.rollout.FEMHooks`) and
+    the MPM's (:class:`~diffsim.mpm.rollout.MPMHooks`) composed with the contact term (the
+    MPM's grid hook). A chunk's inputs are ``(normals, *FEM inputs, *MPM inputs)``; each
+    forward substep is the MPM substep (the term on its grid) then the FEM substep; each
+    reverse substep the FEM's, then the MPM's with the term replayed and reversed."""
 
-    @staticmethod
-    def backward(ctx, g_xk, g_vk, g_xs, g_vs, g_fc, g_mx, g_mv, g_mC, g_mF):
-        both, k, rec = ctx.both, ctx.k, ctx.rec
-        fem, mpm, hook = both.fem, both.mpm, both.hook
-        fs = mpm.fields
-        normals, *saved = ctx.saved_tensors
-        fem_in, mpm_in = saved[:8], saved[8:]
-        tape = _tapes(mpm).find(ctx.tape_id)
-        if tape is None or getattr(fem, "_tape_owner", None) is not ctx.token:
-            ctx.tape_id = _run(both, k, rec, ctx.pairs, normals, ctx.sched, fem_in, mpm_in, record=True)
-            fem._tape_owner = ctx.token
-            tape = _tapes(mpm).find(ctx.tape_id)
-        else:
-            _put((fs.prm,), mpm_in[4:], mpm.n, mpm_in[4].dtype)
-            hook.normal.from_numpy(_np(mpm, normals))
-        hook.normal_grad.fill(0)
-        fem_rollout.seed_adjoint(fem, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
-        seed_adjoint(mpm, g_mx, g_mv, g_mC, g_mF)
-        pos, vel, omega, rots = ctx.sched
-        dt, dx, lx, ly, lz = mpm.kernel_args[:5]
-        n_pairs = len(ctx.pairs[0])
-        for t in reversed(range(k)):
-            fem_rollout.substep_adjoint(fem, t, rec, n_pairs)
-            load_substep(mpm, tape, t, pos[t], vel[t], omega, rots)
-            hook.row[None] = t
-            hook.replay(fs, dt, dx, lx, ly, lz)
-            reverse_substep(mpm, first=t == k - 1, after_g2p=lambda: hook.adjoint(fs, dt, dx, lx, ly, lz))
-        tape.owner = None
-        g_fem = fem_rollout.input_grads(fem, k, fem_in)
-        *g_state, g_prm = _get((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1, fs.acc_prm),
-                               ((3,), (3,), (3, 3), (3, 3), (4,)), mpm.n, mpm_in[0].dtype)
-        g_normals = torch.from_numpy(hook.normal_grad.to_numpy()[: len(normals)]).to(normals.dtype)
-        return (None,) * 4 + (g_normals, None) + g_fem + (*g_state, g_prm.to(mpm_in[4].dtype))
+    def __init__(self, both, longest, check=True):
+        self.both, self.check, self.term = both, check, both.hook
+        self.mpm = MPMHooks(both.mpm, longest, check, hook=both.hook)
+        self.fem = fem_rollout.FEMHooks(both.fem, check)
+        self.tapes = {}
+
+    def acquire(self, seg):
+        tape = _PairTape(self.fem.acquire(seg.fem), self.mpm.acquire(seg.mpm))
+        self.tapes = {k: t for k, t in self.tapes.items() if t.owner is not None and t.intact()}
+        self.tapes[tape.owner] = tape
+        return tape
+
+    def find(self, owner):
+        tape = self.tapes.get(owner)
+        return tape if tape is not None and tape.intact() else None
+
+    def load(self, seg, inputs):
+        self.fem.load(seg.fem, inputs[_FEM])
+        self.mpm.load(seg.mpm, inputs[_MPM])
+        self.reload(seg, inputs)
+
+    def reload(self, seg, inputs):
+        self.mpm.reload(seg.mpm, inputs[_MPM])
+        self.term.normal.from_numpy(self.both.mpm._np(inputs[0].detach().cpu().numpy()))
+
+    def run(self, seg, tape, inputs):
+        mpm_tape = tape.mpm if tape is not None else None
+        self.fem.before_substep = lambda t: self.mpm.substep(seg.mpm, mpm_tape, t, inputs[_MPM])
+        try:
+            self.fem.run(seg.fem, tape.fem if tape is not None else None, inputs[_FEM])
+        finally:
+            self.fem.before_substep = None
+
+    def outputs(self, seg, inputs):
+        return (*self.fem.outputs(seg.fem, inputs[_FEM]), *self.mpm.outputs(seg.mpm, inputs[_MPM]))
+
+    def seed(self, seg, tape, grads):
+        self.term.normal_grad.fill(0)
+        self.fem.seed(seg.fem, tape.fem, grads[:5])
+        self.mpm.seed(seg.mpm, tape.mpm, grads[5:])
+
+    def reverse(self, seg, tape, k, inputs):
+        self.fem.reverse(seg.fem, tape.fem, k, inputs[_FEM])
+        self.mpm.reverse(seg.mpm, tape.mpm, k, inputs[_MPM])
+
+    def input_grads(self, seg, tape, inputs):
+        normals = inputs[0]
+        g_normals = torch.from_numpy(self.term.normal_grad.to_numpy()[: len(normals)]).to(normals.dtype)
+        return (g_normals, *self.fem.input_grads(seg.fem, tape.fem, inputs[_FEM]),
+                *self.mpm.input_grads(seg.mpm, tape.mpm, inputs[_MPM]))
+
+    def locate(self, seg, tape, grads, inputs):
+        from .. import adjoint_health
+        names = ("surface normal", "FEM position", "FEM velocity", "FEM material parameter", "FEM contact parameter",
+                 "driver translation", "driver rotation", None, None, "MPM position", "MPM velocity",
+                 "MPM affine", "MPM deformation gradient", "MPM parameter", "MPM collider position",
+                 "MPM collider velocity", "MPM collider angular velocity")
+        out = self.input_grads(seg, tape, inputs)
+        bad = [name for name, g in zip(names, out) if name and g is not None and not adjoint_health.all_finite(g)]
+        raise GradientNotFinite(seg.start, "FEM-MPM coupled chunk", f"the {', '.join(bad)} adjoint",
+                                "reverse the FEM or the MPM alone to find the substep")
 
 
 def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_params: dict | None = None,
@@ -137,22 +173,22 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
     current = list(state_rows(state))
     done, records = [0], []
     nodes = both.hook_nodes
-    fem._check_gradients = bool(check_gradients)
+    hooks = CoupledHooks(both, fem.K, bool(check_gradients))
 
-    def chunk(sim, k, rec, pairs, *fem_in):
-        a = done[0]
+    def chunk(seg, *fem_in):
+        a, k = seg.start, seg.steps
         normals = fem.vertex_normals(fem_in[0])[torch.as_tensor(nodes, dtype=torch.long)]
         rots = rotations[a:a + k + 1] if rotations is not None else None
-        out = _CoupledChunk.apply(both, k, rec, pairs, normals, (pos[a:a + k], vel[a:a + k], omega, rots),
-                                  *fem_in, *current, mprm)
-        current[:] = out[5:]
+        out = segment(hooks, _CoupledChunk(seg, _MPMSegment(a, k, rots)), normals, *fem_in, *current[:4], mprm,
+                      pos[a:a + k], vel[a:a + k], omega)
+        current[:4] = out[5:]
         done[0] += k
-        records.append((done[0], state_from_rows(*current)))
+        records.append((done[0], state_from_rows(*current[:4])))
         return out[:5]
     x0, v0 = (None, None) if fem_state is None else fem_state
     out = fem_rollout.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,
                               records_per_chunk=1 if records else None)
-    final = state_from_rows(*current)
+    final = state_from_rows(*current[:4])
     finish_rollout(mpm, final, end, rotations, substeps, 0.0, 0)
     out["mpm"], out["mpm_records"] = final, records
     return out

@@ -132,8 +132,8 @@ class FEMMPMCoupling(System):
             mpm_state = MPMState.of(state["mpm"])
             fem_state = (state["fem"]["x"], state["fem"]["v"])
         if tape_memory is not None:
-            from ..mpm.rollout import _tapes
-            _tapes(self.mpm).budget = int(tape_memory)
+            from ..core.adjoint import tape_cache
+            tape_cache(self.mpm).budget = int(tape_memory)
         out = rollout_coupled(self, steps, self.fem.record_interval(steps, record_every), fem_overrides, mpm_params,
                               driver_velocity, mpm_state, fem_state, check_gradients, records=bool(record_every))
         self.fem.hold_state(out["x_final"].detach().double().numpy(), out["v_final"].detach().double().numpy())

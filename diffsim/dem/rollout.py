@@ -13,13 +13,16 @@ angular velocities, and the walls' translation velocities per step (control
 spheres "sees" where the wall pushed them).
 
 How: each step is one Taichi kernel that reads state A and writes state B (kinematics,
-contact histories, wall offsets); the forward pass keeps a snapshot of every step's input
-state and of every neighbour-list epoch; the backward pass restores each snapshot, re-runs
-that step's kernel (the per-pair force buffers) and runs its Taichi adjoint. Neighbour
-lists, pair lists and the active set are constants of the backward pass: a contact that
-opens or closes inside the window is differentiated on each side of the event, not across
-it (the gradient of the discrete event itself is not defined). Memory: one state snapshot
-per step, about n (9 + 3 max_neighbors + 3 walls) numbers.
+contact histories, wall offsets). The rollout is a chain of segments of the adjoint core
+(:mod:`diffsim.core.adjoint`, :class:`DEMHooks`; ~sqrt(steps) steps each, cut at records)
+whose tapes hold every step's packed input state, within ``tape_memory``; a segment whose
+tape was evicted is replayed from its input with the neighbour lists it used. The backward
+pass restores each step's input, re-runs that step's kernel (the per-pair force buffers)
+and runs its Taichi adjoint. Neighbour lists, pair lists and the active set are constants
+of the backward pass: a contact that opens or closes inside the window is differentiated
+on each side of the event, not across it (the gradient of the discrete event itself is
+not defined). Memory: one packed state per step (about n (9 + 3 max_neighbors + 3 walls)
+numbers) while the tapes fit ``tape_memory``, else one per segment plus one segment's.
 
 Not differentiable (``NotImplementedError``): density and radii, wall rotation rates, and
 rollouts in which spheres are removed by an outflow region or inserted by a pour.
@@ -36,6 +39,8 @@ import numpy as np
 import torch
 
 from .. import adjoint_health, runtime
+from ..core.adjoint import DEFAULT_TAPE_MEMORY, SegmentHooks, Tape, segment, tape_cache
+from ..core.adjoint import cuts as segment_cuts
 from .material import PARAMETERS
 from .solver import DEMSolver
 from ..errors import GradientNotFinite, InvalidMaterial, InvalidScene
@@ -60,7 +65,7 @@ def checked_overrides(sim, params: dict) -> dict:
 
 
 class _Layout:
-    """Where each state field sits in one packed (rows, 3) snapshot (see kd.pack_vectors)."""
+    """Where each state field sits in one packed (rows, 3) state (see kd.pack_vectors)."""
 
     def __init__(self, S):
         starts, self.size = kd.row_offsets(S.fields().values())
@@ -79,24 +84,82 @@ class _Layout:
 _EPOCH_FIELDS = ("nbr_n", "rev", "rev_n", "active", "pair_i", "pair_j", "pair_perm", "pair_start")
 
 
-class _Rollout(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, sim, steps, record_every, wall_velocity, prm, x0, v0, w0, check=True):
+class _DEMTape(Tape):
+    """Every step's input state of a segment, packed: (steps, rows, 3)."""
+
+    def __init__(self, steps, rows, dtype):
+        self.snaps = np.empty((steps, rows, 3), dtype)
+
+
+class _DEMSegment:
+    """Steps ``start .. start + steps``. Its first forward run writes ``script``: per step
+    the wall data and neighbour-list epoch it used and the epoch a rebuild after it
+    switched to (or None); a re-run replays the script (same pairs, no rebuild)."""
+
+    def __init__(self, start, steps):
+        self.start, self.steps, self.script = start, steps, None
+
+
+class DEMHooks(SegmentHooks):
+    """The DEM's hooks into the adjoint core (:mod:`diffsim.core.adjoint`). A segment's
+    inputs are ``(prm, packed state, wall velocities (steps, k, 3) or None)``, its output
+    the packed state (kinematics, contact histories, wall offsets: :class:`_Layout`).
+    Forward: the step kernel, rebuilding neighbour lists as :meth:`DEMSolver.step` does;
+    the tape holds every step's packed input state. Reverse: restore the step's input, re-run
+    its kernel (the per-pair force buffers), run its Taichi adjoint; a rebuild's history
+    remap is reversed by the remap kernel's adjoint. Neighbour lists (epochs) are constants
+    of the backward pass."""
+
+    def __init__(self, sim, longest, check=True):
+        self.sim, self.check = sim, check
+        self.cache = tape_cache(sim)
         fs = sim.fields
+        self.layout = _Layout(fs.A)
+        self.longest = int(longest)
+        self.model = sim.material.model_code
+        self.epochs = [self._epoch()]
+        self.epoch_loaded = 0
+        self.removed0 = int(fs.removed[None])
+
+    def _epoch(self):
+        fs = self.sim.fields
+        return dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=self.sim.n_pairs)
+
+    def _load_epoch(self, e):
+        if self.epoch_loaded != e:
+            for k in _EPOCH_FIELDS:
+                getattr(self.sim.fields, k).from_numpy(self.epochs[e][k])
+            self.epoch_loaded = e
+
+    def tape_spec(self, seg):
+        rows = self.layout.size
+        dtype = runtime.np_dtype()
+        nbytes = self.longest * rows * 3 * np.dtype(dtype).itemsize
+        return ("dem", rows, self.longest), nbytes, lambda: (_DEMTape(self.longest, rows, dtype), None)
+
+    def load(self, seg, inputs):
+        self.reload(seg, inputs)
+        kd.unpack_vectors(self.layout.values(self.sim.state), inputs[1].detach().cpu().numpy())
+
+    def reload(self, seg, inputs):
+        fs = self.sim.fields
+        fs.prm.from_numpy(inputs[0].detach().cpu().numpy().astype(runtime.np_dtype()))
+        kd.derive_constants(fs, self.model)
+
+    def run(self, seg, tape, inputs):
+        wv = inputs[2]
+        wv = None if wv is None else wv.detach().cpu().numpy().astype(runtime.np_dtype())
+        if seg.script is None:
+            self._first_run(seg, tape, wv)
+        else:
+            self._replay(seg, tape)
+
+    def _first_run(self, seg, tape, wv):
+        sim, fs = self.sim, self.sim.fields
         n, W = sim.n, fs.n_walls
-        dt = runtime.np_dtype()
-        fs.prm.from_numpy(prm.detach().cpu().numpy().astype(dt))
-        kd.derive_constants(fs, sim.material.model_code)
-        sim._reset_for_rollout(x0.detach().cpu().numpy(), v0.detach().cpu().numpy(), w0.detach().cpu().numpy())
-        wv = None if wall_velocity is None else wall_velocity.detach().cpu().numpy().astype(dt)
-        model = sim.material.model_code
-        epochs = [dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs)]
-        layout = _Layout(fs.A)
-        snaps = np.empty((steps, layout.size, 3), dt)  # every step's input state, packed
-        tape, records = [], []
-        removed0 = int(fs.removed[None])
+        script = []
         pose_key, walls = object(), None
-        for t in range(steps):
+        for t in range(seg.steps):
             sim._update_wall_pose()           # writes the wall fields only when the pose changed
             if sim._pose_key is not pose_key:
                 pose_key = sim._pose_key
@@ -107,13 +170,13 @@ class _Rollout(torch.autograd.Function):
                 vel[: wv.shape[1]] = wv[t]
                 fs.w_vel.from_numpy(vel)
                 step_walls = (vel,) + walls[1:]
-            kd.pack_vectors(layout.values(sim.state), snaps[t])
-            tape.append(("step", t, step_walls, len(epochs) - 1))
+            if tape is not None:
+                kd.pack_vectors(self.layout.values(sim.state), tape.snaps[t])
             # the tracked kernel (as DEMSolver.step) records the largest displacement since the
             # last neighbour build and skips walls flagged far at that build; a wall driven by
             # the control may move in from afar, so then every wall is checked and the
             # displacement measured apart (the backward pass differentiates the untracked kernel)
-            kd.step(fs, sim.state, sim.spare, model, W, wv is None, n, sim.n_pairs)
+            kd.step(fs, sim.state, sim.spare, self.model, W, wv is None, n, sim.n_pairs)
             sim._swap()
             sim._advance_walls()
             sim.time += sim.dt
@@ -121,112 +184,109 @@ class _Rollout(torch.autograd.Function):
             if wv is not None:
                 fs.max_disp[None] = 0.0
                 kd.max_displacement(fs, sim.state, n)
+            entry = [step_walls, len(self.epochs) - 1, None]
             if fs.max_disp[None] > 0.5 * sim.skin:
                 sim._rebuild()
-                if int(fs.removed[None]) != removed0:
+                if int(fs.removed[None]) != self.removed0:
                     raise NotImplementedError("DEM rollout: spheres left through the outflow region during a "
                                               "differentiable rollout; removal is not differentiable")
-                epochs.append(dict({k: getattr(fs, k).to_numpy() for k in _EPOCH_FIELDS}, n_pairs=sim.n_pairs))
-                tape.append(("remap", len(epochs) - 1))
-            if record_every and (t + 1) % record_every == 0:
-                tape.append(("record", len(records)))
-                records.append(sim.state_tensors())
+                self.epochs.append(self._epoch())
+                entry[2] = len(self.epochs) - 1
+            self.epoch_loaded = len(self.epochs) - 1
+            script.append(entry)
         sim._pose_key = None                  # the wall velocities may hold the control's values
-        final = sim.state_tensors()
-        ctx.sim, ctx.tape, ctx.epochs, ctx.steps, ctx.check = sim, tape, epochs, steps, check
-        ctx.snaps, ctx.layout = snaps, layout
-        ctx.prm = fs.prm.to_numpy()  # restored in backward (another rollout may run in between)
-        ctx.has_wall_velocity = wall_velocity is not None
-        ctx.n_walls_given = 0 if wall_velocity is None else wall_velocity.shape[1]
-        ctx.n_records = len(records)
-        out = list(final)
-        for r in records:
-            out += list(r)
-        return tuple(out)
+        seg.script = script
 
-    @staticmethod
-    def backward(ctx, *grads):
-        sim, fs = ctx.sim, ctx.sim.fields
-        n, W = sim.n, fs.n_walls
-        dt = runtime.np_dtype()
-        model = sim.material.model_code
-        A, B = fs.A, fs.B
-        layout = ctx.layout
-        rows = layout.rows
-        A_val, A_adj, B_adj = layout.values(A), layout.adjoints(A), layout.adjoints(B)
-        step_adj = A_adj + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad)
+    def _load_walls(self, walls):
+        fs = self.sim.fields
+        for f, a in zip((fs.w_vel, fs.w_R, fs.w_on), walls):
+            f.from_numpy(a)
 
-        def add_kinematic(acc, gx, gv, gw):
-            for k, gt in (("x", gx), ("v", gv), ("w", gw)):
-                if gt is not None:
-                    acc[rows[k]][:n] += gt.detach().cpu().numpy().astype(dt)
-
-        gs = np.zeros((layout.size, 3), dt)   # the adjoint of the current step's input state, packed
-        add_kinematic(gs, *grads[:3])
-        fs.prm.from_numpy(ctx.prm)
-        kd.derive_constants(fs, model)
-        fs.prm.grad.fill(0)
-        fs.derived.grad.fill(0)  # accumulates over all steps, mapped to prm at the end
-        wv_grad = np.zeros((ctx.steps, W, 3), dt)
-        epoch_loaded, walls_loaded = None, (None, None, None)
-
-        def load_epoch(e):
-            nonlocal epoch_loaded
-            if epoch_loaded != e:
-                for k in _EPOCH_FIELDS:
-                    getattr(fs, k).from_numpy(ctx.epochs[e][k])
-                epoch_loaded = e
-
-        for entry in reversed(ctx.tape):
-            if entry[0] == "record":
-                k = entry[1]
-                add_kinematic(gs, *grads[3 + 3 * k: 6 + 3 * k])
-            elif entry[0] == "remap":
-                load_epoch(entry[1])
-                kd.zero_vectors(A_adj)
-                kd.unpack_vectors(B_adj, gs)
-                kd.remap_state.grad(fs, A, B, n, ctx.epochs[entry[1]]["n_pairs"], W)
-                kd.pack_vectors(A_adj, gs)
-            else:
-                _, t, walls, e = entry
-                load_epoch(e)
-                kd.unpack_vectors(A_val, ctx.snaps[t])
-                for f, a, loaded in zip((fs.w_vel, fs.w_R, fs.w_on), walls, walls_loaded):
-                    if a is not loaded:
-                        f.from_numpy(a)
-                walls_loaded = walls
-                kd.step(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])  # this step's pair buffers
-                kd.zero_vectors(step_adj)
-                kd.unpack_vectors(B_adj, gs)
-                kd.step.grad(fs, A, B, model, W, False, n, ctx.epochs[e]["n_pairs"])
-                kd.pack_vectors(A_adj, gs)
-                if ctx.has_wall_velocity:
-                    wv_grad[t] = fs.w_vel.grad.to_numpy()
-                if ctx.check:
-                    hit = adjoint_health.first_bad_row({f"{k} adjoint": gs[rows[k]] for k in ("x", "v", "w")}, n)
-                    if hit is not None:
-                        raise GradientNotFinite(t, "DEM step (contacts, walls, integration)",
-                                                f"{hit[0]} of sphere {hit[1]}",
-                                                f"in {runtime.config().precision} the contact law's "
-                                                f"derivatives can overflow: try diffsim.init(precision='f64')")
-        kd.derive_constants.grad(fs, model)
+    def _replay(self, seg, tape):
+        sim, fs = self.sim, self.sim.fields
+        W = fs.n_walls
+        self.epoch_loaded = None
+        for t, (walls, e, remap) in enumerate(seg.script):
+            self._load_epoch(e)
+            self._load_walls(walls)
+            kd.pack_vectors(self.layout.values(sim.state), tape.snaps[t])
+            kd.step(fs, sim.state, sim.spare, self.model, W, False, sim.n, self.epochs[e]["n_pairs"])
+            sim._swap()
+            if remap is not None:
+                self._load_epoch(remap)
+                kd.remap_state(fs, sim.state, sim.spare, sim.n, self.epochs[remap]["n_pairs"], W)
+                sim._swap()
         sim._pose_key = None
-        bad = [name for name, a in (("parameters", fs.prm.grad.to_numpy()), ("initial state", gs[rows["x"]][:n]),
-                                    ("wall velocities", wv_grad)) if not np.all(np.isfinite(a))]
-        if bad and ctx.check:
-            raise GradientNotFinite(0, "DEM material constants", f"the gradient of the {', '.join(bad)}",
-                                    f"in {runtime.config().precision} the contact law's derivatives can "
-                                    f"overflow: try diffsim.init(precision='f64')")
-        tdt = runtime.torch_dtype()
-        g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(tdt)
-        g_x0, g_v0, g_w0 = (torch.from_numpy(gs[rows[k]][:n].astype(np.float64)).to(tdt) for k in ("x", "v", "w"))
-        g_wv = torch.from_numpy(wv_grad[:, : ctx.n_walls_given].astype(np.float64)).to(tdt) \
-            if ctx.has_wall_velocity else None
-        return None, None, None, g_wv, g_prm, g_x0, g_v0, g_w0, None
+
+    def outputs(self, seg, inputs):
+        out = np.empty((self.layout.size, 3), runtime.np_dtype())
+        kd.pack_vectors(self.layout.values(self.sim.state), out)
+        return (torch.from_numpy(out.astype(np.float64)).to(inputs[1].dtype),)
+
+    def seed(self, seg, tape, grads):
+        fs = self.sim.fields
+        g = grads[0]
+        seg.gs = (np.zeros((self.layout.size, 3)) if g is None else g.detach().cpu().numpy()) \
+            .astype(runtime.np_dtype())
+        seg.wv_grad = np.zeros((seg.steps, fs.n_walls, 3), runtime.np_dtype())
+        self.epoch_loaded = None  # other code may have changed the lists since
+        fs.prm.grad.fill(0)
+        fs.derived.grad.fill(0)  # accumulates over the segment's steps, mapped to prm at the end
+
+    def reverse(self, seg, tape, k, inputs):
+        sim, fs = self.sim, self.sim.fields
+        n, W = sim.n, fs.n_walls
+        A, B = fs.A, fs.B
+        A_adj, B_adj = self.layout.adjoints(A), self.layout.adjoints(B)
+        walls, e, remap = seg.script[k]
+        if remap is not None:
+            self._load_epoch(remap)
+            kd.zero_vectors(A_adj)
+            kd.unpack_vectors(B_adj, seg.gs)
+            kd.remap_state.grad(fs, A, B, n, self.epochs[remap]["n_pairs"], W)
+            kd.pack_vectors(A_adj, seg.gs)
+        self._load_epoch(e)
+        kd.unpack_vectors(self.layout.values(A), tape.snaps[k])
+        self._load_walls(walls)
+        n_pairs = self.epochs[e]["n_pairs"]
+        kd.step(fs, A, B, self.model, W, False, n, n_pairs)  # this step's pair buffers
+        kd.zero_vectors(A_adj + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad))
+        kd.unpack_vectors(B_adj, seg.gs)
+        kd.step.grad(fs, A, B, self.model, W, False, n, n_pairs)
+        kd.pack_vectors(A_adj, seg.gs)
+        if inputs[2] is not None:
+            seg.wv_grad[k] = fs.w_vel.grad.to_numpy()
+        if self.check:
+            rows = self.layout.rows
+            hit = adjoint_health.first_bad_row({f"{q} adjoint": seg.gs[rows[q]] for q in ("x", "v", "w")}, n)
+            if hit is not None:
+                raise GradientNotFinite(seg.start + k, "DEM step (contacts, walls, integration)",
+                                        f"{hit[0]} of sphere {hit[1]}", _F64_HINT)
+
+    def input_grads(self, seg, tape, inputs):
+        fs = self.sim.fields
+        kd.derive_constants.grad(fs, self.model)
+        self.sim._pose_key = None
+        prm, packed, wv = inputs
+        g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(prm.dtype)
+        g_packed = torch.from_numpy(seg.gs.astype(np.float64)).to(packed.dtype)
+        g_wv = None if wv is None else torch.from_numpy(seg.wv_grad[:, : wv.shape[1]].astype(np.float64)).to(wv.dtype)
+        return g_prm, g_packed, g_wv
+
+    def locate(self, seg, tape, grads, inputs):
+        g_prm, g_packed, g_wv = self.input_grads(seg, tape, inputs)
+        bad = [name for name, g in (("parameters", g_prm), ("initial state", g_packed), ("wall velocities", g_wv))
+               if g is not None and not torch.isfinite(g).all()]
+        raise GradientNotFinite(seg.start, "DEM material constants", f"the gradient of the {', '.join(bad)}",
+                                _F64_HINT)
+
+
+_F64_HINT = ("the contact law's derivatives can overflow in float32: try diffsim.init(precision='f64')")
 
 
 def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=None, v0=None, w0=None,
-                  wall_velocity=None, record_every: int | None = None, check_gradients: bool = True) -> dict:
+                  wall_velocity=None, record_every: int | None = None, check_gradients: bool = True,
+                  tape_memory: int | None = None) -> dict:
     """Run ``steps`` DEM steps from t = 0 differentiably (see the module docstring); behind
     :func:`diffsim.rollout`.
 
@@ -242,6 +302,8 @@ def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=Non
         check_gradients: NaN/inf adjoints raise :class:`~diffsim.GradientNotFinite` naming
             the step and sphere where they appear (checked after every reversed step;
             False: skip).
+        tape_memory: bytes of step tapes kept from the forward to the backward pass
+            (default 1 GiB); segments beyond it are replayed in the backward pass.
 
     Returns ``{"x", "v", "w": (n,3) tensors after the last step, "records": [{"x","v","w"}]}``.
     """
@@ -277,7 +339,24 @@ def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=Non
                 or not 1 <= wall_velocity.shape[1] <= len(sim.walls):
             raise InvalidScene(f"wall_velocity must have shape ({steps}, k <= {len(sim.walls)}, 3), got "
                                f"{tuple(wall_velocity.shape)}")
+    sim._reset_for_rollout(x0.detach().cpu().numpy(), v0.detach().cpu().numpy(), w0.detach().cpu().numpy())
+    tape_cache(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
     every = int(record_every or 0)
-    out = _Rollout.apply(sim, steps, every, wall_velocity, prm, x0, v0, w0, bool(check_gradients))
-    records = [dict(zip("xvw", out[3 + 3 * k: 6 + 3 * k])) for k in range((len(out) - 3) // 3)]
-    return {"x": out[0], "v": out[1], "w": out[2], "records": records}
+    bounds = segment_cuts(steps, None, every or None)
+    hooks = DEMHooks(sim, max(b - a for a, b in zip(bounds[:-1], bounds[1:])), bool(check_gradients))
+    rows = hooks.layout.rows
+    base = np.empty((hooks.layout.size, 3), runtime.np_dtype())
+    kd.pack_vectors(hooks.layout.values(sim.state), base)
+    base = torch.from_numpy(base.astype(np.float64)).to(dtype)
+    parts = []                                 # the packed start state, differentiable in x0, v0, w0
+    for name, sl in sorted(rows.items(), key=lambda kv: kv[1].start):
+        given = {"x": x0, "v": v0, "w": w0}.get(name)
+        parts.append(base[sl] if given is None else torch.cat([given, base[sl][sim.n:]]))
+    packed = torch.cat(parts)
+    records = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        wv = None if wall_velocity is None else wall_velocity[a:b]
+        packed, = segment(hooks, _DEMSegment(a, b - a), prm, packed, wv)
+        if every and b % every == 0:
+            records.append({q: packed[rows[q]][: sim.n] for q in "xvw"})
+    return {**{q: packed[rows[q]][: sim.n] for q in "xvw"}, "records": records}

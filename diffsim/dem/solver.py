@@ -627,7 +627,8 @@ class DEMSolver(System):
                 cols.append(v)
             wall_velocity = torch.stack(cols, 1)
         x0, v0, w0 = (None, None, None) if state is None else (state["x"], state["v"], state["w"])
-        out = rollout_steps(self, steps, params, x0, v0, w0, wall_velocity, record_every, check_gradients)
+        out = rollout_steps(self, steps, params, x0, v0, w0, wall_velocity, record_every, check_gradients,
+                            tape_memory)
         every = record_every or steps
         records = [((k + 1) * every, State(r)) for k, r in enumerate(out["records"])]
         return Rollout(State(x=out["x"], v=out["v"], w=out["w"]), records)

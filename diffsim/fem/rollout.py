@@ -14,10 +14,10 @@ interval (a driver's pose is the integral of its velocities, computed in torch).
 Colliders follow their own (non-differentiable) kinematics.
 
 How: the rollout runs in chunks of at most ``sim.K`` (``tape_substeps``) substeps, each a
-torch autograd Function. A chunk keeps every substep's state on the solver's tape, and
-its backward runs Taichi's adjoint of the substep kernel row by row; a chunk whose tape
-was overwritten by a later chunk is recomputed first (checkpointing: memory is one
-tape plus one state per chunk). Contact is a penalty law with a max/min structure, so
+segment of the adjoint core (:mod:`diffsim.core.adjoint`, :class:`FEMHooks`). A chunk
+keeps every substep's state on the solver's tape, and its backward runs Taichi's adjoint
+of the substep kernel row by row; a chunk whose tape was overwritten by a later chunk is
+recomputed first (checkpointing: memory is one tape plus one state per chunk). Contact is a penalty law with a max/min structure, so
 gradients are exact almost everywhere and one-sided where a node touches or leaves a
 collider or switches between stick and slip.
 """
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import adjoint_health, runtime
+from ..core.adjoint import SegmentHooks, Tape, segment, tape_cache
 from ..errors import InvalidScene
 
 MATERIAL_KEYS = ("E", "nu", "mass_damping", "stiffness_damping")
@@ -82,36 +83,59 @@ def _validate(sim, prm, cprm):
     sim.check_time_step(mats)
 
 
-class _Chunk(torch.autograd.Function):
-    """``k`` substeps from ``(x0, v0)``; outputs the final state and, per record interval,
-    the node positions at its end and the mean contact force over it."""
+class FEMChunk:
+    """Substeps ``start .. start + steps`` of a rollout, recorded every ``rec``, with the
+    contact pairs found at its start."""
 
-    @staticmethod
-    def forward(ctx, sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R):
-        ctx.sim, ctx.k, ctx.rec, ctx.pairs = sim, k, rec, pairs
-        ctx.start = getattr(sim, "_chunk_start", 0)
-        ctx.save_for_backward(x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
-        _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R)
-        ctx.token = object()
-        sim._tape_owner = ctx.token
-        return outputs(sim, k, rec, x0.dtype)
+    def __init__(self, start, steps, rec, pairs):
+        self.start, self.steps, self.rec, self.pairs = start, steps, rec, pairs
 
-    @staticmethod
-    def backward(ctx, g_xk, g_vk, g_xs, g_vs, g_fc):
-        sim, k, rec = ctx.sim, ctx.k, ctx.rec
-        saved = ctx.saved_tensors
-        if getattr(sim, "_tape_owner", None) is not ctx.token:
-            _run(sim, k, rec, ctx.pairs, *saved)
-            sim._tape_owner = ctx.token
-        seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc)
-        for t in reversed(range(k)):
-            substep_adjoint(sim, t, rec, len(ctx.pairs[0]))
-        grads = input_grads(sim, k, saved)
-        if getattr(sim, "_check_gradients", True) and not adjoint_health.all_finite(*grads):
-            adjoint_health.locate_in_fem_tape(
-                sim, ctx.start, k, lambda: seed_adjoint(sim, k, rec, g_xk, g_vk, g_xs, g_vs, g_fc),
-                lambda t: substep_adjoint(sim, t, rec, len(ctx.pairs[0])))
-        return (None, None, None, None) + grads
+
+class FEMHooks(SegmentHooks):
+    """The FEM's hooks into the adjoint core (:mod:`diffsim.core.adjoint`). A segment (a
+    chunk of at most ``tape_substeps``) has inputs ``(x0, v0, prm, cprm, drv_t, drv_R,
+    col_p, col_R)`` and outputs ``(x_k, v_k, x_records, v_records, force_records)``; its
+    tape is the solver's own (every substep's row; one per solver), reversed row by row
+    with Taichi's adjoint of the substep kernel. ``before_substep(t)`` runs before each
+    substep (a coupled system steps its other part there)."""
+
+    def __init__(self, sim, check=True, before_substep=None):
+        self.sim, self.check, self.before_substep = sim, check, before_substep
+        self.cache = tape_cache(sim)
+
+    def tape_spec(self, seg):
+        return ("fem",), None, lambda: (Tape(), None)
+
+    def load(self, seg, inputs):
+        from ..kernels import fem as kf
+        sim = self.sim
+        x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = (t.detach().cpu().numpy() for t in inputs)
+        kf.load_state(sim.fields, sim._np(x0), sim._np(v0), 0, sim.n)
+        sim.fields.prm.from_numpy(sim._np(prm))
+        sim.fields.cprm.from_numpy(sim._np(cprm))
+        sim._upload_poses(drv_t, drv_R, col_p, col_R)
+        seg.n_pairs = sim.upload_pairs(seg.pairs)
+
+    def run(self, seg, tape, inputs):
+        if tape is None:
+            self.sim._drop_tape()      # these substeps overwrite the tape
+        self.sim.run_chunk(seg.steps, seg.rec, seg.n_pairs, self.before_substep)
+
+    def outputs(self, seg, inputs):
+        return outputs(self.sim, seg.steps, seg.rec, inputs[0].dtype)
+
+    def seed(self, seg, tape, grads):
+        seed_adjoint(self.sim, seg.steps, seg.rec, *grads)
+
+    def reverse(self, seg, tape, k, inputs):
+        substep_adjoint(self.sim, k, seg.rec, seg.n_pairs)
+
+    def input_grads(self, seg, tape, inputs):
+        return input_grads(self.sim, seg.steps, inputs)
+
+    def locate(self, seg, tape, grads, inputs):
+        adjoint_health.locate_in_fem_tape(self.sim, seg.start, seg.steps, lambda: self.seed(seg, tape, grads),
+                                          lambda t: self.reverse(seg, tape, t, inputs))
 
 
 def outputs(sim, k, rec, dtype):
@@ -188,18 +212,6 @@ def _read(sim, fld, rows, dtype):
     return torch.from_numpy(out).to(dtype)
 
 
-def _run(sim, k, rec, pairs, x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R, before_substep=None):
-    from ..kernels import fem as kf
-    fs = sim.fields
-    np_ = sim._np
-    kf.load_state(fs, np_(x0.detach().cpu().numpy()), np_(v0.detach().cpu().numpy()), 0, sim.n)
-    fs.prm.from_numpy(np_(prm.detach().cpu().numpy()))
-    fs.cprm.from_numpy(np_(cprm.detach().cpu().numpy()))
-    sim._upload_poses(drv_t.detach().cpu().numpy(), drv_R.detach().cpu().numpy(),
-                      col_p.detach().cpu().numpy(), col_R.detach().cpu().numpy())
-    sim.run_chunk(k, rec, sim.upload_pairs(pairs), before_substep)
-
-
 def rollout_chunks(sim, substeps: int, record_every: int | None = None, params: dict | None = None,
                    x0=None, v0=None, driver_velocity=None, check_gradients: bool = True) -> dict:
     """The differentiable FEM rollout behind :func:`diffsim.rollout` (from rest at time 0,
@@ -224,15 +236,15 @@ def rollout_chunks(sim, substeps: int, record_every: int | None = None, params: 
     interval ``driver_translation`` (R, D, 3) and ``driver_rotation`` (R, D, 3, 3), and
     ``max_penetration`` (float, m, not differentiable).
     """
-    sim._check_gradients = bool(check_gradients)
+    hooks = FEMHooks(sim, bool(check_gradients))
     return run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity,
-                      lambda sim, k, rec, pairs, *tensors: _Chunk.apply(sim, k, rec, pairs, *tensors))
+                      lambda seg, *tensors: segment(hooks, seg, *tensors))
 
 
 def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chunk, records_per_chunk=None) -> dict:
-    """:func:`rollout_chunks` with the chunk Function given: ``chunk(sim, k, rec, pairs, x, v,
-    prm, cprm, drv_t, drv_R, col_p, col_R) -> (x_k, v_k, x_records, v_records,
-    force_records)`` (the FEM-MPM coupling passes one that steps the MPM along);
+    """:func:`rollout_chunks` with the chunk given: ``chunk(seg, x, v, prm, cprm, drv_t,
+    drv_R, col_p, col_R) -> (x_k, v_k, x_records, v_records, force_records)`` with ``seg`` a
+    :class:`FEMChunk` (the FEM-MPM coupling passes one that steps the MPM along);
     ``records_per_chunk`` caps the record intervals per chunk (default: as many as the
     tape holds)."""
     sim.build()
@@ -288,8 +300,7 @@ def run_chunks(sim, substeps, record_every, params, x0, v0, driver_velocity, chu
         cp, cR = (torch.from_numpy(a) for a in sim.collider_rows(k))
         sim.time += k * sim.dt
         pairs = sim.contact_pairs(x.detach().cpu().numpy().astype(np.float64))
-        sim._chunk_start = r * rec          # names the substep in gradient errors
-        x, v, xr_, vr_, fr_ = chunk(sim, k, rec, pairs, x, v, prm, cprm, drv_t, drv_R, cp, cR)
+        x, v, xr_, vr_, fr_ = chunk(FEMChunk(r * rec, k, rec, pairs), x, v, prm, cprm, drv_t, drv_R, cp, cR)
         max_pen = max(max_pen, float(sim.fields.pen.to_numpy()[:k].max()))
         xs.append(xr_)
         vs.append(vr_)

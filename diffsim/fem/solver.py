@@ -500,12 +500,18 @@ class FEMSolver(System):
         self._pending_state = {"x": np.asarray(x, np.float64).reshape(self.n, 3),
                                "v": np.asarray(v, np.float64).reshape(self.n, 3)}
 
+    def _drop_tape(self):
+        """The fields no longer hold a rollout chunk's substeps (a pending backward pass
+        recomputes its chunk)."""
+        if getattr(self, "_tapes", None) is not None:
+            self._tapes.close()
+
     def _settle_state(self):
         """Write a held state into the fields (the last rollout's tape is then stale)."""
         if getattr(self, "_pending_state", None) is not None:
             st = self._pending_state
             self.set_state(st["x"], st["v"])
-            self._tape_owner = None
+            self._drop_tape()
 
     def positions(self, body: str | None = None) -> np.ndarray:
         x = self.get_state()["x"]
@@ -698,6 +704,7 @@ class FEMSolver(System):
         from ..kernels import fem as kf
         self.build()
         self._settle_state()
+        self._drop_tape()
         n = int(n)
         while n > 0:
             k = min(n, self.K)

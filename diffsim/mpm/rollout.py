@@ -47,13 +47,14 @@ everywhere and one-sided at contact or yield onset.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .. import adjoint_health, runtime
+from ..core.adjoint import DEFAULT_TAPE_MEMORY, SegmentHooks, segment, tape_cache
+from ..core.adjoint import cuts as segment_cuts
 from ..core.state import State
 from ..errors import GradientNotFinite, InvalidScene
 from ..materials import NeuralMaterial
@@ -204,69 +205,104 @@ def _load_transfer_inputs(sim, x, v, C, tau, c_pos, c_vel, c_omega):
         _put((fs.c_pos, fs.c_vel, fs.c_omega), (c_pos, c_vel, c_omega), S, dtype)
 
 
-class _Segment(torch.autograd.Function):
-    """Several substeps of built-in materials as one differentiable unit.
+class _MPMSegment:
+    """Substeps ``start .. start + steps`` of a rollout (the collider rotations per substep
+    or None); ``g_*`` accumulate the colliders' adjoints during its reverse pass."""
 
-    Forward: the fused one-kernel substep; the torch graph keeps only the segment's input.
-    The states (and grids) of its substeps go to the solver's tape, which later segments
-    overwrite. Backward: unless the tape still holds this segment (the last segment of
-    a rollout, or a rollout of one segment), the segment is re-run to refill it; then
-    each substep is reversed from the tape (hand-written P2G/G2P and material adjoints,
-    the walls' adjoint, Taichi autodiff of the collider conditions), all inside Taichi
-    fields.
-    """
+    def __init__(self, start, steps, rotations):
+        self.start, self.steps, self.rotations = start, steps, rotations
 
-    @staticmethod
-    def forward(ctx, sim, rotations, x, v, C, F, prm, c_pos, c_vel, c_omega, start=0, check=True):
-        fs, n = sim.fields, sim.n
-        dtype = x.dtype
-        _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), (x, v, C, F, prm), n, dtype)
-        record = any(ctx.needs_input_grad)
-        ctx.tape_id = _run_segment(sim, rotations, c_pos, c_vel, c_omega, record=record)
-        outs = _get((fs.x, fs.v, fs.C, fs.F_minus_I), ((3,), (3,), (3, 3), (3, 3)), n, dtype)
-        ctx.sim, ctx.rotations, ctx.start, ctx.check = sim, rotations, start, check
-        ctx.save_for_backward(x, v, C, F, prm, c_pos, c_vel, c_omega)
-        return tuple(outs)
 
-    @staticmethod
-    def backward(ctx, gx, gv, gC, gF):
-        sim, rotations = ctx.sim, ctx.rotations
-        x, v, C, F, prm, c_pos, c_vel, c_omega = ctx.saved_tensors
-        fs, n = sim.fields, sim.n
-        dtype = x.dtype
-        steps = c_pos.shape[0]
-        S = c_pos.shape[1]
-        # 1. re-run the segment to tape it, unless its tape survived
-        tape = _tapes(sim).find(ctx.tape_id)
-        if tape is None:
-            _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), (x, v, C, F, prm), n, dtype)
-            tape = _tapes(sim).find(_run_segment(sim, rotations, c_pos, c_vel, c_omega, record=True))
-        else:
-            _put((fs.prm,), (prm,), n, dtype)
-        # 2. reverse the substeps
-        seed_adjoint(sim, gx, gv, gC, gF)
-        g_pos = np.zeros((steps, S, 3))
-        g_vel = np.zeros((steps, S, 3))
-        g_omega = np.zeros((S, 3))
-        for k in reversed(range(steps)):
-            load_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations)
-            reverse_substep(sim, first=k == steps - 1)
-            if S:
-                g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
-                g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
-                g_omega += fs.c_omega.grad.to_numpy()[:S]
+class MPMHooks(SegmentHooks):
+    """The MPM's hooks into the adjoint core (:mod:`diffsim.core.adjoint`). A segment's
+    inputs are ``(x, v, C, F - I, prm, c_pos, c_vel, c_omega)``, its outputs ``(x, v, C,
+    F - I)``. Forward: the fused one-kernel substep, taping every substep's state (and
+    grid). Reverse: each substep from its tape with the hand-written P2G/G2P and material
+    adjoints, the walls' adjoint and Taichi autodiff of the collider conditions, all in
+    Taichi fields. ``hook``: a grid hook (a coupling term, e.g.
+    :class:`diffsim.kernels.coupling.FEMGridContact`: ``row``, ``replay``, ``adjoint``)
+    applied inside the fused kernel, replayed on the loaded grid and reversed between the
+    G2P and grid adjoints."""
+
+    def __init__(self, sim, longest, check=True, hook=None):
+        self.sim, self.check, self.hook = sim, check, hook
+        self.cache = tape_cache(sim)
+        self.length = max(1, 1 << (int(longest) - 1).bit_length())
+
+    def tape_spec(self, seg):
+        from .. import pool
+        from ..kernels.mpm import MPMTape
+        sim = self.sim
+        itemsize = 8 if runtime.config().precision == "f64" else 4
+        grid_bytes = self.length * int(np.prod(sim.grid_shape)) * 4 * itemsize
+        grid = sim.grid_shape if grid_bytes <= 2 ** 30 else None  # else recompute P2G
+        nbytes = (self.length + 1) * sim.fields.capacity * 24 * itemsize + (grid_bytes if grid else 0)
+        key = ("tape", sim.fields.capacity, self.length, grid, runtime.config().precision)
+
+        def make():
+            tape, token = pool.acquire(key, lambda: MPMTape(key[1], self.length, grid, runtime.real_dtype()), sim)
+            return tape, lambda: pool.release(token)
+        return key, nbytes, make
+
+    def load(self, seg, inputs):
+        fs = self.sim.fields
+        _put((fs.x, fs.v, fs.C, fs.F_minus_I, fs.prm), inputs[:5], self.sim.n, inputs[0].dtype)
+
+    def run(self, seg, tape, inputs):
+        for k in range(seg.steps):
+            self.substep(seg, tape, k, inputs)
+
+    def substep(self, seg, tape, k, inputs):
+        """Forward substep ``k`` of the segment (taped when ``tape`` is given)."""
+        c_pos, c_vel, c_omega = inputs[5:]
+        if self.hook is not None:
+            self.hook.row[None] = k
+        segment_substep(self.sim, tape, k, c_pos[k], c_vel[k], c_omega, seg.rotations, self.hook)
+
+    def outputs(self, seg, inputs):
+        fs = self.sim.fields
+        return _get((fs.x, fs.v, fs.C, fs.F_minus_I), ((3,), (3,), (3, 3), (3, 3)), self.sim.n, inputs[0].dtype)
+
+    def reload(self, seg, inputs):
+        _put((self.sim.fields.prm,), inputs[4:5], self.sim.n, inputs[4].dtype)
+
+    def seed(self, seg, tape, grads):
+        seed_adjoint(self.sim, *grads)
+        S = len(self.sim.colliders)
+        seg.g_pos, seg.g_vel, seg.g_omega = np.zeros((seg.steps, S, 3)), np.zeros((seg.steps, S, 3)), np.zeros((S, 3))
+
+    def load_substep(self, seg, tape, k, inputs):
+        c_pos, c_vel, c_omega = inputs[5:]
+        load_substep(self.sim, tape, k, c_pos[k], c_vel[k], c_omega, seg.rotations)
+
+    def reverse(self, seg, tape, k, inputs):
+        sim, hook = self.sim, self.hook
+        fs = sim.fields
+        self.load_substep(seg, tape, k, inputs)
+        after_g2p = None
+        if hook is not None:          # the hook again on the loaded grid, then its adjoint
+            args = sim.kernel_args[:5]
+            hook.row[None] = k
+            hook.replay(fs, *args)
+            after_g2p = lambda: hook.adjoint(fs, *args)  # noqa: E731
+        reverse_substep(sim, first=k == seg.steps - 1, after_g2p=after_g2p)
+        S = len(sim.colliders)
+        if S:
+            seg.g_pos[k] = fs.c_pos.grad.to_numpy()[:S]
+            seg.g_vel[k] = fs.c_vel.grad.to_numpy()[:S]
+            seg.g_omega += fs.c_omega.grad.to_numpy()[:S]
+
+    def input_grads(self, seg, tape, inputs):
+        fs = self.sim.fields
+        x, prm, c_pos, c_vel, c_omega = inputs[0], inputs[4], *inputs[5:]
         *outs, gprm = _get((fs.x1.grad, fs.v1.grad, fs.C1.grad, fs.adj_F1, fs.acc_prm),
-                           ((3,), (3,), (3, 3), (3, 3), (4,)), n, dtype)
-        try:
-            if ctx.check and not adjoint_health.all_finite(*outs, gprm, g_pos, g_vel, g_omega):
-                adjoint_health.locate(sim, tape, ctx.start, steps,
-                                      lambda k: load_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations),
-                                      (gx, gv, gC, gF))
-        finally:
-            tape.owner = None  # this segment is done: its tape is free
-        return (None, None, *outs, gprm.to(prm.dtype),
-                torch.from_numpy(g_pos).to(c_pos.dtype), torch.from_numpy(g_vel).to(c_vel.dtype),
-                torch.from_numpy(g_omega).to(c_omega.dtype), None, None)
+                           ((3,), (3,), (3, 3), (3, 3), (4,)), self.sim.n, x.dtype)
+        return (*outs, gprm.to(prm.dtype), torch.from_numpy(seg.g_pos).to(c_pos.dtype),
+                torch.from_numpy(seg.g_vel).to(c_vel.dtype), torch.from_numpy(seg.g_omega).to(c_omega.dtype))
+
+    def locate(self, seg, tape, grads, inputs):
+        adjoint_health.locate(self.sim, tape, seg.start, seg.steps,
+                              lambda k: self.load_substep(seg, tape, k, inputs), grads[:4])
 
 
 def seed_adjoint(sim, gx, gv, gC, gF):
@@ -317,81 +353,6 @@ def reverse_substep(sim, first, after_g2p=None):
         after_g2p()
     km.grid_update_adjoint(fs, sim.cols, *args)
     km.substep_adjoint_particles(fs, sim.mats, n, dt, dx, lx, ly, lz, int(first))
-
-
-DEFAULT_TAPE_MEMORY = 2 ** 30  # bytes of segment tapes kept between forward and backward
-
-
-class TapeCache:
-    """The segment tapes of one solver: pooled Taichi fields, as many as fit a memory
-    budget, reused least-recently-written first. A segment whose tape survives until its
-    backward pass is not recomputed."""
-
-    _counter = 0
-
-    def __init__(self, sim):
-        self.sim = sim
-        self.slots = []          # [tape, pool token]
-        self.budget = DEFAULT_TAPE_MEMORY
-
-    def _spec(self, steps):
-        sim = self.sim
-        length = max(1, 1 << (int(steps) - 1).bit_length())
-        itemsize = 8 if runtime.config().precision == "f64" else 4
-        grid_bytes = length * int(np.prod(sim.grid_shape)) * 4 * itemsize
-        grid = sim.grid_shape if grid_bytes <= 2 ** 30 else None  # else recompute P2G
-        nbytes = (length + 1) * sim.fields.capacity * 24 * itemsize + (grid_bytes if grid else 0)
-        return length, grid, nbytes
-
-    def acquire(self, steps):
-        """A tape for ``steps`` substeps with a fresh owner id."""
-        from .. import pool
-        from ..kernels.mpm import MPMTape
-        length, grid, nbytes = self._spec(steps)
-        if self.slots and self.slots[0][0].length != length:
-            self.close()
-        free = [s for s in self.slots if s[0].owner is None]
-        if free:
-            slot = free[0]
-        elif len(self.slots) < max(1, self.budget // nbytes):
-            key = ("tape", self.sim.fields.capacity, length, grid, runtime.config().precision)
-            tape, token = pool.acquire(key, lambda: MPMTape(key[1], length, grid, runtime.real_dtype()), self.sim)
-            slot = [tape, token]
-            self.slots.append(slot)
-        else:  # evict the oldest tape
-            slot = min(self.slots, key=lambda s: s[0].owner)
-        TapeCache._counter += 1
-        slot[0].owner = TapeCache._counter
-        return slot[0]
-
-    def find(self, owner):
-        for tape, _ in self.slots:
-            if owner is not None and tape.owner == owner:
-                return tape
-        return None
-
-    def close(self):
-        from .. import pool
-        for tape, token in self.slots:
-            tape.owner = None
-            pool.release(token)
-        self.slots = []
-
-
-def _tapes(sim) -> TapeCache:
-    if getattr(sim, "_tapes", None) is None:
-        sim._tapes = TapeCache(sim)
-    return sim._tapes
-
-
-def _run_segment(sim, rotations, c_pos, c_vel, c_omega, record):
-    """Fused substeps from the state in the fields; with ``record`` the state (and grid)
-    of every substep goes to a tape. Returns the tape's owner id (or None)."""
-    steps = c_pos.shape[0]
-    tape = _tapes(sim).acquire(steps) if record else None
-    for k in range(steps):
-        segment_substep(sim, tape, k, c_pos[k], c_vel[k], c_omega, rotations)
-    return tape.owner if record else None
 
 
 def segment_substep(sim, tape, k, pos, vel, omega, rotations, hook=None):
@@ -515,14 +476,10 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
         rows = state_rows(state)
     prm = parameter_tensor(sim, params)
     pos, vel, omega, rotations, end = collider_schedule(sim, steps, collider_velocity, collider_position)
-    _tapes(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
+    tape_cache(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
 
-    K = checkpoint_every if checkpoint_every else (steps if checkpoint_every == 0 else
-                                                   max(1, int(math.ceil(math.sqrt(steps)))))
-    cuts = set(range(0, steps, K)) | {steps}
-    if record_every:
-        cuts |= set(range(0, steps, int(record_every)))
-    cuts = sorted(cuts)
+    cuts = segment_cuts(steps, checkpoint_every, record_every)
+    hooks = MPMHooks(sim, max(b - a for a, b in zip(cuts[:-1], cuts[1:])), check_gradients)
     neural = any(isinstance(b.material, NeuralMaterial) for b in sim.bodies)
     start_time, start_step = sim.time, sim.step_count
     x, v, C, F = rows
@@ -538,8 +495,7 @@ def mpm_rollout(sim, steps: int, state: MPMState | None = None, params: dict | N
             else:
                 x, v, C, F = seg(*args)
         else:
-            x, v, C, F = _Segment.apply(sim, rots, x, v, C, F, prm, pos[a:b], vel[a:b], omega, a,
-                                        check_gradients)
+            x, v, C, F = segment(hooks, _MPMSegment(a, b - a, rots), x, v, C, F, prm, pos[a:b], vel[a:b], omega)
         if record_every and b % int(record_every) == 0:
             records.append((b, state_from_rows(x, v, C, F)))
     final = state_from_rows(x, v, C, F)

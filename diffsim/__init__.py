@@ -10,7 +10,7 @@ Public API (everything a scene script or a user needs)::
     out = ds.rollout(sim, 100, params={"E": E})           # differentiable, any system
     loss = out.final.x[:, 2].mean(); loss.backward()
 
-Every system (MPMSolver, FEMSolver, DEMSolver, FEMMPMCoupling, a StepModule) implements
+Every system (MPMSolver, FEMSolver, DEMSolver, FEMMPMCoupling, FEMModuleCoupling, a StepModule) implements
 one protocol (:mod:`diffsim.core`, ``docs/architecture.md``).
 
 Units are SI (m, kg, s, Pa), z is up, angles in radians.
@@ -38,6 +38,7 @@ from .fem.solver import Driver, FEMBody, FEMMaterial, FEMSolver, PenaltyContact
 from .tactile.cameras import FisheyeCamera, PinholeCamera, look_at
 from .tactile.optical import OpticalTactile
 from .tactile.sensor import TactileSensor, mount_sensor
+from .coupling.module import FEMModuleCoupling, ParticleContact
 from .coupling.system import FEMMPMCoupling
 from .tactile.markers import detect_markers, grid_markers
 from .tactile.drawing import marker_flow_image
@@ -60,6 +61,6 @@ __all__ = [
     "CylinderWall", "BoxWall", "MeshWall", "Pour", "TetMesh", "box_tet_mesh",
     "check_tet_mesh", "dome_pad", "flat_pad", "grid_tet_mesh", "load_tet_mesh", "tetrahedralize", "voxel_tet_mesh",
     "FEMSolver", "FEMMaterial", "FEMBody", "PenaltyContact", "Driver", "PinholeCamera",
-    "FisheyeCamera", "look_at", "TactileSensor", "OpticalTactile", "mount_sensor", "FEMMPMCoupling", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
+    "FisheyeCamera", "look_at", "TactileSensor", "OpticalTactile", "mount_sensor", "FEMMPMCoupling", "FEMModuleCoupling", "ParticleContact", "detect_markers", "grid_markers", "marker_flow_image", "read_png", "Scene", "build_scene", "run_scene", "Trajectory",
     "InvalidTrajectory", "load_trajectory", "record_trajectory", "Fitter", "sweep",
 ]

@@ -23,7 +23,9 @@ class LinearDamping(StepModule):
         mass, gravity, bounds: as :class:`diffsim.StepModule`.
     """
 
-    controls = ("wind.velocity",)   # optional: air velocity (3,) per substep the drag acts against
+    # optional per substep: air velocity (3,) the drag acts against; forces (N,3) on the
+    # particles from a coupling term (diffsim.FEMModuleCoupling)
+    controls = ("wind.velocity", "contact.force")
 
     def __init__(self, x, v, dt: float, rate: float = 1.0, mass=1.0, gravity=(0.0, 0.0, -9.81), bounds=None):
         super().__init__(State(x=torch.as_tensor(x), v=torch.as_tensor(v)), dt, mass, gravity, bounds)
@@ -31,10 +33,14 @@ class LinearDamping(StepModule):
             raise ValueError(f"LinearDamping: rate must be >= 0, got {rate}")
         self.rate = torch.nn.Parameter(torch.tensor(float(rate), dtype=self._initial.x.dtype))
         self.register_buffer("g", torch.tensor(self.gravity, dtype=self._initial.x.dtype))
+        self.register_buffer("inv_mass", torch.tensor(1.0 / self.mass, dtype=self._initial.x.dtype)[:, None])
 
     def forward(self, state: State, control: dict, dt: float) -> State:
         wind = control.get("wind.velocity")
         v = state.v + dt * self.g
+        force = control.get("contact.force")
+        if force is not None:
+            v = v + dt * self.inv_mass * force
         if wind is not None:
             v = v + dt * self.rate * wind
         v = v / (1.0 + dt * self.rate)

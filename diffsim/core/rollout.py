@@ -19,7 +19,8 @@ def rollout(system: System, steps: int, state: State | None = None, params: dict
     Afterwards the system holds the (detached) final state at ``time = (start + steps) dt``.
 
     Args:
-        system: an MPM, FEM or DEM solver, an FEM-MPM coupling, a :class:`StepModule`.
+        system: an MPM, FEM or DEM solver, an FEM-MPM or FEM-module coupling, a
+            :class:`StepModule`.
         steps: substeps (>= 1).
         state: the start :class:`State` (the system's field names; see
             ``system.initial_state()``).
@@ -41,7 +42,8 @@ def rollout(system: System, steps: int, state: State | None = None, params: dict
     Returns a :class:`Rollout` (``final, records = ds.rollout(...)`` also works).
     """
     if not isinstance(system, System):
-        raise InvalidScene(f"ds.rollout needs a diffsim system (MPMSolver, FEMSolver, DEMSolver, FEMMPMCoupling "
+        raise InvalidScene(f"ds.rollout needs a diffsim system (MPMSolver, FEMSolver, DEMSolver, FEMMPMCoupling, "
+                           f"FEMModuleCoupling "
                            f"or a StepModule), got {type(system).__name__}")
     steps = _positive_int("steps", steps)
     if record_every is not None:

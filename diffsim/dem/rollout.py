@@ -119,6 +119,8 @@ class DEMHooks(SegmentHooks):
         self.model = sim.material.model_code
         self.epochs = [self._epoch()]
         self.epoch_loaded = 0
+        self.walls_loaded = (None, None, None)
+        self.steps = None                 # of the whole rollout (set by rollout_steps)
         self.removed0 = int(fs.removed[None])
 
     def _epoch(self):
@@ -139,7 +141,8 @@ class DEMHooks(SegmentHooks):
 
     def load(self, seg, inputs):
         self.reload(seg, inputs)
-        kd.unpack_vectors(self.layout.values(self.sim.state), inputs[1].detach().cpu().numpy())
+        if seg.script is not None:   # a re-run (a first run continues from the fields as they are)
+            kd.unpack_vectors(self.layout.values(self.sim.state), inputs[1].detach().cpu().numpy())
 
     def reload(self, seg, inputs):
         fs = self.sim.fields
@@ -194,18 +197,21 @@ class DEMHooks(SegmentHooks):
                 entry[2] = len(self.epochs) - 1
             self.epoch_loaded = len(self.epochs) - 1
             script.append(entry)
-        sim._pose_key = None                  # the wall velocities may hold the control's values
+        if wv is not None:
+            sim._pose_key = None              # the wall velocities hold the control's values
         seg.script = script
 
     def _load_walls(self, walls):
         fs = self.sim.fields
-        for f, a in zip((fs.w_vel, fs.w_R, fs.w_on), walls):
-            f.from_numpy(a)
+        for f, a, loaded in zip((fs.w_vel, fs.w_R, fs.w_on), walls, self.walls_loaded):
+            if a is not loaded:
+                f.from_numpy(a)
+        self.walls_loaded = walls
 
     def _replay(self, seg, tape):
         sim, fs = self.sim, self.sim.fields
         W = fs.n_walls
-        self.epoch_loaded = None
+        self.epoch_loaded, self.walls_loaded = None, (None, None, None)
         for t, (walls, e, remap) in enumerate(seg.script):
             self._load_epoch(e)
             self._load_walls(walls)
@@ -229,7 +235,9 @@ class DEMHooks(SegmentHooks):
         seg.gs = (np.zeros((self.layout.size, 3)) if g is None else g.detach().cpu().numpy()) \
             .astype(runtime.np_dtype())
         seg.wv_grad = np.zeros((seg.steps, fs.n_walls, 3), runtime.np_dtype())
-        self.epoch_loaded = None  # other code may have changed the lists since
+        if seg.start + seg.steps == self.steps:   # the backward pass begins: other code may have
+            self.epoch_loaded = None              # changed the lists and walls since the forward pass
+            self.walls_loaded = (None, None, None)
         fs.prm.grad.fill(0)
         fs.derived.grad.fill(0)  # accumulates over the segment's steps, mapped to prm at the end
 
@@ -344,6 +352,7 @@ def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=Non
     every = int(record_every or 0)
     bounds = segment_cuts(steps, None, every or None)
     hooks = DEMHooks(sim, max(b - a for a, b in zip(bounds[:-1], bounds[1:])), bool(check_gradients))
+    hooks.steps = steps
     rows = hooks.layout.rows
     base = np.empty((hooks.layout.size, 3), runtime.np_dtype())
     kd.pack_vectors(hooks.layout.values(sim.state), base)
@@ -359,4 +368,5 @@ def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=Non
         packed, = segment(hooks, _DEMSegment(a, b - a), prm, packed, wv)
         if every and b % every == 0:
             records.append({q: packed[rows[q]][: sim.n] for q in "xvw"})
+    sim._pose_key = None                       # the next step uploads the walls' own data again
     return {**{q: packed[rows[q]][: sim.n] for q in "xvw"}, "records": records}

@@ -94,7 +94,8 @@ class FEMChunk:
 class FEMHooks(SegmentHooks):
     """The FEM's hooks into the adjoint core (:mod:`diffsim.core.adjoint`). A segment (a
     chunk of at most ``tape_substeps``) has inputs ``(x0, v0, prm, cprm, drv_t, drv_R,
-    col_p, col_R)`` and outputs ``(x_k, v_k, x_records, v_records, force_records)``; its
+    col_p, col_R)`` and optionally ``external`` ((steps, n, 3) node forces), outputs
+    ``(x_k, v_k, x_records, v_records, force_records)``; its
     tape is the solver's own (every substep's row; one per solver), reversed row by row
     with Taichi's adjoint of the substep kernel. ``before_substep(t)`` runs before each
     substep (a coupled system steps its other part there)."""
@@ -109,7 +110,8 @@ class FEMHooks(SegmentHooks):
     def load(self, seg, inputs):
         from ..kernels import fem as kf
         sim = self.sim
-        x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = (t.detach().cpu().numpy() for t in inputs)
+        x0, v0, prm, cprm, drv_t, drv_R, col_p, col_R = (t.detach().cpu().numpy() for t in inputs[:8])
+        seg.external = inputs[8].detach().cpu().numpy() if len(inputs) > 8 else None
         kf.load_state(sim.fields, sim._np(x0), sim._np(v0), 0, sim.n)
         sim.fields.prm.from_numpy(sim._np(prm))
         sim.fields.cprm.from_numpy(sim._np(cprm))
@@ -119,7 +121,7 @@ class FEMHooks(SegmentHooks):
     def run(self, seg, tape, inputs):
         if tape is None:
             self.sim._drop_tape()      # these substeps overwrite the tape
-        self.sim.run_chunk(seg.steps, seg.rec, seg.n_pairs, self.before_substep)
+        self.sim.run_chunk(seg.steps, seg.rec, seg.n_pairs, self.before_substep, seg.external)
 
     def outputs(self, seg, inputs):
         return outputs(self.sim, seg.steps, seg.rec, inputs[0].dtype)
@@ -131,7 +133,11 @@ class FEMHooks(SegmentHooks):
         substep_adjoint(self.sim, k, seg.rec, seg.n_pairs)
 
     def input_grads(self, seg, tape, inputs):
-        return input_grads(self.sim, seg.steps, inputs)
+        grads = input_grads(self.sim, seg.steps, inputs[:8])
+        if len(inputs) > 8:          # the external forces act through fp
+            fp = self.sim.fields.fp.grad.to_numpy()[: seg.steps, : self.sim.n]
+            grads += (torch.from_numpy(fp).to(inputs[8].dtype),)
+        return grads
 
     def locate(self, seg, tape, grads, inputs):
         adjoint_health.locate_in_fem_tape(self.sim, seg.start, seg.steps, lambda: self.seed(seg, tape, grads),

@@ -678,15 +678,22 @@ class FEMSolver(System):
         numpy in, numpy out, or torch in, torch out (differentiable)."""
         return self._surface_normals(x)[1]
 
-    def run_chunk(self, k: int, record_every: int, n_pairs: int = 0, before_substep=None):
+    def run_chunk(self, k: int, record_every: int, n_pairs: int = 0, before_substep=None, external=None):
         """Substeps rows 0 -> k (poses and contact pairs uploaded by the caller); contact
         forces averaged per ``record_every`` substeps into ``fc``; ``before_substep(t)`` runs
-        before each substep (the MPM coupling steps the MPM there)."""
+        before each substep (a coupled system steps its other part there and may add
+        forces to ``fp[t]``); ``external``: (k, n, 3) forces (N) on the nodes per substep,
+        which act as contact forces do (``fp``)."""
         from ..kernels import fem as kf
         fs = self.fields
         kf.spread_params(fs, self.n, self.n_tets)
         fs.f.fill(0)
-        fs.fp.fill(0)
+        if external is None:
+            fs.fp.fill(0)
+        else:
+            rows = np.zeros((self.K, self.n, 3), runtime.np_dtype())
+            rows[:k] = external
+            fs.fp.from_numpy(rows)
         fs.fc.fill(0)
         fs.pen.fill(0)
         g = self.gravity

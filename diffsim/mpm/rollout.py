@@ -14,7 +14,8 @@ positions and per-step velocities, and the parameters of torch modules.
 
 Segments and memory. With built-in materials a rollout of ``T`` substeps is cut into
 segments of ``K`` substeps (``checkpoint_every``, default ~sqrt(T)); each segment is one
-autograd Function whose forward runs the fused one-kernel substep; the torch graph keeps
+segment of the adjoint core (:mod:`diffsim.core.adjoint`, :class:`MPMHooks`) whose forward
+runs the fused one-kernel substep; the torch graph keeps
 only the segment's input state. The states and grids of a segment's substeps go to a
 *tape* (Taichi fields); tapes are kept, least-recently-written evicted first, within
 ``tape_memory`` (default 1 GiB). The backward pass reverses each segment substep by

@@ -14,15 +14,17 @@ spheres "sees" where the wall pushed them).
 
 How: each step is one Taichi kernel that reads state A and writes state B (kinematics,
 contact histories, wall offsets). The rollout is a chain of segments of the adjoint core
-(:mod:`diffsim.core.adjoint`, :class:`DEMHooks`; ~sqrt(steps) steps each, cut at records)
-whose tapes hold every step's packed input state, within ``tape_memory``; a segment whose
-tape was evicted is replayed from its input with the neighbour lists it used. The backward
-pass restores each step's input, re-runs that step's kernel (the per-pair force buffers)
-and runs its Taichi adjoint. Neighbour lists, pair lists and the active set are constants
-of the backward pass: a contact that opens or closes inside the window is differentiated
-on each side of the event, not across it (the gradient of the discrete event itself is
-not defined). Memory: one packed state per step (about n (9 + 3 max_neighbors + 3 walls)
-numbers) while the tapes fit ``tape_memory``, else one per segment plus one segment's.
+(:mod:`diffsim.core.adjoint`, :class:`DEMHooks`; max(64, sqrt(steps)) steps each, cut at
+records) whose tapes hold every step's packed input state, within ``tape_memory``; a
+segment whose tape was evicted is replayed from its input with the neighbour lists it
+used. The backward pass restores each step's input and runs the step kernel's Taichi
+adjoint (it recomputes the pair forces itself: the kernel reads only its input state and
+writes the per-pair buffers before it sums them linearly, so nothing else is re-run).
+Neighbour lists, pair lists and the active set are constants of the backward pass: a
+contact that opens or closes inside the window is differentiated on each side of the
+event, not across it (the gradient of the discrete event itself is not defined). Memory:
+one packed state per step (about n (9 + 3 max_neighbors + 3 walls) numbers) while the
+tapes fit ``tape_memory``, else one per segment plus one segment's.
 
 Not differentiable (``NotImplementedError``): density and radii, wall rotation rates, and
 rollouts in which spheres are removed by an outflow region or inserted by a pour.
@@ -81,6 +83,8 @@ class _Layout:
         return tuple(f.grad for f in S.fields().values())
 
 
+SEGMENT_STEPS = 64            # shortest segment of a rollout (fewer, longer segments: less overhead)
+
 _EPOCH_FIELDS = ("nbr_n", "rev", "rev_n", "active", "pair_i", "pair_j", "pair_perm", "pair_start")
 
 
@@ -105,8 +109,8 @@ class DEMHooks(SegmentHooks):
     inputs are ``(prm, packed state, wall velocities (steps, k, 3) or None)``, its output
     the packed state (kinematics, contact histories, wall offsets: :class:`_Layout`).
     Forward: the step kernel, rebuilding neighbour lists as :meth:`DEMSolver.step` does;
-    the tape holds every step's packed input state. Reverse: restore the step's input, re-run
-    its kernel (the per-pair force buffers), run its Taichi adjoint; a rebuild's history
+    the tape holds every step's packed input state. Reverse: restore the step's input, run
+    the step kernel's Taichi adjoint; a rebuild's history
     remap is reversed by the remap kernel's adjoint. Neighbour lists (epochs) are constants
     of the backward pass."""
 
@@ -257,7 +261,6 @@ class DEMHooks(SegmentHooks):
         kd.unpack_vectors(self.layout.values(A), tape.snaps[k])
         self._load_walls(walls)
         n_pairs = self.epochs[e]["n_pairs"]
-        kd.step(fs, A, B, self.model, W, False, n, n_pairs)  # this step's pair buffers
         kd.zero_vectors(A_adj + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad))
         kd.unpack_vectors(B_adj, seg.gs)
         kd.step.grad(fs, A, B, self.model, W, False, n, n_pairs)
@@ -350,7 +353,9 @@ def rollout_steps(sim: DEMSolver, steps: int, params: dict | None = None, x0=Non
     sim._reset_for_rollout(x0.detach().cpu().numpy(), v0.detach().cpu().numpy(), w0.detach().cpu().numpy())
     tape_cache(sim).budget = DEFAULT_TAPE_MEMORY if tape_memory is None else int(tape_memory)
     every = int(record_every or 0)
-    bounds = segment_cuts(steps, None, every or None)
+    # A step's tape is small (one packed state) and each segment costs a few launches in
+    # both passes: segments of at least SEGMENT_STEPS steps (the budget still applies)
+    bounds = segment_cuts(steps, max(SEGMENT_STEPS, math.ceil(math.sqrt(steps))), every or None)
     hooks = DEMHooks(sim, max(b - a for a, b in zip(bounds[:-1], bounds[1:])), bool(check_gradients))
     hooks.steps = steps
     rows = hooks.layout.rows

@@ -26,9 +26,9 @@ import torch
 
 from .. import runtime
 from ..core.state import State
-from ..core.system import Rollout, System
+from ..core.system import Rollout
 from ..errors import InvalidScene
-from .system import _split
+from .pair import CoupledPair, split
 
 
 class ParticleContact:
@@ -62,7 +62,7 @@ class ParticleContact:
         return fa.index_add(0, i, f), fb.index_add(0, j, -f)
 
 
-class FEMModuleCoupling(System):
+class FEMModuleCoupling(CoupledPair):
     """An :class:`~diffsim.FEMSolver` and a :class:`~diffsim.StepModule` stepped together,
     coupled by ``term`` (e.g. :class:`ParticleContact`) on the FEM's free surface nodes.
 
@@ -72,6 +72,8 @@ class FEMModuleCoupling(System):
     """
 
     rollout_options = frozenset()
+
+    names, clock = ("fem", "module"), "fem"
 
     def __init__(self, fem, module, term):
         from ..core.step_module import StepModule
@@ -84,31 +86,6 @@ class FEMModuleCoupling(System):
             raise InvalidScene("FEMModuleCoupling: term must be callable (xa, va, xb, vb) -> (fa, fb)")
         self.fem, self.module, self.term = fem, module, term
         self.surface = None
-
-    # ------------------------------------------------------------------ scene interface
-    @property
-    def dt(self):
-        return self.fem.dt
-
-    @property
-    def n(self):
-        return self.fem.n + self.module.n
-
-    @property
-    def time(self):
-        return self.fem.time
-
-    @property
-    def step_count(self):
-        return self.fem.step_count
-
-    @property
-    def lo(self):
-        return np.minimum(self.fem.lo, self.module.lo)
-
-    @property
-    def hi(self):
-        return np.maximum(self.fem.hi, self.module.hi)
 
     def build(self):
         if self.surface is None:
@@ -148,16 +125,6 @@ class FEMModuleCoupling(System):
         fem.step(n, before_substep=before_substep)
 
     # ------------------------------------------------------------------ protocol
-    def initial_state(self) -> State:
-        return State(fem=self.fem.initial_state(), module=self.module.initial_state())
-
-    def current_state(self) -> State:
-        return State(fem=self.fem.current_state(), module=self.module.current_state())
-
-    def parameter_values(self) -> dict:
-        return {**{f"fem.{k}": v for k, v in self.fem.parameter_values().items()},
-                **{f"module.{k}": v for k, v in self.module.parameter_values().items()}}
-
     def control_names(self) -> list:
         return [f"fem.{k}" for k in self.fem.control_names()]
 
@@ -172,9 +139,9 @@ class FEMModuleCoupling(System):
         self.build()
         fem, mod = self.fem, self.module
         dtype = runtime.torch_dtype()
-        fem_overrides = fem.parameter_overrides(_split(params, "fem."))
-        mod_params = {k: torch.as_tensor(v).to(dtype) for k, v in _split(params, "module.").items()}
-        fem_control = _split(control, "fem.")
+        fem_overrides = fem.parameter_overrides(split(params, "fem."))
+        mod_params = {k: torch.as_tensor(v).to(dtype) for k, v in split(params, "module.").items()}
+        fem_control = split(control, "fem.")
         if record_every and steps % record_every:
             raise InvalidScene(f"rollout: record_every ({record_every}) must divide steps ({steps})")
         driver_velocity = {d: v.repeat_interleave(steps // v.shape[0], 0) for d, v in   # one row per substep
@@ -216,41 +183,6 @@ class FEMModuleCoupling(System):
             records.append((k, State(fem=State(x=out["x"][k - 1], v=out["v"][k - 1]), module=sbr)))
         final = State(fem=State(x=out["x_final"], v=out["v_final"]), module=final_b)
         return Rollout(final, records, {"force": out["force"], "max_penetration": out["max_penetration"]})
-
-    def reset(self):
-        self.fem.reset()
-        self.module.reset()
-
-    # ------------------------------------------------------------------ for diffsim run
-    def diagnostics(self) -> dict:
-        a, b = self.fem.diagnostics(), self.module.diagnostics()
-        out = dict(a)
-        for k in ("kinetic", "potential", "elastic", "energy"):
-            out[k] = a[k] + b[k]
-        out["momentum"] = (np.asarray(a["momentum"]) + np.asarray(b["momentum"])).tolist()
-        out["max_speed"] = max(a["max_speed"], b["max_speed"])
-        return out
-
-    def frame(self) -> dict:
-        a, b = self.fem.frame(), self.module.frame()
-        xa, da = a["particles"]
-        xb, db = b["particles"]
-        top = int(da["body"].max()) + 1 if len(da["body"]) else 0
-        data = {"body": np.concatenate([da["body"], db["body"] + top]),
-                "velocity": np.concatenate([da["velocity"], db["velocity"]])}
-        return {"particles": (np.concatenate([xa, xb]), data), "meshes": a.get("meshes", {}),
-                "images": a.get("images", {})}
-
-    def checkpoint(self):
-        a_arr, a_meta = self.fem.checkpoint()
-        b_arr, b_meta = self.module.checkpoint()
-        arrays = {**{f"fem_{k}": v for k, v in a_arr.items()}, **{f"module_{k}": v for k, v in b_arr.items()}}
-        return arrays, {"fem": a_meta, "module": b_meta, "time": a_meta["time"], "step": a_meta["step"]}
-
-    def restore(self, arrays, meta):
-        self.build()
-        self.fem.restore({k[4:]: v for k, v in arrays.items() if k.startswith("fem_")}, meta["fem"])
-        self.module.restore({k[7:]: v for k, v in arrays.items() if k.startswith("module_")}, meta["module"])
 
     def describe(self) -> dict:
         term = {k: v for k, v in vars(self.term).items() if isinstance(v, (int, float, str))}

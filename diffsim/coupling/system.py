@@ -21,11 +21,12 @@ import numpy as np
 from .. import runtime
 from ..core.names import by_part
 from ..core.state import State
-from ..core.system import Rollout, System
+from ..core.system import Rollout
 from ..errors import InvalidScene
+from .pair import CoupledPair, split
 
 
-class FEMMPMCoupling(System):
+class FEMMPMCoupling(CoupledPair):
     """An :class:`~diffsim.MPMSolver` and an :class:`~diffsim.FEMSolver` stepped together.
 
     Args:
@@ -34,6 +35,8 @@ class FEMMPMCoupling(System):
         density_threshold: fraction of the MPM material's lowest density above which the
             grid around an FEM node counts as material (contact).
     """
+
+    names, clock = ("mpm", "fem"), "fem"
 
     def __init__(self, mpm, fem, friction: float = 0.5, density_threshold: float = 0.3):
         if abs(mpm.dt - fem.dt) > 1e-12 * fem.dt:
@@ -44,31 +47,6 @@ class FEMMPMCoupling(System):
         self.friction = float(friction)
         self.density_threshold = float(density_threshold)
         self.hook = None
-
-    # ------------------------------------------------------------------ scene interface
-    @property
-    def dt(self):
-        return self.fem.dt
-
-    @property
-    def n(self):
-        return self.mpm.n + self.fem.n
-
-    @property
-    def time(self):
-        return self.fem.time
-
-    @property
-    def step_count(self):
-        return self.fem.step_count
-
-    @property
-    def lo(self):
-        return self.mpm.lo
-
-    @property
-    def hi(self):
-        return self.mpm.hi
 
     def build(self):
         if self.hook is None:
@@ -98,19 +76,6 @@ class FEMMPMCoupling(System):
         self.fem.step(n, before_substep=before_substep, before_chunk=before_chunk)
 
     # ------------------------------------------------------------------ protocol
-    def initial_state(self) -> State:
-        self.build()
-        return State(fem=self.fem.initial_state(), mpm=self.mpm.initial_state())
-
-    def current_state(self) -> State:
-        self.build()
-        return State(fem=self.fem.current_state(), mpm=self.mpm.current_state())
-
-    def parameter_values(self) -> dict:
-        """The FEM's and the MPM's parameters, prefixed ``fem.`` and ``mpm.``."""
-        return {**{f"fem.{k}": v for k, v in self.fem.parameter_values().items()},
-                **{f"mpm.{k}": v for k, v in self.mpm.parameter_values().items()}}
-
     def control_names(self) -> list:
         """The FEM drivers' velocities (``fem.<driver>.velocity``; MPM colliders follow
         their own schedule)."""
@@ -122,9 +87,9 @@ class FEMMPMCoupling(System):
         from ..mpm.rollout import MPMState
         from .rollout import rollout_coupled
         self.build()
-        fem_params = _split(params, "fem.")
-        mpm_params = by_part(_split(params, "mpm."))
-        fem_control = _split(control, "fem.")
+        fem_params = split(params, "fem.")
+        mpm_params = by_part(split(params, "mpm."))
+        fem_control = split(control, "fem.")
         driver_velocity = self.fem.driver_controls(steps, record_every, fem_control)
         fem_overrides = self.fem.parameter_overrides(fem_params)
         mpm_state = fem_state = None
@@ -147,46 +112,8 @@ class FEMMPMCoupling(System):
         return Rollout(final, records, {k: out[k] for k in ("force", "driver_translation", "driver_rotation",
                                                              "max_penetration")})
 
-    def reset(self):
-        self.mpm.reset()
-        self.fem.reset()
-
-    def diagnostics(self) -> dict:
-        a, b = self.mpm.diagnostics(), self.fem.diagnostics()
-        out = dict(b)
-        for k in ("kinetic", "potential", "elastic", "energy"):
-            out[k] = a[k] + b[k]
-        out["momentum"] = (np.asarray(a["momentum"]) + np.asarray(b["momentum"])).tolist()
-        out["max_speed"] = max(a["max_speed"], b["max_speed"])
-        out["mpm"] = {k: a[k] for k in ("kinetic", "elastic", "momentum")}
-        return out
-
-    def frame(self) -> dict:
-        a, b = self.mpm.frame(), self.fem.frame()
-        xa, da = a["particles"]
-        xb, db = b["particles"]
-        body = np.concatenate([da["body"], db["body"] + (int(da["body"].max()) + 1 if len(da["body"]) else 0)])
-        data = {"body": body, "velocity": np.concatenate([da["velocity"], db["velocity"]])}
-        return {"particles": (np.concatenate([xa, xb]), data), "meshes": {**a["meshes"], **b["meshes"]},
-                "images": b.get("images", {})}
-
-    def checkpoint(self):
-        a_arr, a_meta = self.mpm.checkpoint()
-        b_arr, b_meta = self.fem.checkpoint()
-        arrays = {**{f"mpm_{k}": v for k, v in a_arr.items()}, **{f"fem_{k}": v for k, v in b_arr.items()}}
-        return arrays, {"mpm": a_meta, "fem": b_meta, "time": b_meta["time"], "step": b_meta["step"]}
-
-    def restore(self, arrays, meta):
-        self.build()
-        self.mpm.restore({k[4:]: v for k, v in arrays.items() if k.startswith("mpm_")}, meta["mpm"])
-        self.fem.restore({k[4:]: v for k, v in arrays.items() if k.startswith("fem_")}, meta["fem"])
-
     def describe(self) -> dict:
         return {"solver": "FEM-MPM coupling", "friction": self.friction,
                 "density_threshold": self.density_threshold, "mpm": self.mpm.describe(),
                 "fem": self.fem.describe()}
 
-
-def _split(named: dict, prefix: str) -> dict:
-    """The entries of ``named`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in named.items() if k.startswith(prefix)}

@@ -19,7 +19,9 @@ records) whose tapes hold every step's packed input state, within ``tape_memory`
 segment whose tape was evicted is replayed from its input with the neighbour lists it
 used. The backward pass restores each step's input and runs the step kernel's Taichi
 adjoint (it recomputes the pair forces itself: the kernel reads only its input state and
-writes the per-pair buffers before it sums them linearly, so nothing else is re-run).
+writes the per-pair buffers before it sums them linearly, so nothing else is re-run); the
+adjoints stay in the two state fields' adjoints, alternating (three launches per step), and
+are tested once per segment (a non-finite one: the segment again, step by step).
 Neighbour lists, pair lists and the active set are constants of the backward pass: a
 contact that opens or closes inside the window is differentiated on each side of the
 event, not across it (the gradient of the discrete event itself is not defined). Memory:
@@ -236,8 +238,9 @@ class DEMHooks(SegmentHooks):
     def seed(self, seg, tape, grads):
         fs = self.sim.fields
         g = grads[0]
-        seg.gs = (np.zeros((self.layout.size, 3)) if g is None else g.detach().cpu().numpy()) \
-            .astype(runtime.np_dtype())
+        gs = (np.zeros((self.layout.size, 3)) if g is None else g.detach().cpu().numpy()).astype(runtime.np_dtype())
+        kd.unpack_vectors(self.layout.adjoints(fs.B), gs)
+        seg.out = fs.B        # the state whose adjoint fields hold the adjoint of the next step's output
         seg.wv_grad = np.zeros((seg.steps, fs.n_walls, 3), runtime.np_dtype())
         if seg.start + seg.steps == self.steps:   # the backward pass begins: other code may have
             self.epoch_loaded = None              # changed the lists and walls since the forward pass
@@ -245,34 +248,40 @@ class DEMHooks(SegmentHooks):
         fs.prm.grad.fill(0)
         fs.derived.grad.fill(0)  # accumulates over the segment's steps, mapped to prm at the end
 
-    def reverse(self, seg, tape, k, inputs):
+    def reverse(self, seg, tape, k, inputs, check=False):
+        """Step ``k`` backwards. The adjoints stay in the state fields: the step's output
+        adjoint is in ``seg.out``'s, its input state is restored into the other state,
+        whose adjoint the Taichi adjoint fills (three launches, no copies); ``check``
+        tests the input adjoint (:meth:`locate`)."""
         sim, fs = self.sim, self.sim.fields
         n, W = sim.n, fs.n_walls
-        A, B = fs.A, fs.B
-        A_adj, B_adj = self.layout.adjoints(A), self.layout.adjoints(B)
         walls, e, remap = seg.script[k]
         if remap is not None:
+            inp = fs.A if seg.out is fs.B else fs.B
             self._load_epoch(remap)
-            kd.zero_vectors(A_adj)
-            kd.unpack_vectors(B_adj, seg.gs)
-            kd.remap_state.grad(fs, A, B, n, self.epochs[remap]["n_pairs"], W)
-            kd.pack_vectors(A_adj, seg.gs)
+            kd.zero_vectors(self.layout.adjoints(inp))
+            kd.remap_state.grad(fs, inp, seg.out, n, self.epochs[remap]["n_pairs"], W)
+            seg.out = inp
+        inp = fs.A if seg.out is fs.B else fs.B
         self._load_epoch(e)
-        kd.unpack_vectors(self.layout.values(A), tape.snaps[k])
+        kd.unpack_vectors(self.layout.values(inp), tape.snaps[k])
         self._load_walls(walls)
-        n_pairs = self.epochs[e]["n_pairs"]
-        kd.zero_vectors(A_adj + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad))
-        kd.unpack_vectors(B_adj, seg.gs)
-        kd.step.grad(fs, A, B, self.model, W, False, n, n_pairs)
-        kd.pack_vectors(A_adj, seg.gs)
+        kd.zero_vectors(self.layout.adjoints(inp) + (fs.pair_f.grad, fs.pair_ti.grad, fs.pair_tj.grad, fs.w_vel.grad))
+        kd.step.grad(fs, inp, seg.out, self.model, W, False, n, self.epochs[e]["n_pairs"])
+        seg.out = inp
         if inputs[2] is not None:
             seg.wv_grad[k] = fs.w_vel.grad.to_numpy()
-        if self.check:
-            rows = self.layout.rows
-            hit = adjoint_health.first_bad_row({f"{q} adjoint": seg.gs[rows[q]] for q in ("x", "v", "w")}, n)
+        if check:
+            gs, rows = self._state_adjoint(seg), self.layout.rows
+            hit = adjoint_health.first_bad_row({f"{q} adjoint": gs[rows[q]] for q in ("x", "v", "w")}, n)
             if hit is not None:
                 raise GradientNotFinite(seg.start + k, "DEM step (contacts, walls, integration)",
                                         f"{hit[0]} of sphere {hit[1]}", _F64_HINT)
+
+    def _state_adjoint(self, seg):
+        gs = np.empty((self.layout.size, 3), runtime.np_dtype())
+        kd.pack_vectors(self.layout.adjoints(seg.out), gs)
+        return gs
 
     def input_grads(self, seg, tape, inputs):
         fs = self.sim.fields
@@ -280,12 +289,18 @@ class DEMHooks(SegmentHooks):
         self.sim._pose_key = None
         prm, packed, wv = inputs
         g_prm = torch.from_numpy(fs.prm.grad.to_numpy().astype(np.float64)).to(prm.dtype)
-        g_packed = torch.from_numpy(seg.gs.astype(np.float64)).to(packed.dtype)
+        g_packed = torch.from_numpy(self._state_adjoint(seg).astype(np.float64)).to(packed.dtype)
         g_wv = None if wv is None else torch.from_numpy(seg.wv_grad[:, : wv.shape[1]].astype(np.float64)).to(wv.dtype)
         return g_prm, g_packed, g_wv
 
     def locate(self, seg, tape, grads, inputs):
+        """Reverse the segment again testing each step's input adjoint (raises at the first
+        non-finite one), else name the parameter or wall adjoints."""
         g_prm, g_packed, g_wv = self.input_grads(seg, tape, inputs)
+        if not torch.isfinite(g_packed).all():
+            self.seed(seg, tape, grads)
+            for k in reversed(range(seg.steps)):
+                self.reverse(seg, tape, k, inputs, check=True)
         bad = [name for name, g in (("parameters", g_prm), ("initial state", g_packed), ("wall velocities", g_wv))
                if g is not None and not torch.isfinite(g).all()]
         raise GradientNotFinite(seg.start, "DEM material constants", f"the gradient of the {', '.join(bad)}",

@@ -1,22 +1,29 @@
-"""Learn constitutive laws from one trajectory each, and test how far they generalise.
+"""Learn constitutive laws from recorded motions, and test how far they generalise.
 
 For each material (jelly = fixed-corotated, plasticine = von Mises, sand = Drucker-Prager)
-the `material_probe` scene records one full-state training trajectory (jelly and
-plasticine: an indenter presses the block for 0.08 s and retracts; sand: a column
-collapses); a *structured*
-neural law (rotation-equivariant, zero stress at rest by construction) and an
-*unstructured* MLP of the same size are trained on it inside the differentiable MPM
-(teacher forcing, Adam, gradient clipping).
+the `material_probe` scene records full-state training trajectories of the chosen
+motions (`--motions`, default `press`: jelly and plasticine are pressed by an indenter for
+0.08 s that then retracts, sand is a collapsing column; `shear`: the block is thrown
+sideways onto the floor that holds its bottom; `twist`: spun about the vertical axis on
+it; `stretch`: thrown upwards from it). Three law families of the same size are trained
+on them inside the differentiable MPM (teacher forcing, Adam, gradient clipping):
+
+* `potential`: an isotropic, input-convex energy of the invariants; stress = its
+  derivative (`PotentialElasticity`, `IsotropicPlasticity`),
+* `structured`: rotation-equivariant, zero stress at rest, but not isotropic
+  (`ElasticityNet`, `PlasticityNet`),
+* `mlp`: the unstructured baseline (raw entries of F in, stress out).
 
     python demos/learn_constitutive_law.py                  # train (and save laws) + evaluate
     python demos/learn_constitutive_law.py --eval           # evaluate saved laws only
     python demos/learn_constitutive_law.py --materials jelly --iters 40   # quicker
+    python demos/learn_constitutive_law.py --motions press,shear,twist    # several motions
 
-Evaluation (position MSE against the reference material, mm^2): the training trajectory,
-twice its horizon, a new initial velocity, a new shape (the DiffTactile mesh E15_0), a
-finer grid, and a stability check at 4x the training horizon. Writes OUT/results.md,
-OUT/results.json and side-by-side images OUT/compare_<material>_<test>.png (reference |
-structured | MLP).
+Evaluation (position MSE against the reference material, mm^2): the training (press)
+trajectory, twice its horizon, a new initial velocity, a new shape (the DiffTactile mesh
+E15_0), a finer grid, and a stability check at 4x the training horizon. Writes
+OUT/results.md, OUT/results.json and side-by-side images OUT/compare_<material>_<test>.png
+(reference | one column per law).
 """
 import argparse
 import json
@@ -28,7 +35,7 @@ import numpy as np
 import torch
 
 import diffsim as ds
-from diffsim.learned.constitutive import make_law
+from diffsim.learned.constitutive import KINDS, make_law
 from diffsim.learned.training import LawTrainer, load_law, save_law, simulate_with_law
 from diffsim.scene import build_scene
 from diffsim.trajectory import record
@@ -39,7 +46,16 @@ MATERIALS = {  # options of material_probe, stress scale (Pa), plastic law?
     "plasticine": ({"material": "plasticine", "E": 5e4, "yield_stress": 3e3, "release": 0.08}, 5e4, True),
     "sand": ({"material": "sand", "E": 1e5}, 1e5, True),
 }
-TESTS = ["training", "double_horizon", "new_velocity", "new_shape", "finer_grid"]
+# training motions (material_probe options on top of the material's); the new-velocity
+# test's velocity is none of these
+MOTIONS = {
+    "press": lambda material: {},
+    "shear": lambda material: {"velocity": (-0.3, 0.5, -0.3) if material != "sand" else (-0.2, 0.4, 0.0)},
+    "twist": lambda material: {"spin": 8.0},
+    "stretch": lambda material: {"velocity": (0.0, 0.0, 0.4)},
+}
+TESTS = ["training", "double_horizon", "new_velocity", "new_shape", "finer_grid", "stability_4x"]
+COLORS = {"potential": (44, 160, 44), "structured": (31, 119, 180), "mlp": (214, 39, 40)}
 
 
 def test_options(base, test):
@@ -79,32 +95,36 @@ def render_compare(path, frames, bounds):
     write_png(path, hstack_images(imgs))
 
 
-def train(name, out, iters, width, depth):
+def train(name, out, iters, width, depth, kinds, motions):
     opts, scale, plastic = MATERIALS[name]
-    opts = dict(opts, grid=24)
-    scene = build_scene(PROBE, opts)
-    data = record(scene, scene.steps, scene.every, progress=False, script=str(PROBE), full_state=True)
-    data.save(out / f"data_{name}.npz")
-    scene.solver.close()
+    scenes_options = [dict(opts, grid=24, **MOTIONS[m](opts["material"])) for m in motions]
+    datas = []
+    for motion, options in zip(motions, scenes_options):
+        scene = build_scene(PROBE, options)
+        data = record(scene, scene.steps, scene.every, progress=False, script=str(PROBE), full_state=True)
+        data.save(out / f"data_{name}_{motion}.npz")
+        scene.solver.close()
+        datas.append(data)
     info = {}
-    for kind in ("structured", "mlp"):
+    for kind in kinds:
         torch.manual_seed(0)
         el, pl = make_law(kind, plastic=plastic, width=width, depth=depth, stress_scale=scale)
-        trainer = LawTrainer(build_scene(PROBE, opts), data, el, pl, lr=3e-3, clip=1.0, window_start=2)
+        trainer = LawTrainer([build_scene(PROBE, o) for o in scenes_options], datas, el, pl, lr=3e-3, clip=1.0,
+                             window_start=2)
         t0 = time.perf_counter()
         hist = trainer.train(iters)
         info[kind] = {"seconds": time.perf_counter() - t0, "final_loss_mm2": hist[-1]["loss_mm2"],
-                      "parameters": sum(p.numel() for p in trainer.params)}
+                      "parameters": sum(p.numel() for p in trainer.params), "motions": list(motions)}
         save_law(out / f"law_{name}_{kind}.pt", el, pl, metadata=trainer.metadata())
-        trainer.sim.close()
+        trainer.close()
     return info
 
 
-def evaluate(name, out):
+def evaluate(name, out, kinds, tests):
     opts, _, _ = MATERIALS[name]
-    laws = {kind: load_law(out / f"law_{name}_{kind}.pt") for kind in ("structured", "mlp")}
+    laws = {kind: load_law(out / f"law_{name}_{kind}.pt") for kind in kinds}
     rows = {}
-    for test in TESTS + ["stability_4x"]:
+    for test in tests:
         factor = 2 if test == "double_horizon" else 4 if test == "stability_4x" else 1
         options = test_options(opts, "training" if test == "stability_4x" else test)
         ref, every, frames = reference(options, factor)
@@ -116,9 +136,7 @@ def evaluate(name, out):
             finite = bool(np.all(np.isfinite(pred)))
             mse = float(((pred - ref) ** 2).mean()) / 1e-6 if finite else math.inf
             row[kind] = {"mse_mm2": mse, "finite": finite, "frames": frames}
-            finals.append((kind, pred[-1], (31, 119, 180) if kind == "structured" else (214, 39, 40)))
-        row["ratio_mlp_over_structured"] = (row["mlp"]["mse_mm2"] / row["structured"]["mse_mm2"]
-                                            if row["structured"]["mse_mm2"] > 0 else math.inf)
+            finals.append((kind, pred[-1], COLORS[kind]))
         rows[test] = row
         lo = np.array([0.3, 0.3, 0.0])
         hi = np.array([0.7, 0.7, 0.45])
@@ -130,38 +148,65 @@ def fmt(v):
     return "diverged" if not math.isfinite(v) or v > 1e9 else f"{v:.3g}"
 
 
+def table(results, kinds):
+    """The results as a markdown table: one column per law; the MLP's error over the best
+    physically structured law's when both were run."""
+    structured = [k for k in kinds if k != "mlp"]
+    ratio = "mlp" in kinds and structured
+    head = "| material | test | " + " | ".join(kinds) + (" | MLP / best structured |" if ratio else " |")
+    lines = ["# Learned constitutive laws: position MSE (mm^2) vs the reference material", "", head,
+             "|" + "---|" * (2 + len(kinds) + bool(ratio))]
+    for name, entry in results.items():
+        for test, r in entry["tests"].items():
+            cells = [fmt(r[k]["mse_mm2"]) for k in kinds]
+            if ratio:
+                best = min(r[k]["mse_mm2"] for k in structured)
+                cells.append(fmt(r["mlp"]["mse_mm2"] / best) if best > 0 else "inf")
+            lines.append(f"| {name} | {test} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval", action="store_true", help="only evaluate the laws saved in OUT")
     ap.add_argument("--materials", default="jelly,plasticine,sand")
+    ap.add_argument("--kinds", default="potential,structured,mlp", help=f"law families, of {sorted(KINDS)}")
+    ap.add_argument("--motions", default="press", help=f"training motions, of {sorted(MOTIONS)}")
+    ap.add_argument("--tests", default=",".join(TESTS), help=f"evaluation tests, of {TESTS}")
     ap.add_argument("--iters", type=int, default=120, help="training iterations per law")
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--out", default="runs/learn_constitutive_law")
     ap.add_argument("--precision", default="f64", choices=("f32", "f64"))
     args = ap.parse_args()
+
+    def names(text, allowed, what):
+        items = [m.strip() for m in text.split(",") if m.strip()]
+        bad = [m for m in items if m not in allowed]
+        if bad or not items:
+            ap.error(f"--{what}: unknown {bad} (choose from {sorted(allowed)})")
+        return items
+
+    materials = names(args.materials, MATERIALS, "materials")
+    kinds = names(args.kinds, KINDS, "kinds")
+    motions = names(args.motions, MOTIONS, "motions")
+    tests = names(args.tests, TESTS, "tests")
     ds.init(precision=args.precision)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [m.strip() for m in args.materials.split(",") if m.strip()]
     results = {}
-    for name in names:
+    for name in materials:
         entry = {}
         if not args.eval:
-            entry["training"] = train(name, out, args.iters, args.width, args.depth)
-        entry["tests"] = evaluate(name, out)
+            entry["training"] = train(name, out, args.iters, args.width, args.depth, kinds, motions)
+        entry["tests"] = evaluate(name, out, kinds, tests)
         results[name] = entry
-        print(json.dumps({name: {t: {k: r[k]["mse_mm2"] for k in ("structured", "mlp")}
-                                 for t, r in entry["tests"].items()}}), flush=True)
+        print(json.dumps({name: {t: {k: r[k]["mse_mm2"] for k in kinds} for t, r in entry["tests"].items()}}),
+              flush=True)
     ds.io.atomic_write_json(out / "results.json", results)
-    lines = ["# Learned constitutive laws: position MSE (mm^2) vs the reference material", "",
-             "| material | test | structured | unstructured MLP | MLP / structured |", "|---|---|---|---|---|"]
-    for name, entry in results.items():
-        for test, r in entry["tests"].items():
-            lines.append(f"| {name} | {test} | {fmt(r['structured']['mse_mm2'])} | {fmt(r['mlp']['mse_mm2'])} | "
-                         f"{fmt(r['ratio_mlp_over_structured'])} |")
-    ds.io.atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = table(results, kinds)
+    ds.io.atomic_write_text(out / "results.md", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
                               [--noise F] [--surface] [--set key=value ...]
     diffsim fit --data data.npz [--scene SCENE.py] --params E,nu [--init E=1e4 ...]
                 [--optimizer lbfgs|adam] [--iters N] [--out DIR] [--resume]
-    diffsim train-law --data data.npz [--kind structured|mlp] [--plastic] [--iters N]
+    diffsim train-law --data data.npz [more.npz ...] [--kind structured|potential|mlp] [--plastic] [--iters N]
                       [--window START,END] [--out law.pt]
     diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
     diffsim train-neuraldem DATASET --out hopper.pt [--iters N] [--resume]
@@ -101,12 +101,12 @@ def _script_reference(scene: str) -> str:
     return str(p.resolve()) if p.is_file() else scene
 
 
-def _data_and_scene(args):
-    """The trajectory of ``--data`` and its scene (``--scene`` or the script the data
-    names), built with the data's options plus ``--set`` overrides (not yet built)."""
+def _data_and_scene(args, path=None):
+    """The trajectory of ``--data`` (or ``path``) and its scene (``--scene`` or the script
+    the data names), built with the data's options plus ``--set`` overrides (not yet built)."""
     from .scene import build_scene, parse_options
     from .trajectory import load_trajectory
-    data = load_trajectory(args.data)
+    data = load_trajectory(args.data if path is None else path)
     options = dict(data.metadata["scene"].get("options") or {})
     options.update(parse_options(args.set))
     scene_path = args.scene or data.metadata["scene"].get("script")
@@ -149,16 +149,19 @@ def _cmd_train_law(args) -> int:
     if world > 1 and args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // world)
     _init_runtime(args)
-    data, options, make_scene = _data_and_scene(args)
-    if not data.full_state and args.window[0] > 0:
-        raise InvalidTrajectory(f"{args.data} has no full state (F, C); record it with "
-                                f"`diffsim generate --full-state` to train with teacher forcing")
-    scene = make_scene()
+    cases = [_data_and_scene(args, path) for path in args.data]   # one scene per trajectory
+    for path, (data, _, _) in zip(args.data, cases):
+        if not data.full_state and args.window[0] > 0:
+            raise InvalidTrajectory(f"{path} has no full state (F, C); record it with "
+                                    f"`diffsim generate --full-state` to train with teacher forcing")
+    datas = [c[0] for c in cases]
+    options = cases[0][1] if len(cases) == 1 else [c[1] for c in cases]
+    scenes = [make_scene() for _, _, make_scene in cases]
     import torch
     torch.manual_seed(args.seed)
     el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
                       stress_scale=args.stress_scale)
-    trainer = LawTrainer(scene, data, el, pl, body=args.body, lr=args.lr, clip=args.clip,
+    trainer = LawTrainer(scenes, datas, el, pl, body=args.body, lr=args.lr, clip=args.clip,
                          window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed,
                          batch=args.batch)
     hist = trainer.train(args.iters, progress=not args.quiet and trainer.rank == 0)
@@ -316,12 +319,15 @@ def main(argv=None) -> int:
     _runtime_args(f, precision="f64")
     f.set_defaults(func=_cmd_fit)
 
-    t = sub.add_parser("train-law", help="train a neural constitutive law inside the MPM from one trajectory")
-    t.add_argument("--data", required=True, help="full-state trajectory (diffsim generate --full-state)")
+    t = sub.add_parser("train-law", help="train a neural constitutive law inside the MPM from one or several trajectories")
+    t.add_argument("--data", required=True, nargs="+",
+                   help="full-state trajectories (diffsim generate --full-state) of the same material: "
+                        "one or several motions (press, shear, twist ...), each with its own scene options")
     t.add_argument("--scene", default=None, help="scene script (default: the one named in the data)")
     t.add_argument("--body", default=None)
-    t.add_argument("--kind", choices=("structured", "mlp"), default="structured",
-                   help="structured (equivariant, zero at rest) or the unstructured MLP baseline")
+    t.add_argument("--kind", choices=("structured", "potential", "mlp"), default="structured",
+                   help="structured (equivariant, zero at rest), potential (an isotropic convex energy: "
+                        "learns shear from compression) or the unstructured MLP baseline")
     t.add_argument("--plastic", action="store_true", help="also learn a plastic projection")
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--depth", type=int, default=2)
@@ -331,8 +337,9 @@ def main(argv=None) -> int:
     t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
     t.add_argument("--window", type=_window, default=(2, 0),
                    help="teacher-forcing window in frames: START,END (END default: all)")
-    t.add_argument("--batch", type=int, default=1,
-                   help="windows per iteration (under torchrun shared among the processes)")
+    t.add_argument("--batch", type=int, default=None,
+                   help="windows per iteration (default: one per trajectory; under torchrun shared among "
+                        "the processes)")
     t.add_argument("--out", default="law.pt")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scene option")
     t.add_argument("--quiet", action="store_true")

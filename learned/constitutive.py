@@ -23,6 +23,8 @@ unit (use roughly the material's Young's modulus).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -117,7 +119,133 @@ class MLPPlasticity(nn.Module):
         return F + self.step * self.mlp(F.reshape(-1, 9)).reshape(-1, 3, 3)
 
 
-KINDS = {"structured": (ElasticityNet, PlasticityNet), "mlp": (MLPStress, MLPPlasticity)}
+def isochoric_invariants(F: torch.Tensor):
+    """``(x, b_bar)``: the invariants ``x = (I1_bar - 3, I2_bar - 3, ln J)`` (N,3) of ``F``
+    (all zero at rest; the first two are >= 0) and the isochoric left Cauchy-Green tensor
+    ``b_bar = J^(-2/3) F F^T`` (N,3,3)."""
+    J = torch.linalg.det(F)
+    b_bar = J[:, None, None] ** (-2.0 / 3.0) * (F @ F.transpose(-1, -2))
+    i1 = b_bar.diagonal(dim1=-2, dim2=-1).sum(-1)
+    i2 = 0.5 * (i1 ** 2 - (b_bar * b_bar).sum((-1, -2)))
+    return torch.stack([i1 - 3.0, i2 - 3.0, torch.log(J)], -1), b_bar
+
+
+def _inv_softplus(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+def _dev(A):
+    return A - A.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] / 3.0 * torch.eye(3, dtype=A.dtype)
+
+
+class _ConvexEnergy(nn.Module):
+    """Input-convex network ``psi(x)`` of ``x = (i1, i2, ln J)``: convex in ``x`` and
+    non-decreasing in ``i1`` and ``i2`` (softplus layers, non-negative weights on the hidden
+    path and on the ``i1``, ``i2`` inputs), shifted so that ``psi(0) = 0`` and
+    ``d psi / d lnJ (0) = 0`` (no energy and no pressure at rest; subtracting an affine
+    function keeps it convex)."""
+
+    def __init__(self, width: int, depth: int, feature_scale: float):
+        super().__init__()
+        self.feature_scale = float(feature_scale)
+        self.inputs = nn.ModuleList([nn.Linear(3, width) for _ in range(depth)])
+        # initialised near a neo-Hookean solid of moduli ~stress_scale / 2 (a softer or
+        # stiffer start makes the first rollouts needlessly wrong or unstable)
+        self.hidden = nn.ParameterList([nn.Parameter(torch.randn(width, width) / width - 4.0)
+                                        for _ in range(depth - 1)])
+        self.out = nn.Parameter(torch.randn(width) / width + _inv_softplus(2.0 / (width * self.feature_scale ** 2)))
+        self.linear = nn.Parameter(torch.full((2,), _inv_softplus(0.01 / self.feature_scale)))
+        for lin in self.inputs:
+            nn.init.normal_(lin.weight, std=1.0)
+            nn.init.zeros_(lin.bias)
+
+    def _raw(self, x):
+        x = x * self.feature_scale
+        sign = torch.tensor([1.0, 1.0, 0.0], dtype=x.dtype)
+        z = None
+        for k, lin in enumerate(self.inputs):
+            # non-negative weights on i1, i2 (monotone), any sign on ln J (convex either way)
+            w = lin.weight * (1 - sign) + nn.functional.softplus(lin.weight) * sign
+            a = x @ w.T + lin.bias
+            if z is not None:
+                a = a + z @ nn.functional.softplus(self.hidden[k - 1]).T
+            z = nn.functional.softplus(a)
+        return z @ nn.functional.softplus(self.out) + x[:, :2] @ nn.functional.softplus(self.linear)
+
+    def forward(self, x):
+        zero = torch.zeros((1, 3), dtype=x.dtype, requires_grad=True)
+        with torch.enable_grad():
+            psi0 = self._raw(zero)
+            (g0,) = torch.autograd.grad(psi0.sum(), zero, create_graph=torch.is_grad_enabled())
+        return self._raw(x) - psi0 - x[:, 2] * g0[0, 2]
+
+
+class PotentialElasticity(nn.Module):
+    """Hyperelastic law from a learned energy: ``F`` (N,3,3) -> Kirchhoff stress (N,3,3), Pa.
+
+    ``psi(I1_bar - 3, I2_bar - 3, ln J)`` is an input-convex network (:class:`_ConvexEnergy`)
+    and the stress its derivative,
+    ``tau = 2 dev[(psi_1 + I1_bar psi_2) b_bar - psi_2 b_bar^2] + psi_lnJ I`` (times
+    ``stress_scale``). By construction: isotropic and rotation-equivariant (a function of
+    the invariants only), zero stress at rest, energy-conserving (a potential), and with
+    non-negative shear response (``psi_1, psi_2 >= 0``) and a convex volumetric energy. The
+    structured :class:`ElasticityNet` is rotation-equivariant but not isotropic: it must see
+    every strain direction in training, this law learns shear from a compression test.
+    """
+
+    def __init__(self, width: int = 32, depth: int = 2, stress_scale: float = 1e4, feature_scale: float = 10.0):
+        super().__init__()
+        self.config = {"width": width, "depth": depth, "stress_scale": stress_scale, "feature_scale": feature_scale}
+        self.stress_scale = float(stress_scale)
+        self.energy = _ConvexEnergy(width, depth, feature_scale)
+
+    def forward(self, F):
+        outer = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x, b_bar = isochoric_invariants(F)
+            xr = x if x.requires_grad else x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.energy(xr).sum(), xr, create_graph=outer)
+        i1 = x[:, 0] + 3.0
+        p1, p2, pJ = g[:, 0, None, None], g[:, 1, None, None], g[:, 2, None, None]
+        tau = 2.0 * _dev((p1 + i1[:, None, None] * p2) * b_bar - p2 * (b_bar @ b_bar))
+        tau = tau + pJ * torch.eye(3, dtype=F.dtype)
+        return tau * self.stress_scale
+
+
+class IsotropicPlasticity(nn.Module):
+    """Isotropic plastic projection: trial ``F`` (N,3,3) -> ``F_e = G F`` with
+    ``G = I + step (a0 I + a1 B + a2 B^2)``, ``B = b_bar - I``, where ``a = MLP(features)``
+    (no biases: ``F_e = F`` at rest). ``G`` is an isotropic function of ``b = F F^T``, so the
+    projection is rotation-equivariant, isotropic, keeps the principal directions of the
+    trial stretch (as every isotropic return map does) and can express any such map.
+    Features: ``(tr E, |dev E|, tr(dev E^3) / |dev E|^2, ln J)`` of the Green strain ``E``,
+    each of the order of the strain (scaled by ``feature_scale``), so that yield at strains
+    of a few percent is within the network's reach."""
+
+    def __init__(self, width: int = 32, depth: int = 2, step: float = 1e-2, feature_scale: float = 10.0):
+        super().__init__()
+        self.config = {"width": width, "depth": depth, "step": step, "feature_scale": feature_scale}
+        self.step, self.feature_scale = float(step), float(feature_scale)
+        self.mlp = _mlp(4, 3, width, depth, bias=False)
+
+    def forward(self, F):
+        eye = torch.eye(3, dtype=F.dtype)
+        E = 0.5 * (F.transpose(-1, -2) @ F - eye)
+        D = _dev(E)
+        n2 = (D * D).sum((-1, -2))
+        eps = 1e-8
+        feats = torch.stack([E.diagonal(dim1=-2, dim2=-1).sum(-1), torch.sqrt(n2 + eps ** 2) - eps,
+                             (D @ D * D).sum((-1, -2)) / (n2 + 1e-12),
+                             torch.log(torch.linalg.det(F))], -1)
+        a = self.mlp(feats * self.feature_scale)
+        _, b_bar = isochoric_invariants(F)
+        B = b_bar - eye
+        G = a[:, 0, None, None] * eye + a[:, 1, None, None] * B + a[:, 2, None, None] * (B @ B)
+        return F + self.step * G @ F
+
+
+KINDS = {"structured": (ElasticityNet, PlasticityNet), "mlp": (MLPStress, MLPPlasticity),
+         "potential": (PotentialElasticity, IsotropicPlasticity)}
 
 
 def make_law(kind: str = "structured", plastic: bool = False, width: int = 64, depth: int = 2,

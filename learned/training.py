@@ -1,9 +1,16 @@
-"""Training neural constitutive laws inside the differentiable MPM, from one trajectory.
+"""Training neural constitutive laws inside the differentiable MPM, from one or several
+trajectories.
 
     law = make_law("structured", plastic=True, stress_scale=1e4)
     trainer = LawTrainer(scene, data, *law)          # scene: built with the reference options
     history = trainer.train(iterations=200)
     save_law("law.pt", *law, metadata=trainer.metadata())
+
+    # several motions of the same material (press, shear, twist ...): one scene per trajectory
+    trainer = LawTrainer([scene_press, scene_shear], [data_press, data_shear], *law)
+
+With several trajectories every iteration rolls out ``batch`` windows (default: one per
+trajectory), drawn from the trajectories in turn, and the loss is their mean.
 
 Teacher forcing: each iteration restarts the simulation from a recorded frame (the full
 MPM state x, v, C, F of the data, when it has it) and rolls ``window`` frames forward; the
@@ -32,39 +39,46 @@ MM2 = 1e-6
 class LawTrainer:
     """Train ``elasticity`` (and ``plasticity``) as the material of one body of ``scene``.
 
-    The scene must not be built yet: the body's material is replaced by a
+    ``scene`` and ``data`` may be lists of equal length (one scene per trajectory, e.g. the
+    same body pressed, sheared and twisted): the same modules are the body's material in
+    every scene. The scenes must not be built yet: the body's material is replaced by a
     :class:`diffsim.NeuralMaterial` (keeping its density and wave speed for the time step).
     """
 
     def __init__(self, scene, data, elasticity, plasticity=None, body: str | None = None, lr: float = 3e-3,
                  clip: float = 1.0, window_start: int = 2, window_end: int | None = None, seed: int = 0,
-                 checkpoint_every: int = 0, lr_decay: float = 0.1, batch: int = 1):
+                 checkpoint_every: int = 0, lr_decay: float = 0.1, batch: int | None = None):
         import diffsim as ds
-        self.scene = scene
-        self.sim = scene.solver
-        if self.sim.built:
-            raise ds.InvalidScene("LawTrainer needs an unbuilt scene (it swaps the body's material)")
-        self.data = data
-        bodies = self.sim.bodies if body is None else [self.sim.body(body)]
-        if len(bodies) != 1:
-            raise ds.InvalidScene(f"the scene has {len(bodies)} bodies; name the one to learn with body=")
-        self.body = bodies[0]
-        self.reference_material = self.body.material
-        self.body.material = ds.NeuralMaterial(elasticity=elasticity, plasticity=plasticity,
-                                               density=self.reference_material.density,
-                                               wave_speed_estimate=self.reference_material.wave_speed())
+        scenes = list(scene) if isinstance(scene, (list, tuple)) else [scene]
+        datas = list(data) if isinstance(data, (list, tuple)) else [data]
+        if len(scenes) != len(datas) or not scenes:
+            raise ds.InvalidScene(f"give one scene per trajectory: {len(scenes)} scenes, {len(datas)} trajectories")
+        self.scenes, self.datas = scenes, datas
+        self.sims = [sc.solver for sc in scenes]
+        self.scene, self.sim, self.data = scenes[0], self.sims[0], datas[0]
         self.elasticity, self.plasticity = elasticity, plasticity
-        self.sim.build()
-        data.check_scene(scene)
+        for sc, sim, d in zip(scenes, self.sims, datas):
+            if sim.built:
+                raise ds.InvalidScene("LawTrainer needs unbuilt scenes (it swaps the body's material)")
+            bodies = sim.bodies if body is None else [sim.body(body)]
+            if len(bodies) != 1:
+                raise ds.InvalidScene(f"the scene has {len(bodies)} bodies; name the one to learn with body=")
+            b = bodies[0]
+            if sim is self.sim:
+                self.body, self.reference_material = b, b.material
+            b.material = ds.NeuralMaterial(elasticity=elasticity, plasticity=plasticity,
+                                           density=b.material.density, wave_speed_estimate=b.material.wave_speed())
+            sim.build()
+            d.check_scene(sc)
         self.modules = [m for m in (elasticity, plasticity) if m is not None]
         self.params = [p for m in self.modules for p in m.parameters()]
         self.opt = torch.optim.Adam(self.params, lr=lr)
         self.lr, self.lr_decay = float(lr), float(lr_decay)  # lr decays to lr * lr_decay (cosine)
         self.clip = float(clip)
         self.window_start = max(1, int(window_start))
-        self.window_end = int(window_end or (data.frames - 1))
+        self.window_end = int(window_end or (min(d.frames for d in datas) - 1))
         self.rng = np.random.default_rng(seed)
-        self.batch = int(batch)
+        self.batch = len(datas) if batch is None else int(batch)
         if self.batch < 1:
             raise ds.InvalidScene(f"batch must be >= 1 window, got {batch}")
         self.rank, self.world = _distributed()
@@ -76,23 +90,29 @@ class LawTrainer:
         self.dtype = next(iter(self.params)).dtype
         self.history = []
 
+    def close(self):
+        """Release every scene's solver."""
+        for sim in self.sims:
+            sim.close()
+
     # ------------------------------------------------------------------ rollouts
-    def state_at(self, frame: int):
-        """The data's MPM state at ``frame`` (requires full-state data unless frame 0)."""
+    def state_at(self, frame: int, case: int = 0):
+        """Trajectory ``case``'s MPM state at ``frame`` (full-state data unless frame 0)."""
         from diffsim.mpm.rollout import MPMState
-        d, dt = self.data, self.dtype
+        d, dt = self.datas[case], self.dtype
         if frame == 0 and not d.full_state:
-            return self.sim.initial_state()
+            return self.sims[case].initial_state()
         if not d.full_state:
             raise ValueError("teacher forcing from frame > 0 needs full-state data (diffsim generate --full-state)")
         return MPMState(torch.tensor(d.positions[frame], dtype=dt), torch.tensor(d.velocities[frame], dtype=dt),
                         torch.tensor(d.affine[frame], dtype=dt), torch.tensor(d.deformation[frame], dtype=dt))
 
-    def rollout_positions(self, start_frame: int, frames: int, state=None):
-        """Positions (frames, N, 3) after each of ``frames`` frames from ``start_frame``."""
+    def rollout_positions(self, start_frame: int, frames: int, state=None, case: int = 0):
+        """Positions (frames, N, 3) of trajectory ``case``'s scene after each of ``frames``
+        frames from ``start_frame``."""
         import diffsim as ds
-        sim, every = self.sim, self.data.frame_every
-        state = self.state_at(start_frame) if state is None else state
+        sim, every = self.sims[case], self.datas[case].frame_every
+        state = self.state_at(start_frame, case) if state is None else state
         _, recs = ds.rollout(sim, frames * every, state=state, record_every=every, start=start_frame * every,
                              checkpoint_every=self.checkpoint_every)
         return torch.stack([s.x for _, s in recs])
@@ -104,8 +124,8 @@ class LawTrainer:
     # ------------------------------------------------------------------ training
     def train(self, iterations: int = 200, progress: bool = True) -> list[dict]:
         from diffsim.progress import Progress
-        target = torch.tensor(self.data.positions, dtype=self.dtype)
-        T = self.data.frames
+        targets = [torch.tensor(d.positions, dtype=self.dtype) for d in self.datas]
+        T = min(d.frames for d in self.datas)
         t0 = time.perf_counter()
         with Progress(total=iterations, desc="train law", unit="iter", disable=not progress) as bar:
             for it in range(iterations):
@@ -113,19 +133,22 @@ class LawTrainer:
                 f = it / max(iterations - 1, 1)
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr * (self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * f)))
-                # the same draws in every process; each rolls out its share of the windows
-                starts = [int(self.rng.integers(0, T - w)) if self.data.full_state else 0 for _ in range(self.batch)]
+                # the same draws in every process; each rolls out its share of the windows;
+                # the trajectories take turns
+                cases = [(it * self.batch + k) % len(self.datas) for k in range(self.batch)]
+                starts = [(c, int(self.rng.integers(0, self.datas[c].frames - w)) if self.datas[c].full_state else 0)
+                          for c in cases]
                 self.opt.zero_grad()
                 total = torch.zeros((), dtype=self.dtype)
-                for start in starts[self.rank::self.world]:
-                    pred = self.rollout_positions(start, w)
-                    part = ((pred - target[start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
+                for case, start in starts[self.rank::self.world]:
+                    pred = self.rollout_positions(start, w, case=case)
+                    part = ((pred - targets[case][start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
                     if not torch.isfinite(part):
                         raise FloatingPointError(f"training diverged at iteration {it} (loss {float(part)}); lower lr")
                     part.backward()
                     total = total + part.detach()
                 loss = _sum_across_processes(total, self.params, self.world)
-                start = starts[0]
+                start = starts[0][1]
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
                 self.opt.step()
                 self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
@@ -135,7 +158,8 @@ class LawTrainer:
         return self.history
 
     def metadata(self) -> dict:
-        return {"data": self.data.path, "scene": self.data.metadata.get("scene"), "body": self.body.name,
+        return {"data": self.data.path if len(self.datas) == 1 else [d.path for d in self.datas],
+                "scene": self.data.metadata.get("scene"), "body": self.body.name,
                 "reference_material": self.reference_material.describe(),
                 "density": self.reference_material.density, "wave_speed": self.reference_material.wave_speed(),
                 "iterations": len(self.history),
@@ -272,7 +296,7 @@ def load_law(path, dtype=torch.float64):
     """``(elasticity, plasticity or None, metadata)`` from :func:`save_law`'s file."""
     from . import constitutive as C
     blob = torch.load(path, weights_only=False)
-    classes = {c.__name__: c for c in (C.ElasticityNet, C.PlasticityNet, C.MLPStress, C.MLPPlasticity)}
+    classes = {c.__name__: c for pair in C.KINDS.values() for c in pair}
 
     def build(entry):
         if entry is None:

@@ -5,11 +5,15 @@ sand: a short column collapses on a rough floor. Small and fast (grid 24 by defa
 Options: material ("jelly", "plasticine", "sand"), E (Pa), nu, yield_stress (Pa),
 friction_angle (rad), grid (24), duration (s), shape ("box", or "mesh": a DiffTactile
 object mesh scaled to the box's size), mesh (file name in scenes/data/difftactile,
-default E15_0.obj), velocity (initial, m/s), release (s: the indenter turns back up at
-this time; default: it keeps descending).
+default E15_0.obj), velocity (initial, m/s), spin (initial angular velocity about the
+vertical axis through the body's centre, rad/s: with the floor holding the bottom, a
+twist), release (s: the indenter turns back up at this time; default: it keeps
+descending).
 """
 import math
 from pathlib import Path
+
+import numpy as np
 
 import diffsim as ds
 
@@ -17,7 +21,7 @@ MESHES = Path(__file__).resolve().parent / "data" / "difftactile"
 
 
 def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=math.radians(30.0), grid=24,
-          duration=None, shape="box", velocity=None, mesh="E15_0.obj", release=None):
+          duration=None, shape="box", velocity=None, mesh="E15_0.obj", release=None, spin=0.0):
     if material == "jelly":
         mat = ds.FixedCorotated(E=E or 5e3, nu=nu, density=1000.0)
     elif material == "plasticine":
@@ -37,13 +41,20 @@ def build(material="jelly", E=None, nu=0.3, yield_stress=400.0, friction_angle=m
         body_shape = ds.Box(center=center, size=size)
     else:  # the DiffTactile objects are ~80 mm across: scale them to the box's largest side
         body_shape = ds.MeshShape(str(MESHES / mesh), scale=max(size) / 80.0, center=center)
+    points = body_shape.sample(dx / 2)
+    vel = np.tile(np.asarray(velocity or ((0.0, 0.0, 0.0) if material == "sand" else (0.0, 0.0, -0.2)),
+                             dtype=float), (len(points), 1))
+    vel[:, 0] -= float(spin) * (points[:, 1] - center[1])   # omega x r about the vertical axis
+    vel[:, 1] += float(spin) * (points[:, 0] - center[0])
     if material == "sand":
         sim = ds.MPMSolver(grid=grid, dt=dt, walls={"-z": "separate"}, wall_friction={"-z": 0.5})
-        sim.add_body(body_shape, mat, name="sample", velocity=velocity or (0.0, 0.0, 0.0))
-        T = duration or 0.25
     else:
         sim = ds.MPMSolver(grid=grid, dt=dt, walls={"-z": "sticky"})
-        sim.add_body(body_shape, mat, name="sample", velocity=velocity or (0.0, 0.0, -0.2))
+    sim.add_particles(points, mat, name="sample", volume=(dx / 2) ** 3, velocity=vel, spacing=dx / 2,
+                      info={"shape": type(body_shape).__name__})
+    if material == "sand":
+        T = duration or 0.25
+    else:
         start = (0.53, 0.49, floor + 0.32)
         if release is None:
             motion = {"velocity": (0.0, 0.0, -0.8)}

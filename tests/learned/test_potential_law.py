@@ -1,0 +1,131 @@
+"""The hyperelastic potential law family: isotropy, equivariance, zero stress at rest,
+stress = derivative of the energy, convexity, and the isotropic plastic projection; the
+trainer on several trajectories."""
+import numpy as np
+import pytest
+import torch
+
+from diffsim.learned.constitutive import IsotropicPlasticity, PotentialElasticity, isochoric_invariants
+
+from test_learned import _probe_scene, _random_F, _random_rotations, _trained
+
+EYE = torch.eye(3, dtype=torch.float64)
+
+
+def _law(trained, seed):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    el, pl = PotentialElasticity(width=16, depth=2, stress_scale=1e4).double(), IsotropicPlasticity(width=16).double()
+    if trained:
+        _trained(el, g), _trained(pl, g)
+    return el, pl, g
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_potential_law_is_isotropic_equivariant_and_zero_at_rest(trained):
+    el, pl, g = _law(trained, 11 + int(trained))
+    F, Q = _random_F(200, g), _random_rotations(200, g)
+    with torch.no_grad():
+        tau = el(F)
+        scale = tau.abs().max()
+        assert scale > 0
+        assert (el(Q @ F) - Q @ tau @ Q.transpose(1, 2)).abs().max() < 1e-9 * scale   # frame indifference
+        assert (el(F @ Q) - tau).abs().max() < 1e-9 * scale                           # isotropy
+        assert (tau - tau.transpose(1, 2)).abs().max() < 1e-9 * scale                 # symmetric
+        assert el(EYE[None]).abs().max() < 1e-12 * scale                              # no stress at rest
+        Fe = pl(F)
+        assert (pl(Q @ F) - Q @ Fe).abs().max() < 1e-12
+        assert (pl(F @ Q) - Fe @ Q).abs().max() < 1e-12
+        assert torch.equal(pl(EYE[None]), EYE[None])
+        b, be = F @ F.transpose(1, 2), Fe @ Fe.transpose(1, 2)
+        assert (b @ be - be @ b).abs().max() < 1e-12     # the return keeps the principal directions
+        assert (Fe - F).abs().max() > 1e-6                 # and is not the identity map
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_potential_stress_is_the_derivative_of_the_energy(trained):
+    """tau = (d psi / d F) F^T, with psi from the network itself (closed form vs autograd)."""
+    el, _, g = _law(trained, 21 + int(trained))
+    F = _random_F(50, g).requires_grad_(True)
+    psi = el.energy(isochoric_invariants(F)[0]).sum() * el.stress_scale
+    (P,) = torch.autograd.grad(psi, F)
+    with torch.no_grad():
+        tau = el(F.detach())
+        assert (tau - P @ F.detach().transpose(1, 2)).abs().max() < 1e-9 * tau.abs().max()
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_energy_is_convex_in_the_invariants_and_monotone_in_shear(trained):
+    el, _, g = _law(trained, 31 + int(trained))
+    n = 400
+    x = torch.rand(n, 3, generator=g, dtype=torch.float64) * torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64)
+    x[:, 2] -= 0.5
+    d = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    h = 1e-2
+    with torch.no_grad():
+        second = el.energy(x + h * d) - 2 * el.energy(x) + el.energy(x - h * d)
+        assert second.min() > -1e-10, float(second.min())
+        assert float(el.energy(torch.zeros(1, 3, dtype=torch.float64))) == 0.0
+    xr = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(el.energy(xr).sum(), xr)
+    assert grad[:, :2].min() >= 0                      # psi_1, psi_2 >= 0: shear stiffness never negative
+    z = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    (g0,) = torch.autograd.grad(el.energy(z).sum(), z)
+    assert abs(float(g0[0, 2])) < 1e-12                # no pressure at rest
+
+
+def test_small_strain_moduli_are_positive():
+    el, _, _ = _law(False, 41)
+    eps = 1e-5
+    with torch.no_grad():
+        bulk = el((EYE * (1 + eps))[None])[0].trace() / 3 / (3 * eps)
+        S = torch.zeros(3, 3, dtype=torch.float64)
+        S[0, 1] = S[1, 0] = eps
+        shear = el((EYE + S)[None])[0, 0, 1] / (2 * eps)
+    assert bulk > 0 and shear > 0
+    assert 0.05 < float(shear) / 1e4 < 5 and 0.05 < float(bulk) / 1e4 < 5   # the init starts near stress_scale
+
+
+def test_trainer_on_two_trajectories_averages_their_gradients():
+    """One iteration on two recorded motions (press and twist) has the mean of the two
+    single-trajectory gradients."""
+    import diffsim as ds
+    from diffsim.learned.constitutive import make_law
+    from diffsim.learned.training import LawTrainer
+    from diffsim.trajectory import record
+    base = {"material": "jelly", "grid": 12, "duration": 0.04}
+    options = [base, dict(base, spin=6.0, velocity=(0.0, 0.0, 0.0))]
+    datas = []
+    for o in options:
+        scene = _probe_scene(o)
+        datas.append(record(scene, scene.steps, scene.every, progress=False))   # no full state: windows from 0
+        scene.solver.close()
+    assert not np.allclose(datas[0].positions[-1], datas[1].positions[-1])
+    torch.manual_seed(0)
+    el, _ = make_law("potential", width=8, depth=2, stress_scale=5e3)
+    trainer = LawTrainer([_probe_scene(o) for o in options], datas, el, lr=0.0, clip=1e30, window_start=2,
+                         window_end=2)
+    assert trainer.batch == 2
+    trainer.train(1, progress=False)
+    both = [p.grad.clone() for p in trainer.params]
+    singles = []
+    for case, d in enumerate(datas):
+        trainer.opt.zero_grad()
+        pred = trainer.rollout_positions(0, 2, case=case)
+        (((pred - torch.tensor(d.positions[1:3])) ** 2).mean() / 1e-6).backward()
+        singles.append([p.grad.clone() for p in trainer.params])
+    for b, s0, s1 in zip(both, *singles):
+        assert torch.allclose(b, 0.5 * (s0 + s1), rtol=1e-10, atol=1e-14)
+    assert any((s0 - s1).abs().max() > 1e-3 * s0.abs().max() for s0, s1 in zip(*singles))
+    trainer.close()
+
+
+def test_spin_option_gives_a_rigid_rotation_about_the_vertical_axis():
+    import diffsim as ds
+    scene = _probe_scene({"material": "jelly", "grid": 12, "spin": 5.0, "velocity": (0.1, 0.0, 0.0)})
+    scene.build()
+    x, v = scene.solver.positions(), scene.solver.get_state()["v"]
+    r = x - np.array([0.5, 0.5, 0.0])     # the body's vertical axis: x = y = 0.5
+    expected = np.stack([0.1 - 5.0 * r[:, 1], 5.0 * r[:, 0], np.zeros(len(x))], 1)
+    assert np.allclose(v, expected, atol=1e-9)
+    scene.solver.close()

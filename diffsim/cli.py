@@ -8,6 +8,7 @@
                               [--noise F] [--surface] [--set key=value ...]
     diffsim fit --data data.npz [--scene SCENE.py] --params E,nu [--init E=1e4 ...]
                 [--optimizer lbfgs|adam] [--iters N] [--out DIR] [--resume]
+    diffsim import-motion motion.npz --out data.npz [--grid 24] [--stiffness 1e4]
     diffsim train-law --data data.npz [more.npz ...] [--kind structured|potential|mlp] [--plastic] [--iters N]
                       [--window START,END] [--out law.pt]
     diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
@@ -90,6 +91,17 @@ def _cmd_generate(args) -> int:
     print(json.dumps({"out": args.out, "frames": traj.frames, "observed_particles": traj.observed,
                       "particles": traj.metadata["n_particles_scene"], "dt": traj.dt,
                       "noise_m": traj.metadata["observation"]["noise_m"]}))
+    return 0
+
+
+def _cmd_import_motion(args) -> int:
+    from .external import load_motion, to_trajectory
+    motion = load_motion(args.motion)
+    traj = to_trajectory(motion, grid=args.grid, stiffness=args.stiffness, substeps=args.substeps,
+                         neighbours=args.neighbours)
+    traj.save(args.out)
+    print(json.dumps({"out": args.out, "frames": traj.frames, "particles": traj.observed, "dt": traj.dt,
+                      "substeps_per_frame": traj.frame_every, "state": "estimated from positions"}))
     return 0
 
 
@@ -302,6 +314,17 @@ def main(argv=None) -> int:
     g.add_argument("--quiet", action="store_true")
     _runtime_args(g)
     g.set_defaults(func=_cmd_generate)
+
+    m = sub.add_parser("import-motion", help="turn another simulator's particle positions (diffsim.external's "
+                                             "format) into a full-state trajectory for fit and train-law")
+    m.add_argument("motion", help="motion .npz: positions, frame_dt, volume, mass, domain [, walls, gravity]")
+    m.add_argument("--out", required=True, help="output trajectory .npz")
+    m.add_argument("--grid", type=int, default=24, help="MPM cells along the domain's longest side")
+    m.add_argument("--stiffness", type=float, default=1e4,
+                   help="order of the material's Young's modulus (Pa): time step and the law's wave speed")
+    m.add_argument("--substeps", type=int, default=None, help="substeps per frame (default: from the stiffness)")
+    m.add_argument("--neighbours", type=int, default=26, help="neighbours in the local fits of F and C")
+    m.set_defaults(func=_cmd_import_motion)
 
     f = sub.add_parser("fit", help="fit material parameters to a trajectory by gradient descent")
     f.add_argument("--data", required=True, help="trajectory .npz (from diffsim generate or your own)")

@@ -119,11 +119,14 @@ class MLPPlasticity(nn.Module):
         return F + self.step * self.mlp(F.reshape(-1, 9)).reshape(-1, 3, 3)
 
 
+J_MIN = 0.05   # volume ratios below this (or inverted) are read as this: finite stress, no NaN
+
+
 def isochoric_invariants(F: torch.Tensor):
     """``(x, b_bar)``: the invariants ``x = (I1_bar - 3, I2_bar - 3, ln J)`` (N,3) of ``F``
     (all zero at rest; the first two are >= 0) and the isochoric left Cauchy-Green tensor
-    ``b_bar = J^(-2/3) F F^T`` (N,3,3)."""
-    J = torch.linalg.det(F)
+    ``b_bar = J^(-2/3) F F^T`` (N,3,3), with ``J = max(det F, J_MIN)``."""
+    J = torch.linalg.det(F).clamp_min(J_MIN)
     b_bar = J[:, None, None] ** (-2.0 / 3.0) * (F @ F.transpose(-1, -2))
     i1 = b_bar.diagonal(dim1=-2, dim2=-1).sum(-1)
     i2 = 0.5 * (i1 ** 2 - (b_bar * b_bar).sum((-1, -2)))
@@ -236,7 +239,7 @@ class IsotropicPlasticity(nn.Module):
         eps = 1e-8
         feats = torch.stack([E.diagonal(dim1=-2, dim2=-1).sum(-1), torch.sqrt(n2 + eps ** 2) - eps,
                              (D @ D * D).sum((-1, -2)) / (n2 + 1e-12),
-                             torch.log(torch.linalg.det(F))], -1)
+                             torch.log(torch.linalg.det(F).clamp_min(J_MIN))], -1)
         a = self.mlp(feats * self.feature_scale)
         _, b_bar = isochoric_invariants(F)
         B = b_bar - eye

@@ -144,7 +144,8 @@ class LawTrainer:
                     pred = self.rollout_positions(start, w, case=case)
                     part = ((pred - targets[case][start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
                     if not torch.isfinite(part):
-                        raise FloatingPointError(f"training diverged at iteration {it} (loss {float(part)}); lower lr")
+                        raise FloatingPointError(f"training diverged at iteration {it} (loss {float(part.detach())}); "
+                                                 f"lower lr")
                     part.backward()
                     total = total + part.detach()
                 loss = _sum_across_processes(total, self.params, self.world)

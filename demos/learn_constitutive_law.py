@@ -2,7 +2,7 @@
 
 For each material (jelly = fixed-corotated, plasticine = von Mises, sand = Drucker-Prager)
 the `material_probe` scene records full-state training trajectories of the chosen
-motions (`--motions`, default `press`: jelly and plasticine are pressed by an indenter for
+motions (`--motions`, default `press,shear,twist`; `press`: jelly and plasticine are pressed by an indenter for
 0.08 s that then retracts, sand is a collapsing column; `shear`: the block is thrown
 sideways onto the floor that holds its bottom; `twist`: spun about the vertical axis on
 it; `stretch`: thrown upwards from it). Three law families of the same size are trained
@@ -171,7 +171,8 @@ def main():
     ap.add_argument("--eval", action="store_true", help="only evaluate the laws saved in OUT")
     ap.add_argument("--materials", default="jelly,plasticine,sand")
     ap.add_argument("--kinds", default="potential,structured,mlp", help=f"law families, of {sorted(KINDS)}")
-    ap.add_argument("--motions", default="press", help=f"training motions, of {sorted(MOTIONS)}")
+    ap.add_argument("--motions", default="press,shear,twist",
+                    help=f"training motions, of {sorted(MOTIONS)} (the recipe: press, shear, twist)")
     ap.add_argument("--tests", default=",".join(TESTS), help=f"evaluation tests, of {TESTS}")
     ap.add_argument("--iters", type=int, default=120, help="training iterations per law")
     ap.add_argument("--width", type=int, default=32)

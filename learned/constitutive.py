@@ -217,19 +217,23 @@ class PotentialElasticity(nn.Module):
 
 class IsotropicPlasticity(nn.Module):
     """Isotropic plastic projection: trial ``F`` (N,3,3) -> ``F_e = G F`` with
-    ``G = I + step (a0 I + a1 B + a2 B^2)``, ``B = b_bar - I``, where ``a = MLP(features)``
-    (no biases: ``F_e = F`` at rest). ``G`` is an isotropic function of ``b = F F^T``, so the
+    ``G = I + a0 I + a1 B + a2 B^2``, ``B = b_bar - I``, where ``a = MLP(features)`` (no
+    biases: ``F_e = F`` at rest). ``G`` is an isotropic function of ``b = F F^T``, so the
     projection is rotation-equivariant, isotropic, keeps the principal directions of the
-    trial stretch (as every isotropic return map does) and can express any such map.
+    trial stretch (as every isotropic return map does) and can express any such map; ``a1
+    = -1`` returns the deviatoric stretch to first order, so the outputs are O(1) numbers.
     Features: ``(tr E, |dev E|, tr(dev E^3) / |dev E|^2, ln J)`` of the Green strain ``E``,
     each of the order of the strain (scaled by ``feature_scale``), so that yield at strains
-    of a few percent is within the network's reach."""
+    of a few percent is within the network's reach. ``step`` scales the last layer at
+    construction: training starts near ``F_e = F``."""
 
     def __init__(self, width: int = 32, depth: int = 2, step: float = 1e-2, feature_scale: float = 10.0):
         super().__init__()
         self.config = {"width": width, "depth": depth, "step": step, "feature_scale": feature_scale}
-        self.step, self.feature_scale = float(step), float(feature_scale)
+        self.feature_scale = float(feature_scale)
         self.mlp = _mlp(4, 3, width, depth, bias=False)
+        with torch.no_grad():
+            self.mlp[-1].weight.mul_(float(step))
 
     def forward(self, F):
         eye = torch.eye(3, dtype=F.dtype)
@@ -244,7 +248,7 @@ class IsotropicPlasticity(nn.Module):
         _, b_bar = isochoric_invariants(F)
         B = b_bar - eye
         G = a[:, 0, None, None] * eye + a[:, 1, None, None] * B + a[:, 2, None, None] * (B @ B)
-        return F + self.step * G @ F
+        return F + G @ F
 
 
 KINDS = {"structured": (ElasticityNet, PlasticityNet), "mlp": (MLPStress, MLPPlasticity),

@@ -47,7 +47,7 @@ class ParticleContact:
         """Forces ``(fa (Na,3), fb (Nb,3))`` on the nodes ``a`` and the particles ``b``."""
         from scipy.spatial import cKDTree
         pa, pb = (t.detach().cpu().double().numpy() for t in (xa, xb))
-        hits = cKDTree(pa).query_ball_tree(cKDTree(pb), self.radius)
+        hits = cKDTree(pb).query_ball_point(pa, self.radius)   # one tree: the module's particles
         i = np.repeat(np.arange(len(hits)), [len(h) for h in hits])
         j = np.fromiter((k for h in hits for k in h), np.int64, count=len(i))
         fa, fb = torch.zeros_like(xa), torch.zeros_like(xb)

@@ -171,7 +171,7 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
     mprm = parameter_tensor(mpm, mpm_params)
     pos, vel, omega, rotations, end = collider_schedule(mpm, substeps)
     current = list(state_rows(state))
-    done, records = [0], []
+    records = []
     nodes = both.hook_nodes
     hooks = CoupledHooks(both, fem.K, bool(check_gradients))
 
@@ -182,8 +182,7 @@ def rollout_coupled(both, substeps: int, record_every: int | None = None, fem_pa
         out = segment(hooks, _CoupledChunk(seg, _MPMSegment(a, k, rots)), normals, *fem_in, *current[:4], mprm,
                       pos[a:a + k], vel[a:a + k], omega)
         current[:4] = out[5:]
-        done[0] += k
-        records.append((done[0], state_from_rows(*current[:4])))
+        records.append((a + k, state_from_rows(*current[:4])))
         return out[:5]
     x0, v0 = (None, None) if fem_state is None else fem_state
     out = fem_rollout.run_chunks(fem, substeps, record_every, fem_params or {}, x0, v0, driver_velocity, chunk,

@@ -12,6 +12,11 @@ trajectories.
 With several trajectories every iteration rolls out ``batch`` windows (default: one per
 trajectory), drawn from the trajectories in turn, and the loss is their mean.
 
+A window whose rollout is not finite (a step made the law too stiff for the time step)
+does not end training: that step is undone (weights and Adam moments), the learning rate
+halved from then on, and the iteration repeated (``events`` in the metadata); after
+``max_backoffs`` halvings the trainer raises, naming the iteration and the window.
+
 Teacher forcing: each iteration restarts the simulation from a recorded frame (the full
 MPM state x, v, C, F of the data, when it has it) and rolls ``window`` frames forward; the
 window grows linearly from ``window_start`` to ``window_end`` frames over the iterations
@@ -27,6 +32,7 @@ before the identical optimiser step everywhere: the result equals one process do
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -47,7 +53,7 @@ class LawTrainer:
 
     def __init__(self, scene, data, elasticity, plasticity=None, body: str | None = None, lr: float = 3e-3,
                  clip: float = 1.0, window_start: int = 2, window_end: int | None = None, seed: int = 0,
-                 checkpoint_every: int = 0, lr_decay: float = 0.1, batch: int | None = None):
+                 checkpoint_every: int = 0, lr_decay: float = 0.1, batch: int | None = None, max_backoffs: int = 4):
         import diffsim as ds
         scenes = list(scene) if isinstance(scene, (list, tuple)) else [scene]
         datas = list(data) if isinstance(data, (list, tuple)) else [data]
@@ -89,6 +95,8 @@ class LawTrainer:
         self.checkpoint_every = checkpoint_every  # 0: keep the whole window (no recomputation)
         self.dtype = next(iter(self.params)).dtype
         self.history = []
+        self.max_backoffs = int(max_backoffs)
+        self.lr_factor, self.backoffs, self.events, self._before_step = 1.0, 0, [], None
 
     def close(self):
         """Release every scene's solver."""
@@ -131,39 +139,70 @@ class LawTrainer:
             for it in range(iterations):
                 w = min(self.window(it, iterations), T - 1)
                 f = it / max(iterations - 1, 1)
-                for g in self.opt.param_groups:
-                    g["lr"] = self.lr * (self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * f)))
                 # the same draws in every process; each rolls out its share of the windows;
                 # the trajectories take turns
                 cases = [(it * self.batch + k) % len(self.datas) for k in range(self.batch)]
                 starts = [(c, int(self.rng.integers(0, self.datas[c].frames - w)) if self.datas[c].full_state else 0)
                           for c in cases]
-                self.opt.zero_grad()
-                total = torch.zeros((), dtype=self.dtype)
-                for case, start in starts[self.rank::self.world]:
-                    pred = self.rollout_positions(start, w, case=case)
-                    part = ((pred - targets[case][start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
-                    if not torch.isfinite(part):
-                        raise FloatingPointError(f"training diverged at iteration {it} (loss {float(part.detach())}); "
-                                                 f"lower lr")
-                    part.backward()
-                    total = total + part.detach()
+                while True:
+                    for g in self.opt.param_groups:
+                        g["lr"] = self.lr * self.lr_factor * (self.lr_decay + (1 - self.lr_decay) * 0.5 *
+                                                              (1 + math.cos(math.pi * f)))
+                    total, bad = self._windows(starts, w, targets)
+                    if not _any_across_processes(bad, self.world):
+                        break
+                    self._back_off(it, w, bad or "another process's window")
                 loss = _sum_across_processes(total, self.params, self.world)
                 start = starts[0][1]
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+                self._before_step = ([p.detach().clone() for p in self.params], copy.deepcopy(self.opt.state_dict()))
                 self.opt.step()
                 self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
-                                     "start": start,
+                                     "start": start, "lr": self.opt.param_groups[0]["lr"],
                                      "grad_norm": gnorm, "seconds": time.perf_counter() - t0})
                 bar.update(1, loss=f"{float(loss.detach()):.3g}", window=w)
         return self.history
+
+    def _windows(self, starts, w, targets):
+        """This process's windows: their summed loss (gradients accumulated), and ``None``
+        or a description of the first window whose rollout was not finite."""
+        self.opt.zero_grad()
+        total = torch.zeros((), dtype=self.dtype)
+        for case, start in starts[self.rank::self.world]:
+            pred = self.rollout_positions(start, w, case=case)
+            part = ((pred - targets[case][start + 1:start + 1 + w]) ** 2).mean() / MM2 / self.batch
+            if not torch.isfinite(part):
+                return total, f"trajectory {case}, frames {start}..{start + w}"
+            part.backward()
+            total = total + part.detach()
+        return total, None
+
+    def _back_off(self, it: int, w: int, where: str):
+        """A window's rollout blew up (the last step made the law unstable for the time
+        step): undo that step (weights and Adam moments), halve the learning rate from now
+        on, and try the iteration again; after ``max_backoffs`` halvings, raise."""
+        if self._before_step is None or self.backoffs >= self.max_backoffs:
+            raise FloatingPointError(
+                f"training diverged at iteration {it} (window of {w} frames, {where}: the rollout is not finite) "
+                f"after {self.backoffs} learning-rate halvings; lower lr (now {self.lr * self.lr_factor:.3g}) or "
+                f"the law's stress_scale")
+        weights, opt_state = self._before_step
+        with torch.no_grad():
+            for p, v in zip(self.params, weights):
+                p.copy_(v)
+        self.opt.load_state_dict(opt_state)
+        self._before_step = None
+        self.lr_factor *= 0.5
+        self.backoffs += 1
+        self.events.append({"iteration": it, "event": "rollout not finite: step undone, lr halved",
+                            "where": where, "lr_factor": self.lr_factor})
 
     def metadata(self) -> dict:
         return {"data": self.data.path if len(self.datas) == 1 else [d.path for d in self.datas],
                 "scene": self.data.metadata.get("scene"), "body": self.body.name,
                 "reference_material": self.reference_material.describe(),
                 "density": self.reference_material.density, "wave_speed": self.reference_material.wave_speed(),
-                "iterations": len(self.history),
+                "iterations": len(self.history), "events": self.events,
                 "final_loss_mm2": self.history[-1]["loss_mm2"] if self.history else None}
 
 
@@ -173,6 +212,16 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _any_across_processes(flag, world) -> bool:
+    """True in every process when ``flag`` is truthy in any (no-op alone)."""
+    if world == 1:
+        return bool(flag)
+    import torch.distributed as dist
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _sum_across_processes(loss, params, world):

@@ -130,3 +130,39 @@ def test_spin_option_gives_a_rigid_rotation_about_the_vertical_axis():
     expected = np.stack([0.1 - 5.0 * r[:, 1], 5.0 * r[:, 0], np.zeros(len(x))], 1)
     assert np.allclose(v, expected, atol=1e-9)
     scene.solver.close()
+
+
+def test_a_rollout_that_blows_up_undoes_the_step_and_halves_the_learning_rate():
+    """A non-finite window (the last step made the law unstable) does not end training:
+    the step is undone, the learning rate halved and the iteration repeated; a law that
+    keeps blowing up raises after max_backoffs halvings, naming the iteration and window."""
+    from diffsim.learned.constitutive import make_law
+    from diffsim.learned.training import LawTrainer
+    from diffsim.trajectory import record
+    opts = {"material": "jelly", "grid": 12, "duration": 0.04}
+    scene = _probe_scene(opts)
+    data = record(scene, scene.steps, scene.every, progress=False)
+    scene.solver.close()
+    torch.manual_seed(0)
+    el, _ = make_law("potential", width=8, depth=2, stress_scale=5e3)
+    trainer = LawTrainer(_probe_scene(opts), data, el, lr=1e-2, window_start=1, window_end=2, max_backoffs=2)
+    real = trainer._windows
+    calls, seen = [0], []
+
+    def flaky(starts, w, targets):
+        calls[0] += 1
+        seen.append([p.detach().clone() for p in trainer.params])
+        total, bad = real(starts, w, targets)
+        return (total, "injected") if calls[0] == 2 else (total, bad)   # the second iteration's first try
+
+    trainer._windows = flaky
+    trainer.train(3, progress=False)
+    assert calls[0] == 4 and trainer.backoffs == 1 and trainer.lr_factor == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(seen[2], seen[0]))        # the first step was undone
+    assert not all(torch.equal(a, b) for a, b in zip(seen[1], seen[0]))
+    assert trainer.events[0]["iteration"] == 1 and trainer.metadata()["events"] == trainer.events
+    assert trainer.history[1]["lr"] < 0.6 * trainer.history[0]["lr"]
+    trainer._windows = lambda starts, w, targets: (real(starts, w, targets)[0], "always")
+    with pytest.raises(FloatingPointError, match=r"diverged at iteration \d+ \(window of \d frames, always"):
+        trainer.train(3, progress=False)
+    trainer.close()

@@ -217,8 +217,8 @@ class PotentialElasticity(nn.Module):
 
 class IsotropicPlasticity(nn.Module):
     """Isotropic plastic projection: trial ``F`` (N,3,3) -> ``F_e = G F`` with
-    ``G = I + a0 I + a1 B + a2 B^2``, ``B = b_bar - I``, where ``a = MLP(features)`` (no
-    biases: ``F_e = F`` at rest). ``G`` is an isotropic function of ``b = F F^T``, so the
+    ``G = I + a0 I + a1 B + a2 B^2``, ``B = b_bar - I``, where ``a = (tanh(m0) / 2,
+    tanh(m1), tanh(m2))``, ``m = MLP(features)`` (no biases: ``F_e = F`` at rest). ``G`` is an isotropic function of ``b = F F^T``, so the
     projection is rotation-equivariant, isotropic, keeps the principal directions of the
     trial stretch (as every isotropic return map does) and can express any such map; ``a1
     = -1`` returns the deviatoric stretch to first order, so the outputs are O(1) numbers.
@@ -244,7 +244,9 @@ class IsotropicPlasticity(nn.Module):
         feats = torch.stack([E.diagonal(dim1=-2, dim2=-1).sum(-1), torch.sqrt(n2 + eps ** 2) - eps,
                              (D @ D * D).sum((-1, -2)) / (n2 + 1e-12),
                              torch.log(torch.linalg.det(F).clamp_min(J_MIN))], -1)
-        a = self.mlp(feats * self.feature_scale)
+        # bounded: the volume changes by at most a factor 2 per projection and at most the
+        # whole deviatoric stretch is returned (an unbounded net made rollouts blow up)
+        a = torch.tanh(self.mlp(feats * self.feature_scale)) * torch.tensor([0.5, 1.0, 1.0], dtype=F.dtype)
         _, b_bar = isochoric_invariants(F)
         B = b_bar - eye
         G = a[:, 0, None, None] * eye + a[:, 1, None, None] * B + a[:, 2, None, None] * (B @ B)

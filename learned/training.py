@@ -13,8 +13,8 @@ With several trajectories every iteration rolls out ``batch`` windows (default: 
 trajectory), drawn from the trajectories in turn, and the loss is their mean.
 
 A window whose rollout is not finite (a step made the law too stiff for the time step)
-does not end training: that step is undone (weights and Adam moments), the learning rate
-halved from then on, and the iteration repeated (``events`` in the metadata); after
+does not end training: that step is undone (weights and Adam moments; again: the step
+before), the learning rate halved from then on, and the iteration repeated (``events`` in the metadata); after
 ``max_backoffs`` halvings the trainer raises, naming the iteration and the window.
 
 Teacher forcing: each iteration restarts the simulation from a recorded frame (the full
@@ -32,6 +32,7 @@ before the identical optimiser step everywhere: the result equals one process do
 """
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import time
@@ -96,7 +97,8 @@ class LawTrainer:
         self.dtype = next(iter(self.params)).dtype
         self.history = []
         self.max_backoffs = int(max_backoffs)
-        self.lr_factor, self.backoffs, self.events, self._before_step = 1.0, 0, [], None
+        self.lr_factor, self.backoffs, self.events = 1.0, 0, []
+        self._snapshots = collections.deque(maxlen=self.max_backoffs)   # weights and Adam state before each step
 
     def close(self):
         """Release every scene's solver."""
@@ -155,7 +157,8 @@ class LawTrainer:
                 loss = _sum_across_processes(total, self.params, self.world)
                 start = starts[0][1]
                 gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
-                self._before_step = ([p.detach().clone() for p in self.params], copy.deepcopy(self.opt.state_dict()))
+                self._snapshots.append(([p.detach().clone() for p in self.params],
+                                        copy.deepcopy(self.opt.state_dict())))
                 self.opt.step()
                 self.history.append({"iteration": it + 1, "loss_mm2": float(loss.detach()), "window": w,
                                      "start": start, "lr": self.opt.param_groups[0]["lr"],
@@ -178,20 +181,20 @@ class LawTrainer:
         return total, None
 
     def _back_off(self, it: int, w: int, where: str):
-        """A window's rollout blew up (the last step made the law unstable for the time
-        step): undo that step (weights and Adam moments), halve the learning rate from now
-        on, and try the iteration again; after ``max_backoffs`` halvings, raise."""
-        if self._before_step is None or self.backoffs >= self.max_backoffs:
+        """A window's rollout blew up (a step made the law unstable for the time step):
+        undo the last step not yet undone (weights and Adam moments; a repeated failure
+        goes one step further back), halve the learning rate from now on, and try the
+        iteration again; after ``max_backoffs`` halvings, raise."""
+        if not self._snapshots or self.backoffs >= self.max_backoffs:
             raise FloatingPointError(
                 f"training diverged at iteration {it} (window of {w} frames, {where}: the rollout is not finite) "
                 f"after {self.backoffs} learning-rate halvings; lower lr (now {self.lr * self.lr_factor:.3g}) or "
                 f"the law's stress_scale")
-        weights, opt_state = self._before_step
+        weights, opt_state = self._snapshots.pop()
         with torch.no_grad():
             for p, v in zip(self.params, weights):
                 p.copy_(v)
         self.opt.load_state_dict(opt_state)
-        self._before_step = None
         self.lr_factor *= 0.5
         self.backoffs += 1
         self.events.append({"iteration": it, "event": "rollout not finite: step undone, lr halved",

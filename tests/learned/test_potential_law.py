@@ -90,7 +90,6 @@ def test_small_strain_moduli_are_positive():
 def test_trainer_on_two_trajectories_averages_their_gradients():
     """One iteration on two recorded motions (press and twist) has the mean of the two
     single-trajectory gradients."""
-    import diffsim as ds
     from diffsim.learned.constitutive import make_law
     from diffsim.learned.training import LawTrainer
     from diffsim.trajectory import record
@@ -122,7 +121,6 @@ def test_trainer_on_two_trajectories_averages_their_gradients():
 
 
 def test_spin_option_gives_a_rigid_rotation_about_the_vertical_axis():
-    import diffsim as ds
     scene = _probe_scene({"material": "jelly", "grid": 12, "spin": 5.0, "velocity": (0.1, 0.0, 0.0)})
     scene.build()
     x, v = scene.solver.positions(), scene.solver.get_state()["v"]

@@ -216,9 +216,9 @@ def main():
         results[name] = entry
         print(json.dumps({name: {t: {k: r[k]["mse_mm2"] for k in kinds} for t, r in entry["tests"].items()}}),
               flush=True)
-    ds.io.atomic_write_json(out / "results.json", results)
-    text = table(results, kinds)
-    ds.io.atomic_write_text(out / "results.md", text)
+        ds.io.atomic_write_json(out / "results.json", results)     # after every material: nothing lost
+        text = table(results, kinds)
+        ds.io.atomic_write_text(out / "results.md", text)
     print(text)
 
 

@@ -218,4 +218,7 @@ def test_tactile_slide_second_set_up_is_fast(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         times.append(time.perf_counter() - t0)
     print("tactile_slide set-up (s):", [round(t, 1) for t in times])
-    assert times[1] < 5.0      # process start and imports included
+    # the cache, not the machine's speed: the second set-up (process start and imports
+    # included) takes a fraction of the first. An absolute 5 s bound failed once at 5.3 s
+    # (50.1 s first) with the other CI worker running the DEM silo beside it.
+    assert times[1] < min(10.0, 0.2 * times[0]), times

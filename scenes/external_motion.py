@@ -4,8 +4,8 @@ walls and gravity (format: `diffsim.external`). The material is a fixed-corotate
 placeholder of Young's modulus `stiffness`; a law trained on the motion replaces it.
 
 Options: data (the motion .npz, required), grid (24 cells along the longest side of the
-box whose faces are the walls; the MPM domain adds its wall layers outside), substeps (per frame; default from the stiffness' wave speed), stiffness (Pa, 1e4),
-nu (0.3).
+box whose faces are the walls; the MPM domain adds its wall layers outside), substeps
+(per frame; default from the stiffness' wave speed), stiffness (Pa, 1e4), nu (0.3).
 
     diffsim import-motion motion.npz --out data.npz
     diffsim train-law --data data.npz --kind potential

@@ -132,11 +132,9 @@ def validate_motion(positions, frame_dt, volume, mass, domain, walls=None, wall_
     # the body starts inside the walls' box; later, particles of a grid-based simulation
     # sink a fraction of a cell into a wall, so 5% of the box's size is allowed
     margin = 0.05 * (dom[1] - dom[0])
-    for where, lo, hi in (("at frame 0", dom[0], dom[1]), ("beyond the walls by more than 5% of the box",
-                                                           dom[0] - margin, dom[1] + margin)):
-        outside = np.any((p < lo) | (p > hi), axis=2)
-        if where.startswith("at frame 0"):
-            outside[1:] = False
+    for where, frames, lo, hi in (("at frame 0", p[:1], dom[0], dom[1]),
+                                  ("beyond the walls by more than 5% of the box", p, dom[0] - margin, dom[1] + margin)):
+        outside = np.any((frames < lo) | (frames > hi), axis=2)
         if outside.any():
             t, i = np.argwhere(outside)[0]
             _fail(w, f"{int(outside.sum())} particle positions lie outside the domain {where} (first: frame {t}, "
@@ -197,6 +195,16 @@ def _local_fit(rel_from: np.ndarray, rel_to: np.ndarray) -> np.ndarray:
     return B @ np.linalg.inv(M)
 
 
+def _frame_velocities(x: np.ndarray, frame_dt: float) -> np.ndarray:
+    """Central differences in time, second-order one-sided at the ends (exact for motion
+    quadratic in time)."""
+    v = np.empty_like(x)
+    v[1:-1] = (x[2:] - x[:-2]) / (2 * frame_dt)
+    v[0] = (-3 * x[0] + 4 * x[1] - x[2]) / (2 * frame_dt)
+    v[-1] = (3 * x[-1] - 4 * x[-2] + x[-3]) / (2 * frame_dt)
+    return v
+
+
 def estimate_state(positions: np.ndarray, frame_dt: float, neighbours: int = 26):
     """``(velocities, affine, deformation)`` of every frame from positions alone:
     ``v`` by central differences in time (second-order one-sided at the ends), ``F`` by the
@@ -211,10 +219,7 @@ def estimate_state(positions: np.ndarray, frame_dt: float, neighbours: int = 26)
         raise InvalidTrajectory(f"state estimation needs at least 4 particles, got {n}")
     _, nb = cKDTree(x[0]).query(x[0], k=k + 1)
     nb = nb[:, 1:]
-    v = np.empty_like(x)
-    v[1:-1] = (x[2:] - x[:-2]) / (2 * frame_dt)
-    v[0] = (-3 * x[0] + 4 * x[1] - x[2]) / (2 * frame_dt)
-    v[-1] = (3 * x[-1] - 4 * x[-2] + x[-3]) / (2 * frame_dt)
+    v = _frame_velocities(x, frame_dt)
     X_rel = x[0][nb] - x[0][:, None, :]
     F = np.empty((T, n, 3, 3))
     C = np.empty((T, n, 3, 3))
@@ -248,6 +253,12 @@ def integrator_shift(motion: ExternalMotion, substeps: int) -> np.ndarray:
     positions follow the parabola of initial velocity ``v + g dt / 2``; starting from
     ``v_estimate - g dt / 2`` it reproduces the data's parabola exactly."""
     return motion.gravity * (motion.frame_dt / substeps) / 2
+
+
+def initial_velocity(motion: ExternalMotion, substeps: int) -> np.ndarray:
+    """The MPM state velocity (N,3) of frame 0: estimated from the first three frames,
+    shifted by :func:`integrator_shift`."""
+    return _frame_velocities(motion.positions[:3], motion.frame_dt)[0] - integrator_shift(motion, substeps)
 
 
 def to_trajectory(motion: ExternalMotion, grid: int = 24, stiffness: float = 1e4, substeps: int | None = None,

@@ -14,8 +14,9 @@ trajectory), drawn from the trajectories in turn, and the loss is their mean.
 
 A window whose rollout is not finite (a step made the law too stiff for the time step)
 does not end training: that step is undone (weights and Adam moments; again: the step
-before), the learning rate halved from then on, and the iteration repeated (``events`` in the metadata); after
-``max_backoffs`` halvings the trainer raises, naming the iteration and the window.
+before), the learning rate halved from then on, and the iteration repeated (``events`` in
+the metadata); after ``max_backoffs`` halvings the trainer raises, naming the iteration
+and the window.
 
 Teacher forcing: each iteration restarts the simulation from a recorded frame (the full
 MPM state x, v, C, F of the data, when it has it) and rolls ``window`` frames forward; the
@@ -60,7 +61,7 @@ class LawTrainer:
         datas = list(data) if isinstance(data, (list, tuple)) else [data]
         if len(scenes) != len(datas) or not scenes:
             raise ds.InvalidScene(f"give one scene per trajectory: {len(scenes)} scenes, {len(datas)} trajectories")
-        self.scenes, self.datas = scenes, datas
+        self.datas = datas
         self.sims = [sc.solver for sc in scenes]
         self.scene, self.sim, self.data = scenes[0], self.sims[0], datas[0]
         self.elasticity, self.plasticity = elasticity, plasticity

@@ -11,7 +11,7 @@ box whose faces are the walls; the MPM domain adds its wall layers outside), sub
     diffsim train-law --data data.npz --kind potential
 """
 import diffsim as ds
-from diffsim.external import FACES, cell_size, estimate_state, integrator_shift, load_motion, substeps_per_frame
+from diffsim.external import FACES, cell_size, initial_velocity, load_motion, substeps_per_frame
 
 
 def build(data=None, grid=24, substeps=None, stiffness=1e4, nu=0.3):
@@ -25,10 +25,9 @@ def build(data=None, grid=24, substeps=None, stiffness=1e4, nu=0.3):
                        dt=motion.frame_dt / substeps, gravity=motion.gravity,
                        walls={f: motion.walls.get(f, "separate") for f in FACES},
                        wall_friction={f: motion.wall_friction.get(f, 0.0) for f in FACES})
-    v, _, _ = estimate_state(motion.positions[:3], motion.frame_dt)
     material = ds.FixedCorotated(E=float(stiffness), nu=float(nu), density=motion.density)
     sim.add_particles(motion.positions[0], material, name="body", volume=motion.volume,
-                      velocity=v[0] - integrator_shift(motion, substeps),
+                      velocity=initial_velocity(motion, substeps),
                       spacing=motion.spacing)
     frames = motion.positions.shape[0] - 1
     return ds.Scene(sim, description=__doc__, steps=frames * substeps, every=substeps)

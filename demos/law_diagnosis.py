@@ -28,12 +28,14 @@ from diffsim.learned.training import load_law
 from diffsim.scene import build_scene
 from diffsim.trajectory import record
 
-PROBE = Path(__file__).resolve().parents[1] / "scenes" / "material_probe.py"
-JELLY = {"material": "jelly", "E": 2e4, "release": 0.08, "grid": 24}
-MOTIONS = {"press (training)": {}, "throw (new velocity)": {"velocity": (0.4, -0.2, -0.6)}}
+from learn_constitutive_law import MATERIALS, PROBE, test_options   # the demo's jelly and its tests
+
+JELLY_E = MATERIALS["jelly"][0]["E"]
+MOTIONS = {"press (training)": test_options(MATERIALS["jelly"][0], "training"),
+           "throw (new velocity)": test_options(MATERIALS["jelly"][0], "new_velocity")}
 
 
-def reference_stress(F, E=2e4, nu=0.3):
+def reference_stress(F, E=JELLY_E, nu=0.3):
     """Fixed-corotated Kirchhoff stress (the jelly's material), torch."""
     mu, lam = E / (2 * (1 + nu)), E * nu / ((1 + nu) * (1 - 2 * nu))
     R = polar_rotation(F)
@@ -82,7 +84,7 @@ def main():
     laws = {p.stem.split("_", 2)[2]: load_law(p)[0] for p in sorted(laws_dir.glob("law_jelly_*.pt"))}
     if not laws:
         raise SystemExit(f"no law_jelly_*.pt in {laws_dir}: train them with demos/learn_constitutive_law.py")
-    Fs = {name: deformations(dict(JELLY, **o)) for name, o in MOTIONS.items()}
+    Fs = {name: deformations(o) for name, o in MOTIONS.items()}
     press = Fs["press (training)"]
     Fs["press, turned in the material frame (F Q)"] = press @ random_rotations(len(press))
     result = {"coverage": {k: strain_coverage(F) for k, F in Fs.items() if "turned" not in k},

@@ -39,7 +39,7 @@ def held_out(data):
     return load_dataset(data, "val") + load_dataset(data, "test")
 
 
-def accuracy(model, trajs):
+def accuracy(model, trajs, figure_options):
     from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run, relative_error
     lo, hi, h, depth = model.stats["grid"]
     from diffsim.learned.granular_fields import FieldGrid
@@ -47,7 +47,8 @@ def accuracy(model, trajs):
     data = HopperFieldData(trajs, grid=grid)
     rows = []
     for traj, run in zip(trajs, data.runs):
-        r = evaluate_run(model, run, grid, radius=float(traj.metadata["scene"]["options"]["radius"]))
+        r = evaluate_run(model, run, grid, radius=float(traj.metadata["scene"]["options"]["radius"]),
+                         **figure_options)
         p, t = r["pred"], r["true"]
         row = {"case": "accuracy", "run": os.path.basename(os.path.dirname(traj.path)), **r["conditions"],
                "outflow_rate": t["outflow_rate"], "outflow_rate_pred": p["outflow_rate"],
@@ -72,7 +73,7 @@ def accuracy(model, trajs):
          iou_median=[float(np.median([r["iou"][k] for r in rows])) for k in range(len(rows[0]["iou"]))])
 
 
-def speed(model, traj):
+def speed(model, traj, figure_options):
     import torch
 
     from diffsim.runtime import init
@@ -80,11 +81,11 @@ def speed(model, traj):
     opts = dict(traj.metadata["scene"]["options"])
     cond = {k: float(opts[k]) for k in ("angle", "friction", "rolling_friction")}
     times = model.default_times()
-    model.figures(cond, times, extrapolate=True)       # warm-up
+    model.figures(cond, times, extrapolate=True, **figure_options)       # warm-up
     surrogate = []
     for _ in range(20):
         t0 = time.perf_counter()
-        model.figures(cond, times, extrapolate=True)
+        model.figures(cond, times, extrapolate=True, **figure_options)
         surrogate.append(time.perf_counter() - t0)
     init(arch="cpu", precision="f32")
     t0 = time.perf_counter()
@@ -96,7 +97,8 @@ def speed(model, traj):
     scene.diagnostics()                                 # synchronises
     t2 = time.perf_counter()
     s = float(np.median(surrogate))
-    emit(case="speed", **cond, spheres=int(opts["count"]), simulated_s=float(scene.time), dem_total_s=t2 - t0,
+    emit(case="speed", **cond, **figure_options, members=len(getattr(model, "members", [model])),
+         spheres=int(opts["count"]), simulated_s=float(scene.time), dem_total_s=t2 - t0,
          dem_stepping_s=t2 - t1, surrogate_s=s, frames=int(len(times)), torch_threads=torch.get_num_threads(),
          speedup_total=(t2 - t0) / s, speedup_stepping=(t2 - t1) / s)
 
@@ -106,17 +108,20 @@ def main(argv=None):
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="the recorded hopper sweep (its val and test splits are held out)")
     ap.add_argument("--cases", default="accuracy,speed")
+    ap.add_argument("--every", type=int, default=2, help="the surrogate's flux at every N-th frame (figures)")
+    ap.add_argument("--residual-times", type=int, default=12, help="times of the residual-mass estimate (figures)")
     args = ap.parse_args(argv)
     from diffsim.learned.neuraldem import NeuralDEM
     model = NeuralDEM.load(args.model)
+    figure_options = {"every": args.every, "residual_times": args.residual_times}
     trajs = held_out(args.data)
     if not trajs:
         raise SystemExit(f"{args.data}: no held-out (val/test) runs")
     cases = args.cases.split(",")
     if "accuracy" in cases:
-        accuracy(model, trajs)
+        accuracy(model, trajs, figure_options)
     if "speed" in cases:
-        speed(model, trajs[0])
+        speed(model, trajs[0], figure_options)
 
 
 if __name__ == "__main__":

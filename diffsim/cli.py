@@ -12,7 +12,8 @@
     diffsim train-law --data data.npz [more.npz ...] [--kind structured|potential|mlp] [--plastic] [--iters N]
                       [--window START,END] [--out law.pt]
     diffsim train-rom DATASET --out rom.pt [--config small|paper] [--iters N] [--resume]
-    diffsim train-neuraldem DATASET --out hopper.pt [--iters N] [--resume]
+    diffsim train-neuraldem DATASET --out hopper.pt [--iters N] [--resume] [--seed S]
+    diffsim ensemble-neuraldem a.pt b.pt ... --out hopper.pt
     diffsim sweep SCENE.py --out DIR [--grid K=V1,V2] [--random K=LO:HI] [--record] ...
     diffsim tasks
     diffsim optimize TASK [--method grad|cmaes|ppo] [--budget N] [--out result.json]
@@ -244,6 +245,14 @@ def _cmd_train_neuraldem(args) -> int:
                             order_weight=args.order_weight)
 
 
+def _cmd_ensemble_neuraldem(args) -> int:
+    from .learned.neuraldem import NeuralDEMEnsemble
+    model = NeuralDEMEnsemble.combine(args.models, args.out)
+    print(json.dumps({"out": args.out, "members": len(model.members),
+                      "parameters": sum(p.numel() for p in model.parameters())}))
+    return 0
+
+
 def _surrogate_parser(sub, name: str, help: str, iters: int, batch: int, checkpoint_every: int):
     """A train-* parser with the arguments every surrogate's training shares."""
     m = sub.add_parser(name, help=help)
@@ -387,6 +396,11 @@ def main(argv=None) -> int:
     m.add_argument("--order-weight", type=float, default=0.1,
                    help="weight of the loss on the exit-order ratio (the flow regime)")
     m.set_defaults(func=_cmd_train_neuraldem)
+    e = sub.add_parser("ensemble-neuraldem",
+                       help="combine NeuralDEMs trained alike (other --seed) into one model file: their mean fields")
+    e.add_argument("models", nargs="+", help="model files of train-neuraldem, trained on the same dataset")
+    e.add_argument("--out", required=True, help="the ensemble's model file")
+    e.set_defaults(func=_cmd_ensemble_neuraldem)
 
     s = sub.add_parser("sweep", help="run a scene over a grid / random sample of options (Ray or serial)")
     s.add_argument("scene", help="scene script (or built-in scene name)")

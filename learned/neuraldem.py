@@ -251,21 +251,24 @@ class NeuralDEM(nn.Module):
         tc = t - t.mean()
         return (tc * (y - y.mean())).sum() / (tc * tc).sum()
 
-    def figures(self, conditions: dict, times=None, extrapolate: bool = False) -> dict:
+    def figures(self, conditions: dict, times=None, extrapolate: bool = False, every: int = 2,
+                residual_times: int = 12) -> dict:
         """The discharge figures of :func:`diffsim.dem.discharge_figures` from the surrogate:
-        the curve of :meth:`discharge_curve` (the flux at every other time) with fluxes
-        under ``NO_FLOW`` of the peak taken as none (a DEM's flow stops with its last
+        the curve of :meth:`discharge_curve` (the flux at every ``every``-th time) with
+        fluxes under ``NO_FLOW`` of the peak taken as none (a DEM's flow stops with its last
         sphere; a network's flux only gets small), the residual mass from
         :meth:`mass_inside` (the flux integral's error does not accumulate into it) as the
-        least mass inside over the second half of the times (12 of them, every third node
-        in x and z: the cost of 1.3 fields): material cannot come back, but a network's
-        fields can show some again (measured: 15% of the mass at 2.5 s after under 1% at
-        2.0 s on a held-out run)."""
+        least mass inside over the second half of the times (``residual_times`` of them,
+        every third node in x and z: the cost of 1.3 fields at 12): material cannot come
+        back, but a network's fields can show some again (measured: 15% of the mass at
+        2.5 s after under 1% at 2.0 s on a held-out run)."""
         from diffsim.dem import discharge_figures
         times = np.asarray(self.default_times() if times is None else times, float)
-        late = times[np.unique(np.linspace(len(times) // 2, len(times) - 1, 12).round().astype(int))]
+        late = np.linspace(len(times) // 2, len(times) - 1, residual_times)
+        late = times[np.unique(late.round().astype(int))]
         with torch.no_grad():
-            curve = self.discharge_curve(conditions, times, extrapolate, no_flow=NO_FLOW, every=2).double().numpy()
+            curve = self.discharge_curve(conditions, times, extrapolate, no_flow=NO_FLOW, every=every)
+            curve = curve.double().numpy()
             inside = float(self.mass_inside(conditions, late, extrapolate, stride=3).min())
         total = self.stats["total_mass"]
         out = discharge_figures(times, curve, total)
@@ -285,8 +288,78 @@ class NeuralDEM(nn.Module):
 
     @classmethod
     def load(cls, path, dtype=torch.float32, with_extra: bool = False):
+        """The model of ``path``: a :class:`NeuralDEM`, or a :class:`NeuralDEMEnsemble` where
+        the file holds several (``diffsim ensemble-neuraldem``)."""
         blob = read_model_file(path, FORMAT, VERSION, ("config", "stats", "state_dict"),
                                "train one with `diffsim train-neuraldem`")
-        model = instantiate(path, "NeuralDEM", lambda: cls(blob["config"], blob["stats"], blob.get("metadata")),
-                            blob, dtype)
+        if "members" in blob:
+            make = lambda: NeuralDEMEnsemble([NeuralDEM(m["config"], m["stats"], m.get("metadata"))  # noqa: E731
+                                              for m in blob["members"]], blob.get("metadata"))
+        else:
+            make = lambda: NeuralDEM(blob["config"], blob["stats"], blob.get("metadata"))  # noqa: E731
+        model = instantiate(path, "NeuralDEM", make, blob, dtype)
         return (model, blob) if with_extra else model
+
+
+def _same_stat(key: str, a, b) -> bool:
+    """Whether two members' ``stats[key]`` agree: the field ``scales`` within 10% (they are
+    typical magnitudes of the data: a sweep run again differs in rounding), the rest (ranges,
+    grid, geometry) to 1e-6."""
+    tolerance = 0.1 if key == "scales" else 1e-6
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_stat(key, a[n], b[n]) for n in a)
+    try:
+        x, y = np.asarray(a, float), np.asarray(b, float)
+    except (TypeError, ValueError):
+        return a == b
+    return x.shape == y.shape and bool(np.all(np.abs(x - y) <= tolerance * np.maximum(np.abs(x), np.abs(y)) + 1e-12))
+
+
+class NeuralDEMEnsemble(NeuralDEM):
+    """Several NeuralDEMs trained on the same data (other seeds) acting as one: the fields
+    are the members' mean, so every figure, the scene's step module and the gradients in
+    the conditions follow from the mean fields exactly as from one model's.
+
+    Why: members trained alike disagree most where the sweep sampled the conditions
+    thinly (measured: the worst outflow-rate error and the regimes moved with the seed as
+    much as with any change of the training), and their mean varies less there. It costs
+    one evaluation per member."""
+
+    def __init__(self, members, metadata: dict | None = None):
+        nn.Module.__init__(self)
+        members = list(members)
+        if not members or not all(isinstance(m, NeuralDEM) and not isinstance(m, NeuralDEMEnsemble)
+                                  for m in members):
+            raise InvalidScene("NeuralDEMEnsemble: give one or more NeuralDEM models (not ensembles)")
+        first = members[0].stats
+        for k, m in enumerate(members[1:], 1):
+            differ = sorted(key for key in set(first) | set(m.stats) if not _same_stat(key, first.get(key),
+                                                                                          m.stats.get(key)))
+            if differ:
+                raise InvalidScene(f"NeuralDEMEnsemble: member {k} was trained on other data or geometry "
+                                   f"(stats {differ} differ from member 0's)")
+        self.members = nn.ModuleList(members)
+        self.config, self.stats = dict(members[0].config), dict(first)
+        self.metadata = {**(metadata or {}), "ensemble": len(members)}
+
+    def encode(self, conditions, t):
+        raise NotImplementedError("a NeuralDEMEnsemble has no single latent set: call the model (or fields) "
+                                  "for the members' mean fields, or encode a member")
+
+    decode = encode
+
+    def forward(self, conditions: torch.Tensor, t: torch.Tensor, xz: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(conditions, t, xz) for m in self.members]).mean(0)
+
+    def save(self, path, extra: dict | None = None):
+        members = [{"config": m.config, "stats": m.stats, "metadata": m.metadata} for m in self.members]
+        super().save(path, {"members": members, **(extra or {})})
+
+    @classmethod
+    def combine(cls, paths, out=None, dtype=torch.float32) -> "NeuralDEMEnsemble":
+        """The ensemble of the model files ``paths`` (each one NeuralDEM), written to
+        ``out`` if given."""
+        ensemble = cls([NeuralDEM.load(p, dtype) for p in paths], {"sources": [str(p) for p in paths]})
+        if out is not None:
+            ensemble.save(out)
+        return ensemble

@@ -20,7 +20,7 @@ from diffsim.dem.discharge import order_sets
 from diffsim.errors import InvalidScene
 
 from .granular_fields import CONDITIONS, FIELDS, FieldGrid, exit_order_from_fields, hopper_fields, slot_line
-from .neuraldem import NeuralDEM
+from .neuraldem import NeuralDEM, NeuralDEMEnsemble
 from .training import _distributed, descend, optimise, resume_checkpoint
 
 OUTLET_Z = -0.03
@@ -198,8 +198,11 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     rank, world = _distributed()
     out = Path(out)
     torch.manual_seed(seed)
-    data = HopperFieldData(load_dataset(dataset, "train"))
     model, extra, start, history = resume_checkpoint(NeuralDEM.load, out, resume)
+    if isinstance(model, NeuralDEMEnsemble):
+        raise InvalidScene(f"train-neuraldem: {out} is an ensemble; train its members one by one (--seed) and "
+                           f"combine them with `diffsim ensemble-neuraldem`")
+    data = HopperFieldData(load_dataset(dataset, "train"))
     if model is None:
         model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs),
                                                           "flux_weight": flux_weight, "order_weight": order_weight},
@@ -242,7 +245,7 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
 
 
 def evaluate_run(model: NeuralDEM, run: dict, grid: FieldGrid, radius: float,
-                 iou_times=(0.1, 0.3, 0.5, 0.8, 1.2)) -> dict:
+                 iou_times=(0.1, 0.3, 0.5, 0.8, 1.2), **figure_options) -> dict:
     """Surrogate against one held-out run: the discharge figures of both (the run's from its
     own mass, which equals the DEM's trace at every frame), the flow regime of both (the
     exit-order ratio of their fields at the gate's opening, funnel flow from
@@ -256,7 +259,7 @@ def evaluate_run(model: NeuralDEM, run: dict, grid: FieldGrid, radius: float,
     nodes = grid.nodes().reshape(-1, 2)
     inside = run["occupancy"].reshape(len(times), -1).sum(-1) * model.stats["density"] * grid.depth * grid.h ** 2
     truth = discharge_figures(times, np.maximum.accumulate(run["total_mass"] - inside), run["total_mass"])
-    pred = model.figures(cond, times, extrapolate=True)
+    pred = model.figures(cond, times, extrapolate=True, **figure_options)
     geometry = (cond["angle"], model.stats["orifice"], radius)
     order_true = exit_order_from_fields(run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1), nodes,
                                         *geometry)

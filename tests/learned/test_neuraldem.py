@@ -12,7 +12,7 @@ import torch
 import diffsim as ds
 from diffsim.learned.granular_fields import FIELDS, FieldGrid, hopper_fields
 from diffsim.learned.model_file import InvalidModel
-from diffsim.learned.neuraldem import ConditionOutOfRange, NeuralDEM
+from diffsim.learned.neuraldem import ConditionOutOfRange, NeuralDEM, NeuralDEMEnsemble
 from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run
 from diffsim.sweep import load_dataset
 from _helpers import ROOT, check_model_file_errors
@@ -221,10 +221,10 @@ def test_train_neuraldem_command_and_evaluation(hopper_dataset, tmp_path):
     assert true["outflow_rate"] > 0 and true["stopped"] in (True, False)
 
 
-def _flowing_model(path):
+def _flowing_model(path, seed=2):
     """A small random model whose material falls through the slot (occupancy ~0.35,
     vz ~ -0.5 m/s), saved to ``path``."""
-    torch.manual_seed(2)
+    torch.manual_seed(seed)
     model = NeuralDEM(TINY, _stats()).double()
     for p in model.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
@@ -288,3 +288,40 @@ def test_shipped_model_is_a_trained_hopper_surrogate():
         ratio = exit_order_from_fields(f["occupancy"][0].numpy(), f["exit_time"][0].numpy(), nodes, cond["angle"],
                                        model.stats["orifice"], 0.002)
         assert ("funnel" if ratio >= FUNNEL_ORDER else "mass") == dem_regime, (cond, ratio)
+
+
+def test_ensemble_is_the_mean_of_its_members(tmp_path):
+    """`diffsim ensemble-neuraldem` writes one file whose fields are the members' mean; its
+    outflow rate differentiates in a condition (central differences, f64); members of other
+    data, and an ensemble given to train-neuraldem, are refused."""
+    paths = [_flowing_model(tmp_path / f"m{k}.pt", seed=k) for k in range(3)]
+    res = subprocess.run([sys.executable, "-m", "diffsim", "ensemble-neuraldem", *map(str, paths),
+                          "--out", str(tmp_path / "e.pt")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["members"] == 3
+    ensemble = NeuralDEM.load(tmp_path / "e.pt", dtype=torch.float64)
+    members = [NeuralDEM.load(p, dtype=torch.float64) for p in paths]
+    assert isinstance(ensemble, NeuralDEMEnsemble) and ensemble.metadata["sources"] == list(map(str, paths))
+    cond = {"angle": 30.0, "friction": 0.5, "rolling_friction": 0.05}
+    with torch.no_grad():
+        fields = ensemble.fields(cond, [0.1, 0.5])
+        for name in FIELDS:
+            mean = torch.stack([m.fields(cond, [0.1, 0.5])[name] for m in members]).mean(0)
+            assert torch.allclose(fields[name], mean, rtol=1e-12, atol=1e-15), name
+        # the members disagree, so the mean is not any one of them
+        assert not torch.allclose(fields["vz"], members[0].fields(cond, [0.1, 0.5])["vz"])
+    times = np.linspace(0.0, 1.0, 51)
+    x = torch.tensor(30.0, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(ensemble.outflow_rate({**cond, "angle": x}, times), x)
+    with torch.no_grad():
+        up, down = (ensemble.outflow_rate({**cond, "angle": 30.0 + e}, times) for e in (1e-3, -1e-3))
+    assert abs(float(grad)) > 0 and float(grad) == pytest.approx(float(up - down) / 2e-3, rel=1e-5)
+
+    other = NeuralDEM(TINY, {**_stats(), "orifice": 0.03})
+    with pytest.raises(ds.InvalidScene, match=r"member 1 was trained on other data.*orifice"):
+        NeuralDEMEnsemble([members[0], other])
+    with pytest.raises(NotImplementedError, match="no single latent set"):
+        ensemble.encode(torch.zeros(1, 3), torch.zeros(1))
+    from diffsim.learned.neuraldem_training import train_neuraldem
+    with pytest.raises(ds.InvalidScene, match="is an ensemble"):
+        train_neuraldem("unused", tmp_path / "e.pt", resume=True)

@@ -242,7 +242,7 @@ def _cmd_train_rom(args) -> int:
 def _cmd_train_neuraldem(args) -> int:
     from .learned.neuraldem_training import train_neuraldem
     return _train_surrogate(args, train_neuraldem, queries=args.queries, flux_weight=args.flux_weight,
-                            order_weight=args.order_weight)
+                            order_weight=args.order_weight, flux_units=args.flux_units)
 
 
 def _cmd_ensemble_neuraldem(args) -> int:
@@ -393,6 +393,9 @@ def main(argv=None) -> int:
                           iters=3000, batch=16, checkpoint_every=250)
     m.add_argument("--queries", type=int, default=512, help="field nodes per (run, frame) sample")
     m.add_argument("--flux-weight", type=float, default=1.0, help="weight of the loss on the flux through the slot")
+    m.add_argument("--flux-units", choices=("run", "dataset"), default="run",
+                   help="the flux error in units of each run's typical flux (relative, as rates are read) or "
+                        "of the dataset's")
     m.add_argument("--order-weight", type=float, default=0.1,
                    help="weight of the loss on the exit-order ratio (the flow regime)")
     m.set_defaults(func=_cmd_train_neuraldem)

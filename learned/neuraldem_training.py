@@ -75,6 +75,8 @@ class HopperFieldData:
         ``order_weights``: their occupancy) and the true ``exit_order`` ratio."""
         y = np.maximum(-self.grid.sample(run["occupancy"] * run["vz"], self.slot_xz), 0.0)   # momentum
         run["flux"] = (self.density * self.grid.depth * np.trapezoid(y, dx=self.slot_dx, axis=-1)).astype(np.float32)
+        flowing = run["flux"][run["flux"] > 0]
+        run["flux_scale"] = float(np.sqrt(np.mean(flowing.astype(np.float64) ** 2))) if len(flowing) else 0.0
         occ0, exit0 = run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1)
         keep = np.nonzero(occ0 > 0.1)[0]
         shoulders, top = order_sets(self.nodes[keep], float(run["conditions"][0]), self.orifice, radius,
@@ -100,12 +102,13 @@ class HopperFieldData:
                 "orifice": self.orifice, "outlet_z": OUTLET_Z, "frame_dt": self.frame_dt}
 
     def batch(self, rng, size: int, queries: int):
-        """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F), slot flux (B,)) for
-        ``size`` random (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the
+        """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F), slot flux (B,), the
+        run's typical flux (B,): the RMS of its positive fluxes, or the dataset's where it
+        has none) for ``size`` random (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the
         outflow is the flux there), three eighths among the occupied nodes, the rest
         anywhere; half of the pairs mirrored (x -> -x: the hopper is symmetric, its fill
         only statistically)."""
-        cond, times, xz, target, flux = [], [], [], [], []
+        cond, times, xz, target, flux, scale = [], [], [], [], [], []
         n_slot = queries // 4
         for _ in range(size):
             run = self.runs[int(rng.integers(len(self.runs)))]
@@ -124,9 +127,10 @@ class HopperFieldData:
             xz.append(points)
             target.append(values)
             flux.append(run["flux"][f])
+            scale.append(run["flux_scale"] or self.flux_scale)
         return (torch.from_numpy(np.stack(cond)), torch.from_numpy(np.asarray(times, np.float32)),
                 torch.from_numpy(np.stack(xz)), torch.from_numpy(np.stack(target)),
-                torch.from_numpy(np.asarray(flux, np.float32)))
+                torch.from_numpy(np.asarray(flux, np.float32)), torch.from_numpy(np.asarray(scale, np.float32)))
 
     def order_batch(self, rng, size: int):
         """Tensors for the exit-order loss of ``size`` random runs with a finite ratio:
@@ -160,11 +164,13 @@ def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor) -> to
     return occ.mean() + (weight * rest).sum() / weight.sum().clamp_min(1e-6)
 
 
-def flux_loss(model: NeuralDEM, data: HopperFieldData, slot_fields: torch.Tensor, flux: torch.Tensor) -> torch.Tensor:
+def flux_loss(model: NeuralDEM, data: HopperFieldData, slot_fields: torch.Tensor, flux: torch.Tensor,
+              scale: torch.Tensor | float | None = None) -> torch.Tensor:
     """Squared error of the flux through the slot (:meth:`NeuralDEM.slot_flux` of the
-    fields predicted at ``data.slot_xz``, (B, P, F)) in units of the data's typical flux."""
+    fields predicted at ``data.slot_xz``, (B, P, F)) in units of ``scale`` (per pair; default:
+    the data's typical flux)."""
     pred = model.slot_flux(slot_fields[..., 0], slot_fields[..., 2], data.slot_dx)
-    return (((pred - flux) / data.flux_scale) ** 2).mean()
+    return (((pred - flux) / (data.flux_scale if scale is None else scale)) ** 2).mean()
 
 
 def order_loss(model: NeuralDEM, cond, xz, w, shoulder, log_ratio) -> torch.Tensor:
@@ -179,7 +185,7 @@ def order_loss(model: NeuralDEM, cond, xz, w, shoulder, log_ratio) -> torch.Tens
 def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch: int = 16, queries: int = 512,
                     lr: float = 1e-3, checkpoint_every: int = 250, resume: bool = False, seed: int = 0,
                     progress: bool = True, flux_weight: float = 1.0, order_weight: float = 0.1,
-                    **overrides) -> NeuralDEM:
+                    flux_units: str = "run", **overrides) -> NeuralDEM:
     """Train a NeuralDEM on the recorded hopper sweep ``dataset`` and write ``out``.
 
     Args:
@@ -191,7 +197,13 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
             pair of the batch) and of the exit-order loss (:func:`order_loss`, on a quarter
             as many runs) beside the field loss: the outflow and the regime are what users
             read, and both are integrals the pointwise field loss weighs only indirectly.
+        flux_units: the flux error of a pair in units of its run's typical flux ("run":
+            every run's rate counts by its relative error, as users read it) or of the
+            dataset's ("dataset": a run discharging at a quarter of the typical rate weighs
+            1/16 as much).
     """
+    if flux_units not in ("run", "dataset"):
+        raise InvalidScene(f"train-neuraldem: flux_units must be 'run' or 'dataset', got {flux_units!r}")
     from pathlib import Path
 
     from diffsim.sweep import load_dataset
@@ -205,7 +217,8 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     data = HopperFieldData(load_dataset(dataset, "train"))
     if model is None:
         model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs),
-                                                          "flux_weight": flux_weight, "order_weight": order_weight},
+                                                          "flux_weight": flux_weight, "order_weight": order_weight,
+                                                          "flux_units": flux_units},
                           **overrides)
     if batch % world:
         raise InvalidScene(f"train-neuraldem: the batch ({batch}) must be a multiple of the processes ({world})")
@@ -227,13 +240,14 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     def iteration(k):
         for g in opt.param_groups:
             g["lr"] = lr * 0.1 ** (k / max(iterations, 1))
-        cond, t, xz, target, flux = (a[rank::world] for a in data.batch(rng, batch, queries))
+        cond, t, xz, target, flux, run_flux = (a[rank::world] for a in data.batch(rng, batch, queries))
         slot = torch.from_numpy(data.slot_xz.astype(np.float32)).expand(len(xz), -1, -1)
         pred = model(cond, t, torch.cat([xz, slot], 1))
         q = xz.shape[1]
         loss = field_loss(model, pred[:, :q], target)
         if flux_weight:
-            loss = loss + flux_weight * flux_loss(model, data, pred[:, q:], flux)
+            loss = loss + flux_weight * flux_loss(model, data, pred[:, q:], flux,
+                                                  run_flux if flux_units == "run" else None)
         ob = data.order_batch(rng, order_runs) if order_weight else None
         if ob is not None:
             loss = loss + order_weight * order_loss(model, *(a[rank::world] for a in ob))

@@ -86,6 +86,10 @@ def test_slot_flux_integrates_to_the_discharged_mass(hopper_dataset):
     print("relative error of the integrated slot flux", np.round(errors, 4))
     assert max(map(abs, errors)) < FLUX_TOLERANCE, errors
     assert data.order_batch(np.random.default_rng(0), 3) is None
+    # each pair's flux error is read in units of its own run's typical flux (flux_units="run")
+    *_, flux, scale = data.batch(np.random.default_rng(1), 8, 16)
+    run_scales = {round(float(np.sqrt(np.mean(r["flux"][r["flux"] > 0].astype(float) ** 2))), 6) for r in data.runs}
+    assert {round(float(v), 6) for v in scale} <= run_scales and len(flux) == 8
 
 
 def test_exit_order_loss_vanishes_for_the_true_exit_times():
@@ -325,3 +329,5 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path):
     from diffsim.learned.neuraldem_training import train_neuraldem
     with pytest.raises(ds.InvalidScene, match="is an ensemble"):
         train_neuraldem("unused", tmp_path / "e.pt", resume=True)
+    with pytest.raises(ds.InvalidScene, match="flux_units must be 'run' or 'dataset'"):
+        train_neuraldem("unused", tmp_path / "n.pt", flux_units="relative")

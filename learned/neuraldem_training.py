@@ -104,10 +104,10 @@ class HopperFieldData:
     def batch(self, rng, size: int, queries: int):
         """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F), slot flux (B,), the
         run's typical flux (B,): the RMS of its positive fluxes, or the dataset's where it
-        has none) for ``size`` random (run, frame) pairs, ``queries`` nodes each: a quarter by the slot (the
-        outflow is the flux there), three eighths among the occupied nodes, the rest
-        anywhere; half of the pairs mirrored (x -> -x: the hopper is symmetric, its fill
-        only statistically)."""
+        has none) for ``size`` random (run, frame) pairs, ``queries`` nodes each: a quarter
+        by the slot (the outflow is the flux there), three eighths among the occupied
+        nodes, the rest anywhere; half of the pairs mirrored (x -> -x: the hopper is
+        symmetric, its fill only statistically)."""
         cond, times, xz, target, flux, scale = [], [], [], [], [], []
         n_slot = queries // 4
         for _ in range(size):

@@ -312,7 +312,7 @@ def _same_stat(key: str, a, b) -> bool:
         x, y = np.asarray(a, float), np.asarray(b, float)
     except (TypeError, ValueError):
         return a == b
-    return x.shape == y.shape and bool(np.all(np.abs(x - y) <= tolerance * np.maximum(np.abs(x), np.abs(y)) + 1e-12))
+    return x.shape == y.shape and np.allclose(x, y, rtol=tolerance, atol=1e-12)
 
 
 class NeuralDEMEnsemble(NeuralDEM):
@@ -342,11 +342,11 @@ class NeuralDEMEnsemble(NeuralDEM):
         self.config, self.stats = dict(members[0].config), dict(first)
         self.metadata = {**(metadata or {}), "ensemble": len(members)}
 
-    def encode(self, conditions, t):
+    def encode(self, *args):
         raise NotImplementedError("a NeuralDEMEnsemble has no single latent set: call the model (or fields) "
                                   "for the members' mean fields, or encode a member")
 
-    decode = encode
+    decode = encode      # both take the one latent set an ensemble does not have
 
     def forward(self, conditions: torch.Tensor, t: torch.Tensor, xz: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(conditions, t, xz) for m in self.members]).mean(0)

@@ -29,6 +29,12 @@ PACKED = 0.6          # occupancy of a packed bed: the occupancy's scale
 MIRROR = np.array([-1, 1] + [-1 if name in ("vx", "dx") else 1 for name in FIELDS], np.float32)
 
 
+def _typical_flux(flux: np.ndarray) -> float:
+    """The RMS of the positive fluxes (kg/s), 0 where there are none."""
+    flowing = flux[flux > 0].astype(np.float64)
+    return float(np.sqrt(np.mean(flowing ** 2))) if len(flowing) else 0.0
+
+
 class HopperFieldData:
     """The fields of the runs of one split of a recorded hopper sweep, on one grid.
 
@@ -65,8 +71,7 @@ class HopperFieldData:
         self.slot_xz, self.slot_dx = slot_line(self.orifice, grid.h, grid.lo[0])
         for run in self.runs:
             self._discharge_targets(run, r)
-        fluxes = np.concatenate([run["flux"] for run in self.runs])
-        self.flux_scale = float(np.sqrt(np.mean(fluxes[fluxes > 0] ** 2))) if (fluxes > 0).any() else 1.0
+        self.flux_scale = _typical_flux(np.concatenate([run["flux"] for run in self.runs])) or 1.0
 
     def _discharge_targets(self, run: dict, radius: float) -> None:
         """What the discharge figures are made of, per run: ``flux`` (kg/s through the slot at
@@ -75,8 +80,7 @@ class HopperFieldData:
         ``order_weights``: their occupancy) and the true ``exit_order`` ratio."""
         y = np.maximum(-self.grid.sample(run["occupancy"] * run["vz"], self.slot_xz), 0.0)   # momentum
         run["flux"] = (self.density * self.grid.depth * np.trapezoid(y, dx=self.slot_dx, axis=-1)).astype(np.float32)
-        flowing = run["flux"][run["flux"] > 0]
-        run["flux_scale"] = float(np.sqrt(np.mean(flowing.astype(np.float64) ** 2))) if len(flowing) else 0.0
+        run["flux_scale"] = _typical_flux(run["flux"])
         occ0, exit0 = run["occupancy"][0].reshape(-1), run["exit_time"][0].reshape(-1)
         keep = np.nonzero(occ0 > 0.1)[0]
         shoulders, top = order_sets(self.nodes[keep], float(run["conditions"][0]), self.orifice, radius,

@@ -327,6 +327,8 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path):
         NeuralDEMEnsemble([members[0], other])
     with pytest.raises(NotImplementedError, match="no single latent set"):
         ensemble.encode(torch.zeros(1, 3), torch.zeros(1))
+    with pytest.raises(NotImplementedError, match="no single latent set"):
+        ensemble.decode(torch.zeros(1, 4, 16), torch.zeros(1, 16), torch.zeros(1, 2, 2))
     from diffsim.learned.neuraldem_training import train_neuraldem
     with pytest.raises(ds.InvalidScene, match="is an ensemble"):
         train_neuraldem("unused", tmp_path / "e.pt", resume=True)

@@ -221,7 +221,8 @@ class IsotropicPlasticity(nn.Module):
     tanh(m1), tanh(m2))``, ``m = MLP(features)`` (no biases: ``F_e = F`` at rest). ``G`` is
     an isotropic function of ``b = F F^T``, so the projection is rotation-equivariant,
     isotropic, keeps the principal directions of the trial stretch (as every isotropic
-    return map does) and can express any such map; ``a1 = -1`` returns the deviatoric stretch to first order, so the outputs are O(1) numbers.
+    return map does) and can express any such map; ``a1 = -1`` returns the deviatoric
+    stretch to first order, so the outputs are O(1) numbers.
     Features: ``(tr E, |dev E|, tr(dev E^3) / |dev E|^2, ln J)`` of the Green strain ``E``,
     each of the order of the strain (scaled by ``feature_scale``), so that yield at strains
     of a few percent is within the network's reach. ``step`` scales the last layer at

@@ -242,7 +242,8 @@ def _cmd_train_rom(args) -> int:
 def _cmd_train_neuraldem(args) -> int:
     from .learned.neuraldem_training import train_neuraldem
     return _train_surrogate(args, train_neuraldem, queries=args.queries, flux_weight=args.flux_weight,
-                            order_weight=args.order_weight, flux_units=args.flux_units)
+                            order_weight=args.order_weight, flux_units=args.flux_units,
+                            mass_weight=args.mass_weight)
 
 
 def _cmd_ensemble_neuraldem(args) -> int:
@@ -398,6 +399,8 @@ def main(argv=None) -> int:
                         "of the dataset's")
     m.add_argument("--order-weight", type=float, default=0.1,
                    help="weight of the loss on the exit-order ratio (the flow regime)")
+    m.add_argument("--mass-weight", type=float, default=0.0,
+                   help="weight of the loss on the mass inside (its fraction of the run's mass)")
     m.set_defaults(func=_cmd_train_neuraldem)
     e = sub.add_parser("ensemble-neuraldem",
                        help="combine NeuralDEMs trained alike (other --seed) into one model file: their mean fields")

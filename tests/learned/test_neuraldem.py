@@ -92,6 +92,38 @@ def test_slot_flux_integrates_to_the_discharged_mass(hopper_dataset):
     assert {round(float(v), 6) for v in scale} <= run_scales and len(flux) == 8
 
 
+def test_mass_batch_estimates_the_mass_inside(hopper_dataset):
+    """The mass loss's batch: on every node (stride 1) the weighted occupancy sum is the
+    fraction of the run's mass inside, exactly; on a strided subset an estimate of it. The
+    loss is zero for the data's own occupancy and has a gradient for a biased one."""
+    from diffsim.learned.neuraldem_training import mass_loss
+    data = HopperFieldData(load_dataset(hopper_dataset))
+    g = data.grid
+    cond, t, xz, mask, occ, weight = data.mass_batch(np.random.default_rng(0), 6, stride=1)
+    by_key = {(tuple(np.round(r["conditions"], 6)), round(float(tt), 6)): (r, k)
+              for r in data.runs for k, tt in enumerate(r["time"])}
+    for i in range(6):
+        run, f = by_key[(tuple(np.round(cond[i].numpy(), 6)), round(float(t[i]), 6))]
+        inside = run["occupancy"][f].sum() * data.density * g.depth * g.h ** 2 / run["total_mass"]
+        assert float((occ[i] * mask[i]).sum() * weight[i]) == pytest.approx(inside, rel=1e-5)
+    cond, t, xz, mask, occ, weight = data.mass_batch(np.random.default_rng(1), 4, stride=3)
+    assert xz.shape[1] == mask.shape[1] and mask.sum(1).min() >= (g.shape[0] // 3) * (g.shape[1] // 3)
+
+    class Occupancy(torch.nn.Module):      # the batch's own occupancy, plus a bias
+        def __init__(self, bias):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor(bias))
+
+        def forward(self, c, tt, q):
+            assert q is xz
+            return (occ + self.bias)[..., None].expand(*q.shape[:2], len(FIELDS))
+    assert float(mass_loss(Occupancy(0.0), cond, t, xz, mask, occ, weight)) == 0.0
+    biased = Occupancy(0.01)
+    loss = mass_loss(biased, cond, t, xz, mask, occ, weight)
+    loss.backward()
+    assert float(loss) > 0 and float(biased.bias.grad) > 0
+
+
 def test_exit_order_loss_vanishes_for_the_true_exit_times():
     """The exit-order loss: zero for a model that returns the true exit times, positive and
     differentiable otherwise."""

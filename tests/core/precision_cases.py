@@ -223,7 +223,39 @@ def fem_press(steps, seed=0):
     return loss, grads
 
 
-CASES = {"dem_pile": dem_pile, "fem_press": fem_press, "stencil_edge": stencil_edge, "friction_adjoint": friction_adjoint, "random_mpm": random_mpm,
+def neural_law(steps, seed=0, kind="potential"):
+    """A plasticine block of scenes/material_probe.py (grid 16, hit by its sphere) with a
+    learned elastic + plastic law (``make_law(kind)``, width 16, random weights; the
+    networks in the runtime's precision): gradients of a random linear loss of the final
+    state in two elastic weights, the plastic network's last bias and the initial
+    velocity's direction ``v0_direction``."""
+    from diffsim.learned.constitutive import make_law
+    from diffsim.scene import build_scene
+    torch.manual_seed(seed)
+    el, pl = (net.double().to(_dtype()) for net in make_law(kind, plastic=True, width=16, depth=2,
+                                                             stress_scale=2e4))
+    sim = build_scene(os.path.join(ROOT, "scenes", "material_probe.py"), {"material": "plasticine", "grid": 16}).solver
+    ref = sim.bodies[0].material
+    sim.bodies[0].material = ds.NeuralMaterial(elasticity=el, plasticity=pl, density=ref.density,
+                                               wave_speed_estimate=ref.wave_speed())
+    sim.build()
+    _, _, st = _start_state(sim)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(sim.n, 3, generator=g, dtype=torch.float64).to(_dtype())
+    d = (0.05 * torch.randn(sim.n, 3, generator=g, dtype=torch.float64)).to(_dtype())
+    a = torch.tensor(0.0, dtype=_dtype(), requires_grad=True)
+    final, _ = ds.rollout(sim, steps or 200, state=ds.MPMState(st.x, st.v + a * d, st.C, st.F))
+    loss = (final.x * w).sum() + 0.1 * (final.v * w).sum()
+    params = {"elastic_w0": list(el.parameters())[0], "elastic_b0": list(el.parameters())[1],
+              "plastic_last": list(pl.parameters())[-1]}
+    loss.backward()
+    grads = {k: p.grad for k, p in params.items()}
+    grads["v0_direction"] = a.grad
+    return loss, grads
+
+
+CASES = {"neural_potential": neural_law, "neural_structured": lambda steps, seed=0: neural_law(steps, seed, "structured"),
+         "dem_pile": dem_pile, "fem_press": fem_press, "stencil_edge": stencil_edge, "friction_adjoint": friction_adjoint, "random_mpm": random_mpm,
          "sand_cone_paddle": sand_cone_paddle, "jelly_bumpy": jelly_bumpy}
 
 

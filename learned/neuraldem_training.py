@@ -95,7 +95,9 @@ class HopperFieldData:
         cond = np.stack([r["conditions"] for r in self.runs])
         times = np.concatenate([r["time"] for r in self.runs])
         ranges = {n: [float(cond[:, i].min()), float(cond[:, i].max())] for i, n in enumerate(CONDITIONS)}
-        ranges["time"] = [float(times.min()), float(times.max())]
+        # from the gate's opening: the first frame lies a substep after it (4e-5 s), and the
+        # regime is read, and the exit-order loss trained, at the opening itself
+        ranges["time"] = [0.0, float(times.max())]
         scales = {"occupancy": PACKED}
         for name in FIELDS[1:]:
             vals = np.concatenate([r[name][r["occupancy"] > 0.1 * PACKED] for r in self.runs])

@@ -239,15 +239,17 @@ def test_training_resumes_bit_identically(hopper_dataset, tmp_path, monkeypatch)
 
 
 def test_train_neuraldem_command_and_evaluation(hopper_dataset, tmp_path):
-    """`diffsim train-neuraldem` writes a model that evaluates against a recorded run."""
+    """`diffsim train-neuraldem` (with every loss) writes a model whose time range starts at
+    the gate's opening and that evaluates against a recorded run."""
     cmd = [sys.executable, "-m", "diffsim", "train-neuraldem", str(hopper_dataset), "--out", str(tmp_path / "m.pt"),
-           "--iters", "3", "--batch", "2", "--queries", "32", "--quiet", "--threads", "1",
+           "--iters", "3", "--batch", "4", "--queries", "32", "--quiet", "--threads", "1", "--mass-weight", "1",
            *sum((["--set", f"{k}={v}"] for k, v in TINY.items()), [])]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     line = json.loads(res.stdout.strip().splitlines()[-1])
     assert line["out"] == str(tmp_path / "m.pt") and np.isfinite(line["final_loss"])
     model = NeuralDEM.load(tmp_path / "m.pt")
+    assert model.stats["ranges"]["time"][0] == 0.0 and model.metadata["mass_weight"] == 1.0
     data = HopperFieldData(load_dataset(hopper_dataset, "train"))
     result = evaluate_run(model, data.runs[0], data.grid, radius=0.002)
     assert all(0.0 <= v <= 1.0 for v in result["iou"]) and result["pred"]["outflow_rate"] >= 0

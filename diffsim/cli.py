@@ -243,7 +243,7 @@ def _cmd_train_neuraldem(args) -> int:
     from .learned.neuraldem_training import train_neuraldem
     return _train_surrogate(args, train_neuraldem, queries=args.queries, flux_weight=args.flux_weight,
                             order_weight=args.order_weight, flux_units=args.flux_units,
-                            mass_weight=args.mass_weight)
+                            mass_weight=args.mass_weight, occupancy_loss=args.occupancy_loss)
 
 
 def _cmd_ensemble_neuraldem(args) -> int:
@@ -401,6 +401,9 @@ def main(argv=None) -> int:
                    help="weight of the loss on the exit-order ratio (the flow regime)")
     m.add_argument("--mass-weight", type=float, default=0.0,
                    help="weight of the loss on the mass inside (its fraction of the run's mass)")
+    m.add_argument("--occupancy-loss", choices=("mse", "kl"), default="mse",
+                   help="the occupancy's error: squared, or the KL divergence of its fraction of the ceiling "
+                        "(pushes a faint haze over empty nodes down)")
     m.set_defaults(func=_cmd_train_neuraldem)
     e = sub.add_parser("ensemble-neuraldem",
                        help="combine NeuralDEMs trained alike (other --seed) into one model file: their mean fields")

@@ -41,6 +41,8 @@ CONFIGS = {
 # (files without the key used ``frequencies`` for the conditions too)
 #: fluxes under this fraction of the peak count as no flow in the discharge figures
 NO_FLOW = 0.02
+#: the occupancy's ceiling (a sigmoid times it; a packed bed is ~0.6)
+OCCUPANCY_MAX = 0.7
 #: conditioning within this fraction of the trained span beyond its ends warns; farther raises
 EXTRAPOLATION = 0.05
 
@@ -156,7 +158,7 @@ class NeuralDEM(nn.Module):
         q = self.query(fourier_features(units, self.config["frequencies"]))
         raw = self.head(self.read(q, cond, context=latents))
         scales = torch.as_tensor([self.stats["scales"][f] for f in FIELDS], dtype=raw.dtype)
-        occupancy = 0.7 * torch.sigmoid(raw[..., :1])     # a packed bed is ~0.6; empty is 0
+        occupancy = OCCUPANCY_MAX * torch.sigmoid(raw[..., :1])     # a packed bed is ~0.6; empty is 0
         return torch.cat([occupancy, raw[..., 1:] * scales[1:]], -1)
 
     def forward(self, conditions: torch.Tensor, t: torch.Tensor, xz: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from diffsim.dem.discharge import order_sets
 from diffsim.errors import InvalidScene
 
 from .granular_fields import CONDITIONS, FIELDS, FieldGrid, exit_order_from_fields, hopper_fields, slot_line
-from .neuraldem import NeuralDEM, NeuralDEMEnsemble
+from .neuraldem import OCCUPANCY_MAX, NeuralDEM, NeuralDEMEnsemble
 from .training import _distributed, descend, optimise, resume_checkpoint
 
 OUTLET_Z = -0.03
@@ -186,10 +186,26 @@ class HopperFieldData:
         return tuple(map(torch.from_numpy, (cond, xz, w, shoulder, ratio)))
 
 
-def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Occupancy error everywhere plus the other fields' errors weighted by the true
-    occupancy, each in units of its scale."""
-    occ = ((pred[..., 0] - target[..., 0]) / PACKED) ** 2
+def occupancy_divergence(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli KL divergence of the occupancy read as a fraction of its ceiling
+    (:data:`learned.neuraldem.OCCUPANCY_MAX`): its gradient in the sigmoid's input is the
+    plain difference of the fractions, where a squared error's is that times the fraction
+    again, so a faint haze of occupancy over empty nodes is pushed down as hard as any other
+    error (a squared error lets 0.005 stay on the ~2,000 empty nodes: a tenth of the bed)."""
+    p = (pred / OCCUPANCY_MAX).clamp(1e-6, 1 - 1e-6)
+    y = (target / OCCUPANCY_MAX).clamp(0, 1)
+    entropy = lambda q: -(torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q))   # noqa: E731
+    return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)) - entropy(y)
+
+
+def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor, occupancy: str = "mse") -> torch.Tensor:
+    """Occupancy error everywhere (squared in units of a packed bed's, ``"mse"``, or
+    :func:`occupancy_divergence`, ``"kl"``) plus the other fields' errors weighted by the
+    true occupancy, each in units of its scale."""
+    if occupancy == "kl":
+        occ = occupancy_divergence(pred[..., 0], target[..., 0])
+    else:
+        occ = ((pred[..., 0] - target[..., 0]) / PACKED) ** 2
     scales = torch.as_tensor([model.stats["scales"][f] for f in FIELDS[1:]], dtype=pred.dtype)
     weight = (target[..., 0] / PACKED).clamp(0, 1)
     rest = (((pred[..., 1:] - target[..., 1:]) / scales) ** 2).mean(-1)
@@ -227,7 +243,8 @@ def order_loss(model: NeuralDEM, cond, xz, w, shoulder, log_ratio) -> torch.Tens
 def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch: int = 16, queries: int = 512,
                     lr: float = 1e-3, checkpoint_every: int = 250, resume: bool = False, seed: int = 0,
                     progress: bool = True, flux_weight: float = 1.0, order_weight: float = 0.1,
-                    flux_units: str = "run", mass_weight: float = 0.0, **overrides) -> NeuralDEM:
+                    flux_units: str = "run", mass_weight: float = 0.0, occupancy_loss: str = "mse",
+                    **overrides) -> NeuralDEM:
     """Train a NeuralDEM on the recorded hopper sweep ``dataset`` and write ``out``.
 
     Args:
@@ -245,7 +262,10 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
             1/16 as much).
         mass_weight: weight of the loss on the mass inside (:func:`mass_loss`, on a quarter as
             many pairs, every third node in x and z).
+        occupancy_loss: "mse" (squared error) or "kl" (:func:`occupancy_divergence`).
     """
+    if occupancy_loss not in ("mse", "kl"):
+        raise InvalidScene(f"train-neuraldem: occupancy_loss must be 'mse' or 'kl', got {occupancy_loss!r}")
     if flux_units not in ("run", "dataset"):
         raise InvalidScene(f"train-neuraldem: flux_units must be 'run' or 'dataset', got {flux_units!r}")
     from pathlib import Path
@@ -262,7 +282,8 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
     if model is None:
         model = NeuralDEM(config, data.stats(), metadata={"dataset": str(dataset), "runs": len(data.runs),
                                                           "flux_weight": flux_weight, "order_weight": order_weight,
-                                                          "flux_units": flux_units, "mass_weight": mass_weight},
+                                                          "flux_units": flux_units, "mass_weight": mass_weight,
+                                                          "occupancy_loss": occupancy_loss},
                           **overrides)
     if batch % world:
         raise InvalidScene(f"train-neuraldem: the batch ({batch}) must be a multiple of the processes ({world})")
@@ -288,7 +309,7 @@ def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch:
         slot = torch.from_numpy(data.slot_xz.astype(np.float32)).expand(len(xz), -1, -1)
         pred = model(cond, t, torch.cat([xz, slot], 1))
         q = xz.shape[1]
-        loss = field_loss(model, pred[:, :q], target)
+        loss = field_loss(model, pred[:, :q], target, occupancy_loss)
         if flux_weight:
             loss = loss + flux_weight * flux_loss(model, data, pred[:, q:], flux,
                                                   run_flux if flux_units == "run" else None)

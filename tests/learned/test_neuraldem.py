@@ -124,6 +124,22 @@ def test_mass_batch_estimates_the_mass_inside(hopper_dataset):
     assert float(loss) > 0 and float(biased.bias.grad) > 0
 
 
+def test_occupancy_divergence_pushes_haze_down_linearly():
+    """The "kl" occupancy loss: zero at the data, and its gradient in the sigmoid's input is
+    the difference of the occupancy fractions (a squared error's vanishes with the
+    predicted occupancy: a faint haze over empty nodes stays)."""
+    from diffsim.learned.neuraldem import OCCUPANCY_MAX
+    from diffsim.learned.neuraldem_training import occupancy_divergence
+    target = torch.tensor([0.0, 0.0, 0.21, 0.42, 0.6], dtype=torch.float64)
+    raw = torch.tensor([-4.0, 1.5, 0.3, -0.2, 2.0], dtype=torch.float64, requires_grad=True)
+    occupancy_divergence(OCCUPANCY_MAX * torch.sigmoid(raw), target).sum().backward()
+    np.testing.assert_allclose(raw.grad, torch.sigmoid(raw.detach()) - target / OCCUPANCY_MAX, rtol=1e-10)
+    assert float(occupancy_divergence(target, target).max()) < 1e-5
+    haze = torch.tensor(-4.0, dtype=torch.float64, requires_grad=True)       # occupancy 0.0126 where empty
+    ((OCCUPANCY_MAX * torch.sigmoid(haze) / 0.6) ** 2).backward()
+    assert float(haze.grad) < 0.1 * float(raw.grad[0])
+
+
 def test_exit_order_loss_vanishes_for_the_true_exit_times():
     """The exit-order loss: zero for a model that returns the true exit times, positive and
     differentiable otherwise."""
@@ -368,3 +384,5 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path):
         train_neuraldem("unused", tmp_path / "e.pt", resume=True)
     with pytest.raises(ds.InvalidScene, match="flux_units must be 'run' or 'dataset'"):
         train_neuraldem("unused", tmp_path / "n.pt", flux_units="relative")
+    with pytest.raises(ds.InvalidScene, match="occupancy_loss must be 'mse' or 'kl'"):
+        train_neuraldem("unused", tmp_path / "n.pt", occupancy_loss="bce")

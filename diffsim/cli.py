@@ -401,7 +401,7 @@ def main(argv=None) -> int:
                    help="weight of the loss on the exit-order ratio (the flow regime)")
     m.add_argument("--mass-weight", type=float, default=0.0,
                    help="weight of the loss on the mass inside (its fraction of the run's mass)")
-    m.add_argument("--occupancy-loss", choices=("mse", "kl"), default="mse",
+    m.add_argument("--occupancy-loss", choices=("mse", "kl"), default="kl",
                    help="the occupancy's error: squared, or the KL divergence of its fraction of the ceiling "
                         "(pushes a faint haze over empty nodes down)")
     m.set_defaults(func=_cmd_train_neuraldem)

@@ -198,7 +198,7 @@ def occupancy_divergence(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)) - entropy(y)
 
 
-def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor, occupancy: str = "mse") -> torch.Tensor:
+def field_loss(model: NeuralDEM, pred: torch.Tensor, target: torch.Tensor, occupancy: str = "kl") -> torch.Tensor:
     """Occupancy error everywhere (squared in units of a packed bed's, ``"mse"``, or
     :func:`occupancy_divergence`, ``"kl"``) plus the other fields' errors weighted by the
     true occupancy, each in units of its scale."""
@@ -243,7 +243,7 @@ def order_loss(model: NeuralDEM, cond, xz, w, shoulder, log_ratio) -> torch.Tens
 def train_neuraldem(dataset, out, config="small", iterations: int = 3000, batch: int = 16, queries: int = 512,
                     lr: float = 1e-3, checkpoint_every: int = 250, resume: bool = False, seed: int = 0,
                     progress: bool = True, flux_weight: float = 1.0, order_weight: float = 0.1,
-                    flux_units: str = "run", mass_weight: float = 0.0, occupancy_loss: str = "mse",
+                    flux_units: str = "run", mass_weight: float = 0.0, occupancy_loss: str = "kl",
                     **overrides) -> NeuralDEM:
     """Train a NeuralDEM on the recorded hopper sweep ``dataset`` and write ``out``.
 

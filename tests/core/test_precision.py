@@ -104,7 +104,7 @@ def test_issue_cases_over_1000_substeps():
 
 @pytest.mark.parametrize("kind", ["potential", pytest.param("structured", marks=pytest.mark.slow)])
 def test_learned_laws_f32_match_f64(kind):
-    # a NeuralMaterial's networks read F = I + (F - I) in the runtime's precision (f32 for
-    # users): over 200 substeps of a plasticine block hit by the probe's sphere, measured
+    # a NeuralMaterial's networks read F = I + (F - I) formed in the runtime's precision (f32
+    # for users; strains under ~1e-7 unresolved): over 200 substeps of a plasticine block hit by the probe's sphere, measured
     # potential law 7.5e-7 to 7.4e-6, structured 3.2e-6 to 1.2e-5 (weights, v0 direction)
     compare(f"neural_{kind}", 1e-4)

@@ -69,6 +69,7 @@ def against_seeds(row, pred, own, others):
     (no drainage time)."""
     from diffsim.learned.neuraldem_training import relative_error
     number = lambda v: None if v in ("", None) else float(v)  # noqa: E731
+    others = [o for o in others if number(o["outflow_rate"]) is not None]
     rates = [own["outflow_rate"]] + [number(o["outflow_rate"]) for o in others]
     drains = [own["drainage_time"]] + [number(o["drainage_time"]) for o in others]
     resid = [own["residual_mass_fraction"]] + [number(o["residual_mass_fraction"]) for o in others]
@@ -82,9 +83,9 @@ def against_seeds(row, pred, own, others):
 
 
 def accuracy(model, trajs, figure_options, references=None):
+    from diffsim.learned.granular_fields import CONDITIONS, FieldGrid
     from diffsim.learned.neuraldem_training import HopperFieldData, evaluate_run, relative_error
     lo, hi, h, depth = model.stats["grid"]
-    from diffsim.learned.granular_fields import FieldGrid
     grid = FieldGrid(lo, hi, h, depth)
     data = HopperFieldData(trajs, grid=grid)
     rows = []
@@ -104,7 +105,7 @@ def accuracy(model, trajs, figure_options, references=None):
                "exit_order_pred": p["exit_order_ratio"], "iou": r["iou"]}
         if references:
             opts = traj.metadata["run"]["options"]
-            others = references.get(tuple(round(float(opts[k]), 9) for k in ("angle", "friction", "rolling_friction")))
+            others = references.get(tuple(round(float(opts[k]), 9) for k in CONDITIONS))
             if others:
                 against_seeds(row, p, t, others)
         rows.append(row)

@@ -226,9 +226,9 @@ def fem_press(steps, seed=0):
 def neural_law(steps, seed=0, kind="potential"):
     """A plasticine block of scenes/material_probe.py (grid 16, hit by its sphere) with a
     learned elastic + plastic law (``make_law(kind)``, width 16, random weights; the
-    networks in the runtime's precision): gradients of a random linear loss of the final
-    state in two elastic weights, the plastic network's last bias and the initial
-    velocity's direction ``v0_direction``."""
+    networks in the runtime's precision), the loss of :func:`_mpm_loss` over 200 substeps:
+    gradients in the elastic network's first two parameters, the plastic network's last
+    and the initial velocity's direction ``v0_direction``."""
     from diffsim.learned.constitutive import make_law
     from diffsim.scene import build_scene
     torch.manual_seed(seed)
@@ -239,19 +239,10 @@ def neural_law(steps, seed=0, kind="potential"):
     sim.bodies[0].material = ds.NeuralMaterial(elasticity=el, plasticity=pl, density=ref.density,
                                                wave_speed_estimate=ref.wave_speed())
     sim.build()
-    _, _, st = _start_state(sim)
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(sim.n, 3, generator=g, dtype=torch.float64).to(_dtype())
-    d = (0.05 * torch.randn(sim.n, 3, generator=g, dtype=torch.float64)).to(_dtype())
-    a = torch.tensor(0.0, dtype=_dtype(), requires_grad=True)
-    final, _ = ds.rollout(sim, steps or 200, state=ds.MPMState(st.x, st.v + a * d, st.C, st.F))
-    loss = (final.x * w).sum() + 0.1 * (final.v * w).sum()
-    params = {"elastic_w0": list(el.parameters())[0], "elastic_b0": list(el.parameters())[1],
-              "plastic_last": list(pl.parameters())[-1]}
-    loss.backward()
-    grads = {k: p.grad for k, p in params.items()}
-    grads["v0_direction"] = a.grad
-    return loss, grads
+    loss, grads = _mpm_loss(sim, steps or 200, {}, seed=seed)
+    nets = {"elastic_w0": list(el.parameters())[0], "elastic_b0": list(el.parameters())[1],
+            "plastic_last": list(pl.parameters())[-1]}
+    return loss, {**grads, **{k: p.grad for k, p in nets.items()}}
 
 
 CASES = {"neural_potential": neural_law, "neural_structured": lambda steps, seed=0: neural_law(steps, seed, "structured"),

@@ -107,6 +107,11 @@ class HopperFieldData:
                 "density": self.density, "total_mass": float(np.mean([r["total_mass"] for r in self.runs])),
                 "orifice": self.orifice, "outlet_z": OUTLET_Z, "frame_dt": self.frame_dt}
 
+    def _pair(self, rng) -> tuple[dict, int]:
+        """A random (run, frame index) of the split."""
+        run = self.runs[int(rng.integers(len(self.runs)))]
+        return run, int(rng.integers(len(run["time"])))
+
     def batch(self, rng, size: int, queries: int):
         """Tensors (conditions (B,3), t (B,), xz (B,Q,2), targets (B,Q,F), slot flux (B,), the
         run's typical flux (B,): the RMS of its positive fluxes, or the dataset's where it
@@ -117,8 +122,7 @@ class HopperFieldData:
         cond, times, xz, target, flux, scale = [], [], [], [], [], []
         n_slot = queries // 4
         for _ in range(size):
-            run = self.runs[int(rng.integers(len(self.runs)))]
-            f = int(rng.integers(len(run["time"])))
+            run, f = self._pair(rng)
             values = np.stack([run[name][f].reshape(-1) for name in FIELDS], -1)
             occupied = np.nonzero(values[:, 0] > 0.05 * PACKED)[0]
             n_occ = (queries - n_slot) // 2 if len(occupied) else 0
@@ -154,8 +158,7 @@ class HopperFieldData:
         occ = np.zeros((size, width), np.float32)
         cond, times, weight = [], [], []
         for i, sub in enumerate(subsets):
-            run = self.runs[int(rng.integers(len(self.runs)))]
-            f = int(rng.integers(len(run["time"])))
+            run, f = self._pair(rng)
             xz[i, :len(sub)], mask[i, :len(sub)] = self.nodes[sub], 1.0
             occ[i, :len(sub)] = run["occupancy"][f].reshape(-1)[sub]
             cond.append(run["conditions"])

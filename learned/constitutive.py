@@ -226,15 +226,45 @@ class IsotropicPlasticity(nn.Module):
     Features: ``(tr E, |dev E|, tr(dev E^3) / |dev E|^2, ln J)`` of the Green strain ``E``,
     each of the order of the strain (scaled by ``feature_scale``), so that yield at strains
     of a few percent is within the network's reach. ``step`` scales the last layer at
-    construction: training starts near ``F_e = F``."""
+    construction: training starts near ``F_e = F``.
 
-    def __init__(self, width: int = 32, depth: int = 2, step: float = 1e-2, feature_scale: float = 10.0):
+    ``yield_strain`` (a number) adds a yield surface: no plastic flow while the deviatoric
+    Green strain's norm ``q`` stays under a learned radius ``r`` (initially
+    ``yield_strain``), so a body at rest under a load below yield keeps its shape; above
+    it the map starts from the radial return of the deviatoric log stretch onto the
+    surface (``G = b_bar^(-f/2)``, ``f = (q - r) / q``, to second order in ``B``) and the
+    network's outputs, times ``f``, correct it. Without it (``None``) every strain flows a
+    little in every substep, however small: a creep that a von Mises material never
+    shows (it made plasticine slump after unloading, ``docs/learned_laws``).
+    ``pressure_slope`` (with a yield surface) lets the radius grow with compression,
+    ``r = r0 + k max(-tr E, 0)`` with ``k`` learned from ``pressure_slope`` on: the cone of
+    a frictional (Drucker-Prager-like) material such as sand."""
+
+    def __init__(self, width: int = 32, depth: int = 2, step: float = 1e-2, feature_scale: float = 10.0,
+                 yield_strain: float | None = None, pressure_slope: float | None = None):
         super().__init__()
-        self.config = {"width": width, "depth": depth, "step": step, "feature_scale": feature_scale}
+        if yield_strain is not None and not yield_strain > 0:
+            raise ValueError(f"yield_strain must be > 0 (or None for no yield surface), got {yield_strain}")
+        if pressure_slope is not None and (yield_strain is None or not pressure_slope > 0):
+            raise ValueError(f"pressure_slope must be > 0 and needs a yield_strain, got {pressure_slope} "
+                             f"(yield_strain {yield_strain})")
+        self.config = {"width": width, "depth": depth, "step": step, "feature_scale": feature_scale,
+                       "yield_strain": yield_strain, "pressure_slope": pressure_slope}
         self.feature_scale = float(feature_scale)
         self.mlp = _mlp(4, 3, width, depth, bias=False)
         with torch.no_grad():
             self.mlp[-1].weight.mul_(float(step))
+        self.yield_strain = None if yield_strain is None else float(yield_strain)
+        self.pressure_slope = None if pressure_slope is None else float(pressure_slope)
+        if yield_strain is not None:   # learned in log space: r0 = yield_strain * exp(log_yield[0]), ...
+            self.log_yield = nn.Parameter(torch.zeros(1 if pressure_slope is None else 2))
+
+    def yield_radius(self, trace_E: torch.Tensor) -> torch.Tensor:
+        """The yield surface's radius in deviatoric Green strain at volumetric strain ``tr E``."""
+        r = self.yield_strain * torch.exp(self.log_yield[0])
+        if self.pressure_slope is not None:
+            r = r + self.pressure_slope * torch.exp(self.log_yield[1]) * torch.relu(-trace_E)
+        return r
 
     def forward(self, F):
         eye = torch.eye(3, dtype=F.dtype)
@@ -248,6 +278,11 @@ class IsotropicPlasticity(nn.Module):
         # bounded: the volume changes by at most a factor 2 per projection and at most the
         # whole deviatoric stretch is returned (an unbounded net made rollouts blow up)
         a = torch.tanh(self.mlp(feats * self.feature_scale)) * torch.tensor([0.5, 1.0, 1.0], dtype=F.dtype)
+        if self.yield_strain is not None:
+            q = feats[:, 1]
+            f = torch.relu(q - self.yield_radius(feats[:, 0])) / (q + 1e-12)                  # 0 inside the surface
+            radial = torch.stack([torch.zeros_like(f), -0.5 * f, 0.25 * f + 0.125 * f * f], -1)
+            a = radial + f[:, None] * a
         _, b_bar = isochoric_invariants(F)
         B = b_bar - eye
         G = a[:, 0, None, None] * eye + a[:, 1, None, None] * B + a[:, 2, None, None] * (B @ B)
@@ -259,11 +294,17 @@ KINDS = {"structured": (ElasticityNet, PlasticityNet), "mlp": (MLPStress, MLPPla
 
 
 def make_law(kind: str = "structured", plastic: bool = False, width: int = 64, depth: int = 2,
-             stress_scale: float = 1e4, plastic_step: float = 1e-2, dtype=torch.float64):
-    """``(elasticity, plasticity or None)`` modules of the given kind."""
+             stress_scale: float = 1e4, plastic_step: float = 1e-2, yield_strain: float | None = None,
+             pressure_slope: float | None = None, dtype=torch.float64):
+    """``(elasticity, plasticity or None)`` modules of the given kind; ``yield_strain`` and
+    ``pressure_slope``: the initial yield surface of the ``potential`` kind's plastic map
+    (:class:`IsotropicPlasticity`; None: none)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if (yield_strain is not None or pressure_slope is not None) and kind != "potential":
+        raise ValueError(f"a yield surface applies to the 'potential' kind's plasticity only, not {kind!r}")
     E_cls, P_cls = KINDS[kind]
     elasticity = E_cls(width, depth, stress_scale).to(dtype)
-    plasticity = P_cls(width, depth, plastic_step).to(dtype) if plastic else None
+    extra = {k: v for k, v in (("yield_strain", yield_strain), ("pressure_slope", pressure_slope)) if v is not None}
+    plasticity = P_cls(width, depth, plastic_step, **extra).to(dtype) if plastic else None
     return elasticity, plasticity

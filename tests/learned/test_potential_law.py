@@ -42,6 +42,79 @@ def test_potential_law_is_isotropic_equivariant_and_zero_at_rest(trained):
         assert (Fe - F).abs().max() > 1e-6                 # and is not the identity map
 
 
+def _hencky_deviator_norm(F):
+    w = torch.linalg.eigvalsh(F @ F.transpose(-1, -2))
+    e = 0.5 * torch.log(w)
+    return (e - e.mean(-1, keepdim=True)).norm(dim=-1)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_yield_surface_holds_below_and_returns_radially_above(trained):
+    """With a yield surface the map is the identity while the deviatoric Green strain is
+    inside the learned radius (no creep at rest under a small load), stays isotropic and
+    equivariant, and (network corrections zeroed) returns a strain just outside the surface
+    onto it, at constant volume, along the trial stretch's own directions."""
+    g = torch.Generator().manual_seed(51 + int(trained))
+    torch.manual_seed(51)
+    pl = IsotropicPlasticity(width=16, yield_strain=0.05).double()
+    if trained:
+        _trained(pl, g)
+    r = float(pl.yield_radius(torch.zeros(())).detach())
+    size = 0.06 * torch.rand(300, 1, 1, generator=g, dtype=torch.float64)
+    F = _random_rotations(300, g) @ (EYE + size * torch.randn(300, 3, 3, generator=g, dtype=torch.float64))
+    Q = _random_rotations(300, g)
+    E = 0.5 * (F.transpose(1, 2) @ F - EYE)
+    D = E - E.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3 * EYE
+    q = D.norm(dim=(1, 2))
+    inside = q < r
+    assert 20 < int(inside.sum()) < 280                        # both cases are exercised
+    with torch.no_grad():
+        Fe = pl(F)
+        assert torch.equal(Fe[inside], F[inside])                # no flow inside the surface
+        assert (Fe[~inside] - F[~inside]).abs().amax((1, 2)).min() > 1e-6
+        assert (pl(Q @ F) - Q @ Fe).abs().max() < 1e-12
+        assert (pl(F @ Q) - Fe @ Q).abs().max() < 1e-12
+        b, be = F @ F.transpose(1, 2), Fe @ Fe.transpose(1, 2)
+        assert (b @ be - be @ b).abs().max() < 1e-12
+        pl.mlp[-1].weight.zero_()                                # the radial return alone
+        S = torch.diag(torch.tensor([1.0, -0.5, -0.5], dtype=torch.float64))
+        for over in (1.02, 1.1, 1.3):
+            # a pure deviatoric stretch whose Green-strain deviator norm is `over` x the radius
+            lo, hi = 0.0, 1.0
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                Ft = Q[:1] @ torch.matrix_exp(S * mid) @ Q[:1].transpose(1, 2)
+                Et = 0.5 * (Ft.transpose(1, 2) @ Ft - EYE)
+                Dt = Et - Et.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3 * EYE
+                lo, hi = (mid, hi) if float(Dt.norm()) < over * r else (lo, mid)
+            Fr = pl(Ft)
+            Er = 0.5 * (Fr.transpose(1, 2) @ Fr - EYE)
+            Dr = Er - Er.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3 * EYE
+            assert abs(float(Dr.norm()) / r - 1) < 0.01, (over, float(Dr.norm()) / r)
+            assert abs(float(torch.linalg.det(Fr)) - 1) < 1e-4
+            assert float(_hencky_deviator_norm(Fr)) < float(_hencky_deviator_norm(Ft))
+    with pytest.raises(ValueError, match="yield_strain"):
+        IsotropicPlasticity(yield_strain=0.0)
+    with pytest.raises(ValueError, match="pressure_slope"):
+        IsotropicPlasticity(pressure_slope=1.0)
+
+
+def test_yield_radius_grows_with_compression_only():
+    """The cone of a frictional material: the radius grows with compression (tr E < 0) at
+    the learned slope, not with dilation; a strain inside it under pressure does not flow
+    and the same deviator without the pressure does."""
+    pl = IsotropicPlasticity(width=8, yield_strain=0.01, pressure_slope=1.0).double()
+    tr = torch.tensor([0.05, 0.0, -0.02, -0.05], dtype=torch.float64)
+    r = pl.yield_radius(tr).detach()
+    assert torch.allclose(r, torch.tensor([0.01, 0.01, 0.03, 0.06], dtype=torch.float64))
+    dev = torch.diag(torch.tensor([0.02, -0.01, -0.01], dtype=torch.float64))
+    with torch.no_grad():
+        squeezed = torch.linalg.matrix_exp(dev - 0.02 * EYE)[None]   # tr of Green strain ~ -0.06
+        free = torch.linalg.matrix_exp(dev)[None]
+        assert torch.equal(pl(squeezed), squeezed)
+        assert not torch.equal(pl(free), free)
+
+
 @pytest.mark.parametrize("trained", [False, True])
 def test_potential_stress_is_the_derivative_of_the_energy(trained):
     """tau = (d psi / d F) F^T, with psi from the network itself (closed form vs autograd)."""

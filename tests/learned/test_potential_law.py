@@ -91,7 +91,7 @@ def test_yield_surface_holds_below_and_returns_radially_above(trained):
             Er = 0.5 * (Fr.transpose(1, 2) @ Fr - EYE)
             Dr = Er - Er.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None] / 3 * EYE
             assert abs(float(Dr.norm()) / r - 1) < 0.01, (over, float(Dr.norm()) / r)
-            assert abs(float(torch.linalg.det(Fr)) - 1) < 1e-4
+            assert abs(float(torch.linalg.det(Fr)) - 1) < 0.1 * r ** 2   # isochoric to second order
             assert float(_hencky_deviator_norm(Fr)) < float(_hencky_deviator_norm(Ft))
     with pytest.raises(ValueError, match="yield_strain"):
         IsotropicPlasticity(yield_strain=0.0)

@@ -158,6 +158,14 @@ def _cmd_train_law(args) -> int:
     from .learned.constitutive import make_law
     from .learned.training import LawTrainer, save_law
     from .trajectory import InvalidTrajectory
+    from .errors import DiffsimError
+    if args.yield_strain is not None or args.pressure_slope is not None:   # before any data is read
+        if not args.plastic or args.kind != "potential":
+            raise DiffsimError("--yield-strain/--pressure-slope shape the potential law's plastic projection: "
+                               "use them with --kind potential --plastic")
+        if not (args.yield_strain or 0) > 0 or not (args.pressure_slope is None or args.pressure_slope > 0):
+            raise DiffsimError(f"--yield-strain must be > 0 (and --pressure-slope, if given, > 0 with it); got "
+                               f"{args.yield_strain}, {args.pressure_slope}")
     world = _init_process_group()   # under torchrun: one process per rank
     if world > 1 and args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // world)
@@ -173,7 +181,8 @@ def _cmd_train_law(args) -> int:
     import torch
     torch.manual_seed(args.seed)
     el, pl = make_law(args.kind, plastic=args.plastic, width=args.width, depth=args.depth,
-                      stress_scale=args.stress_scale)
+                      stress_scale=args.stress_scale, yield_strain=args.yield_strain,
+                      pressure_slope=args.pressure_slope)
     trainer = LawTrainer(scenes, datas, el, pl, body=args.body, lr=args.lr, clip=args.clip,
                          window_start=args.window[0] or 1, window_end=args.window[1] or None, seed=args.seed,
                          batch=args.batch)
@@ -362,6 +371,12 @@ def main(argv=None) -> int:
                    help="structured (equivariant, zero at rest), potential (an isotropic convex energy: "
                         "learns shear from compression) or the unstructured MLP baseline")
     t.add_argument("--plastic", action="store_true", help="also learn a plastic projection")
+    t.add_argument("--yield-strain", type=float, default=None,
+                   help="potential kind: a learned yield surface for the plastic projection, starting at "
+                        "this deviatoric Green strain (e.g. 0.05; no flow inside it, no creep)")
+    t.add_argument("--pressure-slope", type=float, default=None,
+                   help="with --yield-strain: the radius grows by this times the compression (-tr E), "
+                        "learned (a frictional material's cone; ~1 for a 30-degree friction angle)")
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--depth", type=int, default=2)
     t.add_argument("--stress-scale", type=float, default=1e4, help="output unit of the network (Pa)")

@@ -2,7 +2,8 @@
 
 For each material (jelly = fixed-corotated, plasticine = von Mises, sand = Drucker-Prager)
 the `material_probe` scene records full-state training trajectories of the chosen
-motions (`--motions`, default `press,shear,twist`. `press`: jelly and plasticine are
+motions (`--motions`, default each material's RECIPE: press, shear and twist, and for
+jelly a slam. `press`: jelly and plasticine are
 pressed by an indenter for 0.08 s that then retracts, sand is a collapsing column;
 `shear`: the block is thrown sideways onto the floor that holds its bottom; `twist`: spun
 about the vertical axis on it; `stretch`: thrown upwards from it; `slam`: thrown straight
@@ -57,6 +58,11 @@ MOTIONS = {
     "stretch": lambda material: {"velocity": (0.0, 0.0, 0.4)},
     "slam": lambda material: {"velocity": (0.0, 0.0, -0.8)},
 }
+# the recipe per material (docs/learned_laws/generalisation.md): a slam lifted jelly's
+# new-velocity error from 5.5x to 1.9x its training error; plasticine's law could not fit one
+# (loss 20-40 mm^2 on its windows); with sand it was not tried
+RECIPE = {"jelly": ("press", "shear", "twist", "slam"), "plasticine": ("press", "shear", "twist"),
+          "sand": ("press", "shear", "twist")}
 TESTS = ["training", "double_horizon", "new_velocity", "new_shape", "finer_grid", "stability_4x"]
 COLORS = {"potential": (44, 160, 44), "structured": (31, 119, 180), "mlp": (214, 39, 40)}
 # Adam learning rates: the potential law's weights sit behind softplus (non-negative
@@ -193,8 +199,8 @@ def main():
     ap.add_argument("--eval", action="store_true", help="only evaluate the laws saved in OUT")
     ap.add_argument("--materials", default="jelly,plasticine,sand")
     ap.add_argument("--kinds", default="potential,structured,mlp", help=f"law families, of {sorted(KINDS)}")
-    ap.add_argument("--motions", default="press,shear,twist",
-                    help=f"training motions, of {sorted(MOTIONS)} (the recipe: press, shear, twist)")
+    ap.add_argument("--motions", default=None,
+                    help=f"training motions, of {sorted(MOTIONS)} (default: each material's recipe, {RECIPE})")
     ap.add_argument("--tests", default=",".join(TESTS), help=f"evaluation tests, of {TESTS}")
     ap.add_argument("--iters", type=int, default=120, help="training iterations per law")
     ap.add_argument("--width", type=int, default=32)
@@ -215,7 +221,7 @@ def main():
 
     materials = names(args.materials, MATERIALS, "materials")
     kinds = names(args.kinds, KINDS, "kinds")
-    motions = names(args.motions, MOTIONS, "motions")
+    motions = names(args.motions, MOTIONS, "motions") if args.motions else None
     tests = names(args.tests, TESTS, "tests")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     ds.init(precision=args.precision, threads=args.threads)
@@ -225,7 +231,7 @@ def main():
     for name in materials:
         entry = {}
         if not args.eval:
-            entry["training"] = train(name, out, args.iters, args.width, args.depth, kinds, motions,
+            entry["training"] = train(name, out, args.iters, args.width, args.depth, kinds, motions or RECIPE[name],
                                       yield_surface=not args.no_yield_surface)
         entry["tests"] = evaluate(name, out, kinds, tests)
         results[name] = entry

@@ -266,6 +266,8 @@ class IsotropicPlasticity(nn.Module):
 
     def yield_radius(self, trace_E: torch.Tensor) -> torch.Tensor:
         """The yield surface's radius in deviatoric Green strain at volumetric strain ``tr E``."""
+        if self.yield_strain is None:
+            raise ValueError("this plastic map has no yield surface (made without yield_strain)")
         scale = torch.exp(self.YIELD_GAIN * self.log_yield)
         r = self.yield_strain * scale[0]
         if self.pressure_slope is not None:
